@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up, builds (release) and runs the server on its embedded defaults:
+# listens on TELOS_BIND (127.0.0.1:7777), keeps the world in TELOS_DATA_DIR (./data).
+# Extra arguments go to `telos serve` (e.g. --bind 127.0.0.1:8080).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./ops/setup.sh
+cargo build --release --locked
+exec ./target/release/telos serve "$@"

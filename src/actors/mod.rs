@@ -1,0 +1,12 @@
+//! The actors: thin owners of the cores, talking in typed messages.
+//!
+//! - [`directory::Directory`] maps oids to live [`object::ObjectActor`]s, activating them on demand
+//!   and passivating idle ones.
+//! - [`object::ObjectActor`] is one object's mailbox: its top-level messages run one at a time on
+//!   the script threads; a message nobody understands goes to the kernel.
+//! - [`kernel::NoKernel`] is the default answer to such a miss (`does_not_understand`); the
+//!   generative kernel plugs in at the same seam: one [`kernel::Understand`] message to one actor.
+
+pub mod directory;
+pub mod kernel;
+pub mod object;

@@ -1,0 +1,146 @@
+//! `ObjectActor`: one object's mailbox.
+//!
+//! Top-level operations on an object are handled one at a time (an atomic response holds the
+//! mailbox until the operation has committed or failed). The work itself runs on the script
+//! threads; nested sends inside it do not go through mailboxes (see `world` for why that cannot
+//! deadlock and still serialises correctly). An actor idle for longer than its passivation time
+//! stops; its state is safe in the store and it is started again on the next message.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_json::Value as Json;
+
+use super::kernel::Understand;
+use crate::error::TelosError;
+use crate::exec::Executor;
+use crate::sandbox::{Op, Outcome};
+
+/// How many times one message may go to the kernel and come back before we give up.
+const MAX_KERNEL_ROUNDS: usize = 3;
+
+/// Runs one top-level operation on this object.
+#[derive(Message, Debug)]
+#[rtype(result = "Reply")]
+pub struct Dispatch {
+    pub op: Op,
+}
+
+/// The answer to a [`Dispatch`]: the value or error, and what the methods logged on the way.
+#[derive(Debug)]
+pub struct Reply {
+    pub result: Result<Json, TelosError>,
+    pub logs: Vec<String>,
+}
+
+pub struct ObjectActor {
+    oid: String,
+    exec: Executor,
+    kernel: Recipient<Understand>,
+    /// Stop after this long without messages.
+    passivate_after: Duration,
+    last_active: Instant,
+}
+
+impl ObjectActor {
+    pub fn new(
+        oid: String,
+        exec: Executor,
+        kernel: Recipient<Understand>,
+        passivate_after: Duration,
+    ) -> Self {
+        ObjectActor {
+            oid,
+            exec,
+            kernel,
+            passivate_after,
+            last_active: Instant::now(),
+        }
+    }
+}
+
+impl Actor for ObjectActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        tracing::debug!(oid = %self.oid, "object activated");
+        let every = (self.passivate_after / 2).max(Duration::from_millis(100));
+        ctx.run_interval(every, |act, ctx| {
+            if act.last_active.elapsed() >= act.passivate_after {
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        tracing::debug!(oid = %self.oid, "object passivated");
+    }
+}
+
+impl Handler<Dispatch> for ObjectActor {
+    type Result = AtomicResponse<Self, Reply>;
+
+    fn handle(&mut self, msg: Dispatch, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let exec = self.exec.clone();
+        let kernel = self.kernel.clone();
+        let oid = self.oid.clone();
+        let deleting = matches!(msg.op, Op::Delete);
+        let work = async move {
+            let mut all_logs = Vec::new();
+            for _ in 0..=MAX_KERNEL_ROUNDS {
+                let outcome = match exec.run(&oid, msg.op.clone()).await {
+                    Ok(o) => o,
+                    Err(e) => return (Err(e), all_logs),
+                };
+                match outcome {
+                    Outcome::Done { value, logs } => {
+                        all_logs.extend(logs);
+                        return (Ok(value), all_logs);
+                    }
+                    Outcome::Failed { error, logs } => {
+                        all_logs.extend(logs);
+                        return (Err(error), all_logs);
+                    }
+                    Outcome::Miss { miss, logs } => {
+                        all_logs.extend(logs);
+                        let answer = kernel.send(Understand { miss: miss.clone() }).await;
+                        match answer {
+                            Ok(Ok(())) => continue,
+                            Ok(Err(e)) => return (Err(e), all_logs),
+                            Err(e) => {
+                                return (
+                                    Err(TelosError::Unavailable(format!(
+                                        "the kernel is not available: {e}"
+                                    ))),
+                                    all_logs,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            (
+                Err(TelosError::MethodError(format!(
+                    "{oid}: the kernel answered {MAX_KERNEL_ROUNDS} times but the message is still not understood"
+                ))),
+                all_logs,
+            )
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            move |(result, logs), act, ctx| {
+                act.last_active = Instant::now();
+                // The object is gone (deleted, or never existed): no reason to stay alive.
+                let gone = match &result {
+                    Ok(_) => deleting,
+                    Err(TelosError::NotFound(m)) => *m == format!("no object {}", act.oid),
+                    Err(_) => false,
+                };
+                if gone {
+                    ctx.stop();
+                }
+                Reply { result, logs }
+            },
+        )))
+    }
+}

@@ -1,0 +1,275 @@
+//! `telos bench`: measures a real server in a temporary data dir and prints the figures, and
+//! `telos send`: the command-line client.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value as Json, json};
+
+use crate::app::{Application, Telos};
+use crate::config::Settings;
+use crate::line;
+use crate::sandbox::{Op, Outcome};
+
+/// `telos send 'obj.sel(args)'` against a running server.
+pub async fn cli_send(server: &str, text: &str, settings: &Settings) -> anyhow::Result<()> {
+    let Some(msg) = line::parse(text)? else {
+        bail!("not a message send: write target.selector(json args), e.g. genesis_obj.name");
+    };
+    let url = format!(
+        "{}/api/objects/{}/send",
+        server.trim_end_matches('/'),
+        msg.target
+    );
+    let mut req = awc::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .finish()
+        .post(&url);
+    if !settings.admin_token.is_empty() {
+        req = req.bearer_auth(&settings.admin_token);
+    }
+    let mut resp = req
+        .send_json(&json!({ "selector": msg.selector, "args": msg.args }))
+        .await
+        .map_err(|e| anyhow!("cannot reach {server}: {e}"))?;
+    let body: Json = resp
+        .json()
+        .limit(64 << 20)
+        .await
+        .context("reading the answer")?;
+    if resp.status().is_success() {
+        for log in body["logs"].as_array().into_iter().flatten() {
+            eprintln!("log: {}", log.as_str().unwrap_or_default());
+        }
+        println!("{}", serde_json::to_string_pretty(&body["value"])?);
+        Ok(())
+    } else {
+        bail!(
+            "{}: {}",
+            body["code"].as_str().unwrap_or("error"),
+            body["message"].as_str().unwrap_or_default()
+        )
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Lets this process open enough sockets for a thousand WebSocket clients.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Runs every measurement and prints one line per figure.
+pub fn run(mut settings: Settings, sends: usize, round_trips: usize) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let dir = std::env::temp_dir().join(format!("telos-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    settings.data_dir = dir.clone();
+    settings.db_url.clear();
+    settings.bind = "127.0.0.1:0".into();
+    settings.wall_time_ms = 120_000;
+    settings.ws_rate_per_sec = 100_000;
+    let result = actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        let addr = app.addr();
+        let telos = app.telos().clone();
+        let server = actix_web::rt::spawn(app.run_until_stopped());
+        let r = measure(&telos, addr, sends, round_trips).await;
+        server.abort();
+        r
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn install(telos: &Telos, parent: &str, slots: Json) -> anyhow::Result<String> {
+    let slots = slots.as_object().cloned().unwrap_or_default();
+    let v = telos
+        .call(parent, Op::Clone { slots })
+        .await
+        .result
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(v["oid"].as_str().unwrap_or_default().to_string())
+}
+
+async fn method(telos: &Telos, oid: &str, name: &str, source: &str) -> anyhow::Result<()> {
+    telos
+        .call(
+            oid,
+            Op::SetMethod {
+                name: name.into(),
+                source: source.into(),
+            },
+        )
+        .await
+        .result
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+async fn measure(
+    telos: &Telos,
+    addr: std::net::SocketAddr,
+    sends: usize,
+    round_trips: usize,
+) -> anyhow::Result<()> {
+    println!("# telos bench (2 script threads; figures from this run)");
+    let rect = install(telos, "genesis_obj", json!({"w": 3, "h": 4})).await?;
+    method(telos, &rect, "area", "function area(self) { return self.w * self.h; }").await?;
+    method(
+        telos,
+        &rect,
+        "loop",
+        "function loop(self, n) { let s = 0; for (let i = 0; i < n; i++) s += self.area(); return s; }",
+    )
+    .await?;
+
+    // 1. Sends inside one operation, on one script thread (one core): host dispatch, lookup,
+    //    argument and result marshalling, method call.
+    let t = Instant::now();
+    let v = telos.send(&rect, "loop", vec![json!(sends)]).await.result;
+    let el = t.elapsed();
+    anyhow::ensure!(v.ok() == Some(json!(12 * sends)), "loop answered wrongly");
+    println!(
+        "in-process sends, one object, one script thread: {:.0} sends/s ({sends} sends in {:.2} s)",
+        sends as f64 / el.as_secs_f64(),
+        el.as_secs_f64()
+    );
+
+    // 2. Top-level operations straight to the script threads (no actor hop), one at a time.
+    let n = (sends / 10).max(1000);
+    let exec = telos.exec.clone();
+    let rect2 = rect.clone();
+    let (el, ok) = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let mut ok = true;
+        for _ in 0..n {
+            let out = exec.run_blocking(
+                &rect2,
+                Op::Send {
+                    selector: "area".into(),
+                    args: vec![],
+                },
+            );
+            ok &= matches!(out, Ok(Outcome::Done { .. }));
+        }
+        (t.elapsed(), ok)
+    })
+    .await?;
+    anyhow::ensure!(ok, "a top-level send failed");
+    println!(
+        "top-level sends via script threads, sequential: {:.0} sends/s ({n} in {:.2} s)",
+        n as f64 / el.as_secs_f64(),
+        el.as_secs_f64()
+    );
+
+    // 3. Through the actors, 64 in flight: one object, then 1,000 objects round-robin.
+    let (rate, _) = actor_sends(telos, std::slice::from_ref(&rect), n).await?;
+    println!("top-level sends via ObjectActor, one object, 64 in flight: {rate:.0} sends/s");
+    let mut many = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        many.push(install(telos, &rect, json!({ "w": i, "h": 2 })).await?);
+    }
+    let (rate, _) = actor_sends(telos, &many, n).await?;
+    println!("top-level sends via ObjectActor, 1,000 objects round-robin, 64 in flight: {rate:.0} sends/s");
+
+    // 4. WebSocket round trips on loopback.
+    for clients in [100usize, 1000] {
+        let (p50, p99, total) = ws_round_trips(addr, &rect, clients, round_trips).await?;
+        println!(
+            "websocket round trip, {clients} concurrent clients x {round_trips}: p50 {:.2} ms, p99 {:.2} ms ({total} round trips)",
+            ms(p50),
+            ms(p99)
+        );
+    }
+    Ok(())
+}
+
+async fn actor_sends(telos: &Telos, targets: &[String], n: usize) -> anyhow::Result<(f64, usize)> {
+    let t = Instant::now();
+    let mut done = 0usize;
+    let mut inflight = futures_util::stream::FuturesUnordered::new();
+    let mut next = 0usize;
+    while done < n {
+        while inflight.len() < 64 && next < n {
+            let target = targets[next % targets.len()].clone();
+            let telos = telos.clone();
+            inflight.push(async move { telos.send(&target, "area", vec![]).await });
+            next += 1;
+        }
+        if let Some(reply) = inflight.next().await {
+            reply.result.map_err(|e| anyhow!("{e}"))?;
+            done += 1;
+        }
+    }
+    Ok((n as f64 / t.elapsed().as_secs_f64(), done))
+}
+
+async fn ws_round_trips(
+    addr: std::net::SocketAddr,
+    target: &str,
+    clients: usize,
+    round_trips: usize,
+) -> anyhow::Result<(Duration, Duration, usize)> {
+    let url = format!("ws://{addr}/ws");
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (_, framed) = awc::Client::new()
+            .ws(&url)
+            .connect()
+            .await
+            .map_err(|e| anyhow!("connecting a websocket client: {e}"))?;
+        conns.push(framed);
+    }
+    let tasks = conns.into_iter().map(|mut framed| {
+        let target = target.to_string();
+        async move {
+            let mut lat = Vec::with_capacity(round_trips);
+            for i in 0..round_trips {
+                let frame = json!({"type":"send","id":i,"target":target,"selector":"area","args":[]});
+                let t = Instant::now();
+                framed
+                    .send(awc::ws::Message::Text(frame.to_string().into()))
+                    .await?;
+                loop {
+                    match framed.next().await {
+                        Some(Ok(awc::ws::Frame::Text(_))) => break,
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Err(anyhow!("websocket: {e}")),
+                        None => bail!("websocket closed"),
+                    }
+                }
+                lat.push(t.elapsed());
+            }
+            let _ = framed.close().await;
+            anyhow::Ok(lat)
+        }
+    });
+    let mut all: Vec<Duration> = Vec::new();
+    for r in futures_util::future::join_all(tasks).await {
+        all.extend(r?);
+    }
+    all.sort();
+    Ok((percentile(&all, 0.5), percentile(&all, 0.99), all.len()))
+}

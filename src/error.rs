@@ -1,0 +1,70 @@
+//! The error every core layer answers with. The HTTP and WebSocket edges map each variant to a
+//! stable `code` string (see [`TelosError::code`]) and, for REST, a status code.
+
+use std::fmt;
+
+/// Why a message, a request or an operation failed. Each variant names what a user can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TelosError {
+    /// No object with this oid, or no slot with this name.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is malformed: bad JSON, a bad slot name, a bad selector.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing in the receiver's chain understands the selector, and no kernel could help.
+    #[error("{receiver} does not understand {selector}")]
+    DoesNotUnderstand { receiver: String, selector: String },
+    /// A method threw, failed to compile, or returned something that is not JSON.
+    #[error("{0}")]
+    MethodError(String),
+    /// A sandbox limit (wall time, heap, stack, output, call depth) was hit.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The operation conflicts with the world's state (e.g. deleting a parent of others).
+    #[error("{0}")]
+    Conflict(String),
+    /// The operation is never allowed (e.g. deleting a primordial object) or lacks a token.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many requests on one connection.
+    #[error("{0}")]
+    RateLimited(String),
+    /// A part of the server is not available (shutting down, persona missing, ...).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The database or another internal part failed; the message is for operators.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl TelosError {
+    /// The stable machine-readable code sent to clients as `{"code": ...}`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TelosError::NotFound(_) => "not_found",
+            TelosError::BadRequest(_) => "bad_request",
+            TelosError::DoesNotUnderstand { .. } => "does_not_understand",
+            TelosError::MethodError(_) => "method_error",
+            TelosError::LimitExceeded(_) => "limit_exceeded",
+            TelosError::Conflict(_) => "conflict",
+            TelosError::Forbidden(_) => "forbidden",
+            TelosError::RateLimited(_) => "rate_limited",
+            TelosError::Unavailable(_) => "unavailable",
+            TelosError::Internal(_) => "internal",
+        }
+    }
+
+    /// Wraps any internal failure, keeping its whole cause chain in the message.
+    pub fn internal(err: impl fmt::Display) -> Self {
+        TelosError::Internal(err.to_string())
+    }
+}
+
+impl From<anyhow::Error> for TelosError {
+    fn from(err: anyhow::Error) -> Self {
+        TelosError::Internal(format!("{err:#}"))
+    }
+}
+
+pub type Result<T, E = TelosError> = std::result::Result<T, E>;

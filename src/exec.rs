@@ -1,0 +1,104 @@
+//! The script threads: a fixed pool of OS threads, each owning one QuickJS [`Engine`].
+//!
+//! QuickJS runtimes are not `Send`, and a top-level operation's call tree must stay on one
+//! thread, so operations are queued here and each runs start to finish on whichever script
+//! thread takes it. Async callers await the outcome on a oneshot channel.
+
+use std::sync::{Arc, Mutex, mpsc};
+
+use anyhow::Context as _;
+use tokio::sync::oneshot;
+
+use crate::error::{Result, TelosError};
+use crate::sandbox::{Engine, Limits, Op, Outcome};
+use crate::world::World;
+
+/// Script threads get a large stack: nested sends put host frames between JavaScript frames.
+const SCRIPT_THREAD_STACK: usize = 64 << 20;
+
+struct Job {
+    target: String,
+    op: Op,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// A handle on the script threads. Cheap to clone; the threads stop when every handle is gone.
+#[derive(Clone)]
+pub struct Executor {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Executor {
+    /// Starts `threads` script threads over `world`.
+    pub fn start(world: Arc<World>, limits: Limits, threads: usize) -> anyhow::Result<Executor> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads.max(1) {
+            let queue = queue.clone();
+            let world = world.clone();
+            let (ready_tx, ready_rx) = mpsc::channel();
+            std::thread::Builder::new()
+                .name(format!("telos-script-{i}"))
+                .stack_size(SCRIPT_THREAD_STACK)
+                .spawn(move || {
+                    let engine = match Engine::new(world, limits) {
+                        Ok(engine) => {
+                            let _ = ready_tx.send(Ok(()));
+                            engine
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    loop {
+                        let job = {
+                            let queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                            queue.recv()
+                        };
+                        let Ok(job) = job else { break };
+                        let span = tracing::debug_span!("operation", target = %job.target);
+                        let _enter = span.enter();
+                        let outcome = engine.run(&job.target, &job.op);
+                        // The caller may have gone away (client disconnected): nothing to do.
+                        let _ = job.reply.send(outcome);
+                    }
+                })
+                .context("starting a script thread")?;
+            ready_rx
+                .recv()
+                .context("script thread died while starting")??;
+        }
+        Ok(Executor { jobs })
+    }
+
+    /// Runs one top-level operation on `target` and waits for its outcome.
+    pub async fn run(&self, target: &str, op: Op) -> Result<Outcome> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                target: target.to_string(),
+                op,
+                reply,
+            })
+            .map_err(|_| TelosError::Unavailable("the script threads have stopped".into()))?;
+        outcome
+            .await
+            .map_err(|_| TelosError::Internal("a script thread stopped mid-operation".into()))
+    }
+
+    /// Runs one operation from a plain thread (benchmarks, tools).
+    pub fn run_blocking(&self, target: &str, op: Op) -> Result<Outcome> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                target: target.to_string(),
+                op,
+                reply,
+            })
+            .map_err(|_| TelosError::Unavailable("the script threads have stopped".into()))?;
+        outcome
+            .blocking_recv()
+            .map_err(|_| TelosError::Internal("a script thread stopped mid-operation".into()))
+    }
+}

@@ -1,0 +1,299 @@
+//! The WebSocket session (`/ws`), the only module that knows `actix-web-actors`.
+//!
+//! Client frames: `send`, `line`, `subscribe`, `unsubscribe`. Server frames: `result`, `error`,
+//! `log`, `changed` (and `stage` once the kernel streams). A bad frame gets an `error` frame and
+//! the connection stays open. Each connection has a frame size limit, a rate limit and a
+//! heartbeat: the server pings every [`HEARTBEAT_INTERVAL`] and drops a client silent for
+//! [`CLIENT_TIMEOUT`].
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web_actors::ws;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use crate::actors::object::Reply;
+use crate::app::Telos;
+use crate::error::TelosError;
+use crate::line;
+use crate::world::Change;
+
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The codec's own cap; frames between the configured limit and this get an error frame.
+const HARD_FRAME_LIMIT: usize = 64 << 20;
+
+pub async fn index(
+    req: HttpRequest,
+    stream: web::Payload,
+    telos: web::Data<Telos>,
+) -> Result<HttpResponse, actix_web::Error> {
+    super::authorise(&telos, &req)?;
+    let session = WsSession::new(telos.get_ref().clone());
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(HARD_FRAME_LIMIT)
+        .start()
+}
+
+/// A client frame.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ClientFrame {
+    Send {
+        id: Option<Json>,
+        target: String,
+        selector: String,
+        #[serde(default)]
+        args: Vec<Json>,
+    },
+    Line {
+        id: Option<Json>,
+        text: String,
+    },
+    Subscribe {
+        target: String,
+    },
+    Unsubscribe {
+        target: String,
+    },
+}
+
+/// A token bucket: `rate` frames per second, bursts of twice that.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        RateLimit {
+            rate,
+            tokens: rate * 2.0,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+            .min(self.rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct WsSession {
+    telos: Telos,
+    last_heard: Instant,
+    subscriptions: HashSet<String>,
+    rate: RateLimit,
+    max_frame: usize,
+}
+
+impl WsSession {
+    fn new(telos: Telos) -> Self {
+        let rate = RateLimit::new(telos.settings.ws_rate_per_sec);
+        let max_frame = telos.settings.max_frame_bytes();
+        WsSession {
+            telos,
+            last_heard: Instant::now(),
+            subscriptions: HashSet::new(),
+            rate,
+            max_frame,
+        }
+    }
+
+    fn send_json(ctx: &mut ws::WebsocketContext<Self>, frame: Json) {
+        ctx.text(frame.to_string());
+    }
+
+    fn error(ctx: &mut ws::WebsocketContext<Self>, id: Option<&Json>, err: &TelosError) {
+        let mut frame = json!({ "type": "error", "code": err.code(), "message": err.to_string() });
+        if let Some(id) = id {
+            frame["id"] = id.clone();
+        }
+        Self::send_json(ctx, frame);
+    }
+
+    fn handle_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        if text.len() > self.max_frame {
+            let err = TelosError::BadRequest(format!(
+                "frame of {} bytes is over the limit of {} bytes",
+                text.len(),
+                self.max_frame
+            ));
+            return Self::error(ctx, None, &err);
+        }
+        if !self.rate.allow() {
+            let err = TelosError::RateLimited(format!(
+                "more than {} frames per second on this connection; slow down",
+                self.rate.rate
+            ));
+            return Self::error(ctx, None, &err);
+        }
+        let raw: Json = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = TelosError::BadRequest(format!("malformed JSON frame: {e}"));
+                return Self::error(ctx, None, &err);
+            }
+        };
+        let id = raw.get("id").cloned();
+        let frame: ClientFrame = match serde_json::from_value(raw) {
+            Ok(f) => f,
+            Err(e) => {
+                let err = TelosError::BadRequest(format!(
+                    "bad frame: {e}; expected type send, line, subscribe or unsubscribe"
+                ));
+                return Self::error(ctx, id.as_ref(), &err);
+            }
+        };
+        match frame {
+            ClientFrame::Send {
+                id,
+                target,
+                selector,
+                args,
+            } => self.dispatch(id, target, selector, args, ctx),
+            ClientFrame::Line { id, text } => match line::parse(&text) {
+                Ok(Some(send)) => self.dispatch(id, send.target, send.selector, send.args, ctx),
+                Ok(None) => Self::error(
+                    ctx,
+                    id.as_ref(),
+                    &TelosError::Unavailable(
+                        "free text goes to ROBIN, and no persona is installed in this server yet; send a message as target.selector(json args)".into(),
+                    ),
+                ),
+                Err(e) => Self::error(ctx, id.as_ref(), &e),
+            },
+            ClientFrame::Subscribe { target } => {
+                self.subscriptions.insert(target.clone());
+                Self::send_json(ctx, json!({ "type": "subscribed", "target": target }));
+            }
+            ClientFrame::Unsubscribe { target } => {
+                self.subscriptions.remove(&target);
+                Self::send_json(ctx, json!({ "type": "unsubscribed", "target": target }));
+            }
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        id: Option<Json>,
+        target: String,
+        selector: String,
+        args: Vec<Json>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let telos = self.telos.clone();
+        let work = async move { telos.send(&target, &selector, args).await };
+        ctx.spawn(work.into_actor(self).map(move |reply: Reply, _, ctx| {
+            for text in &reply.logs {
+                let mut frame = json!({ "type": "log", "text": text });
+                if let Some(id) = &id {
+                    frame["id"] = id.clone();
+                }
+                Self::send_json(ctx, frame);
+            }
+            match reply.result {
+                Ok(value) => {
+                    let mut frame = json!({ "type": "result", "value": value });
+                    if let Some(id) = &id {
+                        frame["id"] = id.clone();
+                    }
+                    Self::send_json(ctx, frame);
+                }
+                Err(e) => Self::error(ctx, id.as_ref(), &e),
+            }
+        }));
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
+            if act.last_heard.elapsed() > CLIENT_TIMEOUT {
+                tracing::debug!("websocket client timed out");
+                ctx.stop();
+                return;
+            }
+            ctx.ping(b"");
+        });
+        let changes = self.telos.world.subscribe();
+        let stream = futures_util::stream::unfold(changes, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(change) => return Some((change, rx)),
+                    // A slow client missed some changes; carry on with the newest.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        ctx.add_stream(stream);
+    }
+}
+
+impl StreamHandler<Change> for WsSession {
+    fn handle(&mut self, change: Change, ctx: &mut Self::Context) {
+        if self.subscriptions.contains(&change.oid) {
+            Self::send_json(
+                ctx,
+                json!({
+                    "type": "changed",
+                    "target": change.oid,
+                    "version": change.version,
+                    "slots": change.slots,
+                    "created": change.created,
+                    "deleted": change.deleted,
+                }),
+            );
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        // The world's change feed closed: the server is stopping. Keep the session until then.
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Text(text)) => self.handle_text(&text, ctx),
+            Ok(ws::Message::Binary(_)) => Self::error(
+                ctx,
+                None,
+                &TelosError::BadRequest("binary frames are not supported; send JSON text".into()),
+            ),
+            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            Ok(ws::Message::Pong(_)) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(ws::Message::Continuation(_)) => Self::error(
+                ctx,
+                None,
+                &TelosError::BadRequest("fragmented frames are not supported".into()),
+            ),
+            Ok(ws::Message::Nop) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket protocol error; closing");
+                ctx.stop();
+            }
+        }
+    }
+}

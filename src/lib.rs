@@ -1,0 +1,35 @@
+//! TelOS: a live, persistent world of prototype objects that learn.
+//!
+//! # Layout
+//!
+//! Pure cores (no actix):
+//! - [`object`]: oids, slots, the `parent*` chain and cycle-safe lookup.
+//! - [`store`]: SurrealDB (embedded or remote), schema files, awakening, one-transaction commits.
+//! - [`world`]: the object cache over the store, transactions and the optimistic commit protocol.
+//! - [`sandbox`]: QuickJS methods with limits; runs one top-level operation's whole call tree.
+//! - [`exec`]: the script threads that own the QuickJS runtimes.
+//! - [`line`]: the chat syntax `target.selector(args)`.
+//!
+//! Actors ([`actors`]) own the cores and talk in typed messages:
+//! HTTP/WS → [`app::Telos`] → `Directory` (oid → `ObjectActor`) → `ObjectActor` (one mailbox per
+//! object) → script threads → world → store; a miss goes `ObjectActor` → kernel (`Understand`).
+//!
+//! Edges: [`http`] (REST, WebSocket, the page), [`app`] (the one startup path), [`config`]
+//! (file → env → flags), [`bench`] (printed figures).
+
+pub mod actors;
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod exec;
+pub mod http;
+pub mod line;
+pub mod object;
+pub mod sandbox;
+pub mod store;
+pub mod world;
+
+pub use app::{Application, Telos};
+pub use config::Settings;
+pub use error::TelosError;

@@ -1,0 +1,113 @@
+//! The `telos` command: `serve`, `send`, `bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use telos::{Application, Settings};
+
+#[derive(Parser)]
+#[command(name = "telos", version, about = "A live, persistent world of prototype objects that learn")]
+struct Cli {
+    /// TOML config file (overridden by TELOS_* variables, which flags override).
+    #[arg(long, global = true, env = "TELOS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on (TELOS_BIND); port 0 picks a free port.
+        #[arg(long)]
+        bind: Option<String>,
+        /// Data directory of the embedded database (TELOS_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// SurrealDB server URL, e.g. ws://127.0.0.1:8000 (TELOS_DB_URL); empty = embedded.
+        #[arg(long)]
+        db_url: Option<String>,
+    },
+    /// Send a message to a running server: telos send 'genesis_obj.greet("Ada")'.
+    Send {
+        /// `target.selector(json args)`
+        line: String,
+        /// Server to talk to (default: http:// + TELOS_BIND).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Measure the server and print the figures.
+    Bench {
+        /// Messages per in-process measurement.
+        #[arg(long, default_value_t = 200_000)]
+        sends: usize,
+        /// Round trips per WebSocket client.
+        #[arg(long, default_value_t = 20)]
+        round_trips: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("telos: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings.log);
+    let result = match cli.command {
+        Command::Serve {
+            bind,
+            data_dir,
+            db_url,
+        } => {
+            if let Some(b) = bind {
+                settings.bind = b;
+            }
+            if let Some(d) = data_dir {
+                settings.data_dir = d;
+            }
+            if let Some(u) = db_url {
+                settings.db_url = u;
+            }
+            serve(settings)
+        }
+        Command::Send { line, server } => {
+            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            actix_web::rt::System::new().block_on(telos::bench::cli_send(&server, &line, &settings))
+        }
+        Command::Bench { sends, round_trips } => telos::bench::run(settings, sends, round_trips),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("telos: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        // The one line on stdout: tools and tests wait for it.
+        println!("listening on http://{}", app.addr());
+        tracing::info!(addr = %app.addr(), "serving");
+        app.run_until_stopped().await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

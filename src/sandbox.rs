@@ -1,0 +1,676 @@
+//! The method runtime: QuickJS (rquickjs) on script threads, one runtime per thread.
+//!
+//! A top-level operation runs here from start to finish: its whole synchronous call tree (`self.m()`,
+//! `send(...)`, nested to any depth, cycles included) executes on this thread inside one
+//! [`Txn`]. JavaScript sees objects through proxies: `self.x` looks `x` up along the parent chain,
+//! `self.x = v` writes the receiver's slot, `self.m(a)` sends a message. Values cross between
+//! Rust and JavaScript as JSON text; references to objects are `{"$ref": oid}` in JSON and proxies
+//! in JavaScript.
+//!
+//! Limits, all per top-level operation: wall time (an interrupt JavaScript cannot catch), heap,
+//! stack, output size and call depth. A limit, once hit, is sticky: every later host call of the
+//! same operation fails again, so a `try`/`catch` cannot swallow it.
+//!
+//! The globals a method sees are the ECMAScript built-ins plus `send`, `clone` and `log`: no
+//! file, network, process, environment, module or timer access exists in this runtime at all.
+
+use std::cell::{Cell, RefCell};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+use rquickjs::context::EvalOptions;
+use rquickjs::{CatchResultExt, CaughtError, Context, Ctx, Function, Object, Persistent, Runtime};
+use serde_json::{Value as Json, json};
+
+use crate::error::{Result, TelosError};
+use crate::object::{Method, Slot, validate_slot_name};
+use crate::world::{CommitError, Txn, World, slots_arg};
+
+/// Per-operation limits of the sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub wall_time: Duration,
+    pub heap_bytes: usize,
+    pub stack_bytes: usize,
+    /// Largest result and largest total `log` output, in bytes of JSON/text.
+    pub output_bytes: usize,
+    /// Deepest chain of nested sends.
+    pub max_depth: usize,
+    /// Compiled methods kept per script thread.
+    pub cache_capacity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            wall_time: Duration::from_secs(2),
+            heap_bytes: 64 << 20,
+            stack_bytes: 512 << 10,
+            output_bytes: 1 << 20,
+            max_depth: 100,
+            cache_capacity: 4096,
+        }
+    }
+}
+
+/// What a top-level operation asks of its target object.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Send a message.
+    Send { selector: String, args: Vec<Json> },
+    /// Clone the target, with optional initial slots.
+    Clone { slots: serde_json::Map<String, Json> },
+    /// Set a value slot.
+    SetValue { name: String, value: Json },
+    /// Install (or replace) a method; its source is compiled first.
+    SetMethod { name: String, source: String },
+    RemoveSlot { name: String },
+    Delete,
+}
+
+/// A message nothing in the chain understood: the generative kernel's business.
+#[derive(Debug, Clone)]
+pub struct Miss {
+    pub receiver: String,
+    pub selector: String,
+    pub args: Vec<Json>,
+}
+
+/// How a top-level operation ended. Nothing is written unless it is `Done`.
+#[derive(Debug)]
+pub enum Outcome {
+    Done { value: Json, logs: Vec<String> },
+    Failed { error: TelosError, logs: Vec<String> },
+    /// Some object in the call tree did not understand a message and had no
+    /// `doesNotUnderstand_`; nothing was written.
+    Miss { miss: Miss, logs: Vec<String> },
+}
+
+/// The state of the operation running on this thread, reached by the host functions.
+struct Exec {
+    txn: Txn,
+    limits: Limits,
+    /// (receiver, selector) of each active method, outermost first.
+    stack: Vec<(String, String)>,
+    logs: Vec<String>,
+    log_bytes: usize,
+    miss: Option<Miss>,
+    /// A limit was hit: everything from now on fails with this.
+    fatal: Option<TelosError>,
+    /// The typed error behind the exception a host function threw last.
+    pending: Option<TelosError>,
+}
+
+thread_local! {
+    static EXEC: RefCell<Option<Exec>> = const { RefCell::new(None) };
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    static COMPILED: RefCell<Option<LruCache<String, Persistent<Function<'static>>>>> =
+        const { RefCell::new(None) };
+    static INVOKE: RefCell<Option<Persistent<Function<'static>>>> = const { RefCell::new(None) };
+}
+
+fn with_exec<R>(f: impl FnOnce(&mut Exec) -> R) -> R {
+    EXEC.with(|e| f(e.borrow_mut().as_mut().expect("called inside an operation")))
+}
+
+/// The JavaScript side of the bridge. Receives the host functions, defines `send`, `clone` and
+/// `log` as globals, and answers `invoke(fn, oid, argsJson)` for the host to call methods with.
+const PRELUDE: &str = r#"
+(function (host) {
+  "use strict";
+  const oids = new WeakMap();
+  const encode = (v) => {
+    const s = JSON.stringify(v, (k, x) =>
+      (x !== null && typeof x === "object" && oids.has(x)) ? { "$ref": oids.get(x) } : x);
+    return s === undefined ? "null" : s;
+  };
+  const revive = (k, x) =>
+    (x !== null && typeof x === "object" && !Array.isArray(x) && typeof x.$ref === "string"
+      && Object.keys(x).length === 1) ? ref(x.$ref) : x;
+  // The reviver is slow; most values hold no reference.
+  const decode = (s) => s.includes('"$ref"') ? JSON.parse(s, revive) : JSON.parse(s);
+  const idOf = (t) => {
+    if (typeof t === "string") return t;
+    if (t !== null && typeof t === "object" && oids.has(t)) return oids.get(t);
+    throw new TypeError("expected an object or an oid, got " + String(t));
+  };
+  function ref(oid) {
+    const p = new Proxy(Object.create(null), {
+      get(t, k) {
+        if (typeof k !== "string") return undefined;
+        const r = host.lookup(oid, k);
+        if (r === "u") return undefined;
+        if (r === "m") return (...args) => decode(host.send(oid, k, encode(args)));
+        return decode(r.slice(1));
+      },
+      set(t, k, v) { host.set(oid, String(k), encode(v)); return true; },
+      has(t, k) { return typeof k === "string" && host.lookup(oid, k) !== "u"; },
+      deleteProperty(t, k) { throw new TypeError("slots are removed over the admin API, not with delete"); },
+      defineProperty(t, k) { throw new TypeError("define slots by assignment: self." + String(k) + " = value"); },
+    });
+    oids.set(p, oid);
+    return p;
+  }
+  globalThis.send = (target, selector, ...args) =>
+    decode(host.send(idOf(target), String(selector), encode(args)));
+  globalThis.clone = (target, slots) =>
+    ref(host.clone(target === undefined ? host.current() : idOf(target), encode(slots === undefined ? {} : slots)));
+  globalThis.log = (...parts) =>
+    host.log(parts.map((p) => typeof p === "string" ? p : encode(p)).join(" "));
+  Object.freeze(globalThis);
+  return (f, oid, argsJson) => encode(f(ref(oid), ...decode(argsJson)));
+})
+"#;
+
+/// One script thread's QuickJS runtime.
+pub struct Engine {
+    world: Arc<World>,
+    limits: Limits,
+    // Field order matters: the context must go before the runtime.
+    ctx: Context,
+    rt: Runtime,
+}
+
+impl Engine {
+    pub fn new(world: Arc<World>, limits: Limits) -> anyhow::Result<Engine> {
+        let rt = Runtime::new()?;
+        rt.set_memory_limit(limits.heap_bytes);
+        rt.set_max_stack_size(limits.stack_bytes);
+        rt.set_interrupt_handler(Some(Box::new(|| {
+            DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() >= t))
+        })));
+        let ctx = Context::full(&rt)?;
+        ctx.with(|ctx| -> anyhow::Result<()> {
+            let host = host_object(&ctx).map_err(|e| anyhow::anyhow!("host functions: {e}"))?;
+            let prelude: Function = ctx
+                .eval(PRELUDE)
+                .map_err(|e| anyhow::anyhow!("prelude: {e}"))?;
+            let invoke: Function = prelude
+                .call((host,))
+                .map_err(|e| anyhow::anyhow!("prelude: {e}"))?;
+            INVOKE.with(|i| *i.borrow_mut() = Some(Persistent::save(&ctx, invoke)));
+            Ok(())
+        })?;
+        let capacity = NonZeroUsize::new(limits.cache_capacity.max(1)).expect("max(1)");
+        COMPILED.with(|c| *c.borrow_mut() = Some(LruCache::new(capacity)));
+        Ok(Engine {
+            world,
+            limits,
+            ctx,
+            rt,
+        })
+    }
+
+    /// Runs one top-level operation on `target` to its end, committing it if it succeeds.
+    pub fn run(&self, target: &str, op: &Op) -> Outcome {
+        const MAX_ATTEMPTS: usize = 32;
+        for attempt in 0..MAX_ATTEMPTS {
+            let (result, exec) = self.attempt(target, op);
+            let Exec {
+                txn, logs, miss, ..
+            } = exec;
+            let still_current = || match txn.still_current() {
+                Ok(ok) => ok,
+                Err(_) => true,
+            };
+            if let Some(miss) = miss {
+                if still_current() {
+                    return Outcome::Miss { miss, logs };
+                }
+            } else {
+                match result {
+                    Ok(value) => match txn.commit() {
+                        Ok(_) => return Outcome::Done { value, logs },
+                        Err(CommitError::Stale) => {}
+                        Err(CommitError::Failed(error)) => return Outcome::Failed { error, logs },
+                    },
+                    Err(error) => {
+                        if still_current() {
+                            return Outcome::Failed { error, logs };
+                        }
+                    }
+                }
+            }
+            tracing::debug!(target, attempt, "read set went stale; running the operation again");
+        }
+        Outcome::Failed {
+            error: TelosError::Conflict(format!(
+                "{target}: gave up after {MAX_ATTEMPTS} attempts, other messages kept changing the objects it reads"
+            )),
+            logs: Vec::new(),
+        }
+    }
+
+    fn attempt(&self, target: &str, op: &Op) -> (Result<Json>, Exec) {
+        EXEC.with(|e| {
+            *e.borrow_mut() = Some(Exec {
+                txn: Txn::new(self.world.clone()),
+                limits: self.limits,
+                stack: Vec::new(),
+                logs: Vec::new(),
+                log_bytes: 0,
+                miss: None,
+                fatal: None,
+                pending: None,
+            })
+        });
+        DEADLINE.with(|d| d.set(Some(Instant::now() + self.limits.wall_time)));
+        let result = self.ctx.with(|ctx| run_op(&ctx, target, op));
+        DEADLINE.with(|d| d.set(None));
+        self.rt.run_gc();
+        let exec = EXEC.with(|e| e.borrow_mut().take()).expect("set above");
+        (result, exec)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Persistent handles must be released while their runtime is alive.
+        COMPILED.with(|c| c.borrow_mut().take());
+        INVOKE.with(|i| i.borrow_mut().take());
+    }
+}
+
+fn run_op(ctx: &Ctx<'_>, target: &str, op: &Op) -> Result<Json> {
+    match op {
+        Op::Send { selector, args } => dispatch(ctx, target, selector, args.clone()),
+        Op::Clone { slots } => {
+            let oid = with_exec(|e| e.txn.clone_object(target, slots.clone()))?;
+            Ok(json!({ "oid": oid }))
+        }
+        Op::SetValue { name, value } => {
+            with_exec(|e| e.txn.set_slot(target, name, Slot::Value(value.clone())))?;
+            Ok(Json::Null)
+        }
+        Op::SetMethod { name, source } => {
+            validate_slot_name(name)?;
+            with_exec(|e| e.txn.require(target))?;
+            compile(ctx, target, name, source)?;
+            let method = Method {
+                source: source.clone(),
+                origin: "user".into(),
+                installed_at: unix_now(),
+            };
+            with_exec(|e| e.txn.set_slot(target, name, Slot::Method(method)))?;
+            Ok(Json::Null)
+        }
+        Op::RemoveSlot { name } => {
+            with_exec(|e| e.txn.remove_slot(target, name))?;
+            Ok(Json::Null)
+        }
+        Op::Delete => {
+            with_exec(|e| e.txn.delete(target))?;
+            Ok(Json::Null)
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Sends `selector(args)` to `target` within the current operation.
+fn dispatch(ctx: &Ctx<'_>, target: &str, selector: &str, args: Vec<Json>) -> Result<Json> {
+    with_exec(|e| -> Result<()> {
+        if let Some(fatal) = &e.fatal {
+            return Err(fatal.clone());
+        }
+        if e.stack.len() >= e.limits.max_depth {
+            let chain: Vec<String> = e
+                .stack
+                .iter()
+                .rev()
+                .take(6)
+                .map(|(r, s)| format!("{r}.{s}"))
+                .collect();
+            let err = TelosError::LimitExceeded(format!(
+                "call depth limit of {} nested sends exceeded (innermost: {} ...)",
+                e.limits.max_depth,
+                chain.join(" ← ")
+            ));
+            e.fatal = Some(err.clone());
+            return Err(err);
+        }
+        e.stack.push((target.to_string(), selector.to_string()));
+        Ok(())
+    })?;
+    let result = dispatch_inner(ctx, target, selector, args);
+    with_exec(|e| e.stack.pop());
+    result
+}
+
+fn dispatch_inner(ctx: &Ctx<'_>, target: &str, selector: &str, args: Vec<Json>) -> Result<Json> {
+    with_exec(|e| e.txn.require(target))?;
+    let holder = with_exec(|e| e.txn.lookup(target, selector))?;
+    if let Some(holder) = holder {
+        return match &holder.slots[selector] {
+            Slot::Method(m) => call_method(ctx, target, &holder.oid, selector, &m.source, &args),
+            Slot::Value(v) if args.is_empty() => Ok(v.clone()),
+            Slot::Value(_) => Err(TelosError::MethodError(format!(
+                "{target}.{selector} is a value slot, not a method: it takes no arguments (set it with {selector}_(value))"
+            ))),
+        };
+    }
+    match (selector, args.len()) {
+        ("clone", 0 | 1) => {
+            let slots = slots_arg(args.first())?;
+            let oid = with_exec(|e| e.txn.clone_object(target, slots))?;
+            return Ok(json!({ "$ref": oid }));
+        }
+        ("setSlot_value_", 2) => {
+            let name = args[0].as_str().ok_or_else(|| {
+                TelosError::BadRequest("setSlot_value_ takes a slot name (a string) and a value".into())
+            })?;
+            with_exec(|e| e.txn.set_slot(target, name, Slot::Value(args[1].clone())))?;
+            return Ok(Json::Null);
+        }
+        (s, 1) if s.len() > 1 && s.ends_with('_') => {
+            let name = &s[..s.len() - 1];
+            with_exec(|e| e.txn.set_slot(target, name, Slot::Value(args[0].clone())))?;
+            return Ok(Json::Null);
+        }
+        _ => {}
+    }
+    let dnu = with_exec(|e| e.txn.lookup(target, "doesNotUnderstand_"))?;
+    if let Some(holder) = dnu
+        && let Slot::Method(m) = &holder.slots["doesNotUnderstand_"]
+    {
+        let dnu_args = [json!(selector), Json::Array(args)];
+        return call_method(ctx, target, &holder.oid, "doesNotUnderstand_", &m.source, &dnu_args);
+    }
+    with_exec(|e| {
+        e.miss.get_or_insert(Miss {
+            receiver: target.to_string(),
+            selector: selector.to_string(),
+            args,
+        });
+    });
+    Err(TelosError::DoesNotUnderstand {
+        receiver: target.to_string(),
+        selector: selector.to_string(),
+    })
+}
+
+/// Compiles a method's source (cached by holder, name and source).
+fn compile<'js>(ctx: &Ctx<'js>, holder: &str, name: &str, source: &str) -> Result<Function<'js>> {
+    let key = format!("{holder}\u{0}{name}\u{0}{source}");
+    let cached = COMPILED.with(|c| c.borrow_mut().as_mut().and_then(|c| c.get(&key).cloned()));
+    if let Some(f) = cached {
+        return f.restore(ctx).map_err(TelosError::internal);
+    }
+    let file = format!("{holder}.{name}");
+    let mut options = EvalOptions::default();
+    options.strict = true;
+    options.global = true;
+    options.filename = Some(file.clone());
+    // Parenthesised, a function declaration becomes an expression that keeps its own name for
+    // recursion, and anything after the function is a syntax error rather than code that runs.
+    let wrapped = format!("({source}\n)");
+    let value: rquickjs::Value = ctx
+        .eval_with_options(wrapped, options)
+        .catch(ctx)
+        .map_err(|e| compile_error(&file, e))?;
+    let Some(func) = value.as_function().cloned() else {
+        return Err(TelosError::MethodError(format!(
+            "{file} is not a function: a method is `function {name}(self, ...args) {{ ... }}`"
+        )));
+    };
+    COMPILED.with(|c| {
+        if let Some(c) = c.borrow_mut().as_mut() {
+            c.put(key, Persistent::save(ctx, func.clone()));
+        }
+    });
+    Ok(func)
+}
+
+fn compile_error(file: &str, err: CaughtError<'_>) -> TelosError {
+    let (message, stack) = match &err {
+        CaughtError::Exception(ex) => (ex.message().unwrap_or_default(), ex.stack().unwrap_or_default()),
+        other => (other.to_string(), String::new()),
+    };
+    match position(file, &stack) {
+        Some((line, column)) => {
+            // The source is wrapped in "(" on its first line.
+            let column = if line == 1 { column.saturating_sub(1) } else { column };
+            TelosError::MethodError(format!(
+                "syntax error in {file} at line {line}, column {column}: {message}"
+            ))
+        }
+        None => TelosError::MethodError(format!("syntax error in {file}: {message}")),
+    }
+}
+
+/// Finds `file:LINE:COL` in a QuickJS stack trace.
+fn position(file: &str, stack: &str) -> Option<(usize, usize)> {
+    let at = stack.find(&format!("{file}:"))? + file.len() + 1;
+    let mut nums = stack[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    let line = nums.next()?.parse().ok()?;
+    let column = nums.next()?.parse().ok()?;
+    Some((line, column))
+}
+
+fn call_method(
+    ctx: &Ctx<'_>,
+    receiver: &str,
+    holder: &str,
+    name: &str,
+    source: &str,
+    args: &[Json],
+) -> Result<Json> {
+    let func = compile(ctx, holder, name, source)?;
+    let invoke = INVOKE
+        .with(|i| i.borrow().clone())
+        .expect("engine initialised")
+        .restore(ctx)
+        .map_err(TelosError::internal)?;
+    let args_json = serde_json::to_string(args).map_err(TelosError::internal)?;
+    match invoke.call::<_, String>((func, receiver, args_json)).catch(ctx) {
+        Ok(out) => {
+            let limit = with_exec(|e| e.limits.output_bytes);
+            if out.len() > limit {
+                return Err(TelosError::LimitExceeded(format!(
+                    "{receiver}.{name} returned {} bytes, over the output limit of {limit} bytes",
+                    out.len()
+                )));
+            }
+            with_exec(|e| e.pending = None);
+            serde_json::from_str(&out).map_err(|e| {
+                TelosError::MethodError(format!("{receiver}.{name} returned a non-JSON value: {e}"))
+            })
+        }
+        Err(err) => Err(runtime_error(receiver, name, err)),
+    }
+}
+
+/// Turns what a method threw into the error the caller sees.
+fn runtime_error(receiver: &str, name: &str, err: CaughtError<'_>) -> TelosError {
+    let (message, stack) = match &err {
+        CaughtError::Exception(ex) => (ex.message().unwrap_or_default(), ex.stack().unwrap_or_default()),
+        CaughtError::Value(v) => (
+            v.as_string()
+                .and_then(|s| s.to_string().ok())
+                .unwrap_or_else(|| format!("{v:?}")),
+            String::new(),
+        ),
+        other => (other.to_string(), String::new()),
+    };
+    let (fatal, pending, limits) = with_exec(|e| (e.fatal.clone(), e.pending.take(), e.limits));
+    if let Some(fatal) = fatal {
+        return fatal;
+    }
+    let timed_out = DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() >= t));
+    let limit = if timed_out || message == "interrupted" {
+        Some(format!(
+            "{receiver}.{name} ran past the wall time limit of {} ms",
+            limits.wall_time.as_millis()
+        ))
+    } else if message.contains("out of memory") {
+        Some(format!(
+            "{receiver}.{name} ran out of memory: heap limit of {} MiB",
+            limits.heap_bytes >> 20
+        ))
+    } else if message.contains("stack overflow") || message.contains("call stack size") {
+        Some(format!(
+            "{receiver}.{name} overflowed the stack limit of {} KiB",
+            limits.stack_bytes >> 10
+        ))
+    } else {
+        None
+    };
+    if let Some(what) = limit {
+        let err = TelosError::LimitExceeded(what);
+        with_exec(|e| e.fatal = Some(err.clone()));
+        return err;
+    }
+    if let Some(p) = pending
+        && message == p.to_string()
+    {
+        return p;
+    }
+    let stack = stack.trim_end();
+    if stack.is_empty() {
+        TelosError::MethodError(format!("{receiver}.{name}: {message}"))
+    } else {
+        TelosError::MethodError(format!("{receiver}.{name}: {message}\n{stack}"))
+    }
+}
+
+/// Throws `err` into JavaScript, remembering the typed error for the host.
+fn throw(ctx: &Ctx<'_>, err: TelosError) -> rquickjs::Error {
+    let message = err.to_string();
+    with_exec(|e| e.pending = Some(err));
+    rquickjs::Exception::throw_message(ctx, &message)
+}
+
+fn check_fatal(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
+    match with_exec(|e| e.fatal.clone()) {
+        Some(f) => Err(throw(ctx, f)),
+        None => Ok(()),
+    }
+}
+
+fn parse_json(ctx: &Ctx<'_>, text: &str) -> rquickjs::Result<Json> {
+    serde_json::from_str(text).map_err(|e| {
+        throw(
+            ctx,
+            TelosError::MethodError(format!("value is not JSON-compatible: {e}")),
+        )
+    })
+}
+
+/// The host functions the prelude wraps. Each checks the sticky limit first.
+fn host_object<'js>(ctx: &Ctx<'js>) -> rquickjs::Result<Object<'js>> {
+    let host = Object::new(ctx.clone())?;
+    host.set(
+        "lookup",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, oid: String, name: String| {
+            check_fatal(&ctx)?;
+            let found = with_exec(|e| e.txn.lookup(&oid, &name)).map_err(|e| throw(&ctx, e))?;
+            Ok::<_, rquickjs::Error>(match found {
+                None => "u".to_string(),
+                Some(h) => match &h.slots[&name] {
+                    Slot::Method(_) => "m".to_string(),
+                    Slot::Value(v) => format!("v{v}"),
+                },
+            })
+        })?,
+    )?;
+    host.set(
+        "set",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'js>, oid: String, name: String, value: String| {
+                check_fatal(&ctx)?;
+                let receiver = with_exec(|e| e.stack.last().map(|(r, _)| r.clone()));
+                if receiver.as_deref() != Some(oid.as_str()) {
+                    return Err(throw(
+                        &ctx,
+                        TelosError::MethodError(format!(
+                            "cannot assign {oid}.{name} from a method of {}: send {oid} a setter message ({name}_) instead",
+                            receiver.unwrap_or_default()
+                        )),
+                    ));
+                }
+                let value = parse_json(&ctx, &value)?;
+                with_exec(|e| e.txn.set_slot(&oid, &name, Slot::Value(value)))
+                    .map_err(|e| throw(&ctx, e))
+            },
+        )?,
+    )?;
+    host.set(
+        "send",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'js>, oid: String, selector: String, args: String| {
+                check_fatal(&ctx)?;
+                let args = match parse_json(&ctx, &args)? {
+                    Json::Array(a) => a,
+                    other => vec![other],
+                };
+                let value = dispatch(&ctx, &oid, &selector, args).map_err(|e| throw(&ctx, e))?;
+                Ok::<_, rquickjs::Error>(value.to_string())
+            },
+        )?,
+    )?;
+    host.set(
+        "clone",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, oid: String, slots: String| {
+            check_fatal(&ctx)?;
+            let slots = slots_arg(Some(&parse_json(&ctx, &slots)?)).map_err(|e| throw(&ctx, e))?;
+            with_exec(|e| e.txn.clone_object(&oid, slots)).map_err(|e| throw(&ctx, e))
+        })?,
+    )?;
+    host.set(
+        "current",
+        Function::new(ctx.clone(), || {
+            with_exec(|e| e.stack.last().map(|(r, _)| r.clone()).unwrap_or_default())
+        })?,
+    )?;
+    host.set(
+        "log",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, text: String| {
+            check_fatal(&ctx)?;
+            let over = with_exec(|e| {
+                e.log_bytes += text.len();
+                if e.log_bytes > e.limits.output_bytes {
+                    Some(e.limits.output_bytes)
+                } else {
+                    e.logs.push(text);
+                    None
+                }
+            });
+            match over {
+                Some(limit) => {
+                    let err = TelosError::LimitExceeded(format!(
+                        "log output passed the output limit of {limit} bytes"
+                    ));
+                    with_exec(|e| e.fatal = Some(err.clone()));
+                    Err(throw(&ctx, err))
+                }
+                None => Ok(()),
+            }
+        })?,
+    )?;
+    Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_read_from_quickjs_stacks() {
+        assert_eq!(
+            position("o1.area", "    at o1.area:3:17\n"),
+            Some((3, 17))
+        );
+        assert_eq!(position("o1.area", "no position"), None);
+    }
+}

@@ -1,0 +1,345 @@
+//! The store: SurrealDB, embedded (`surrealkv://` under the data dir) or remote (`ws://`).
+//!
+//! SurrealDB's client spawns background tasks on the Tokio runtime it is connected from, and its
+//! queries are CPU work. The store therefore owns a small multi-threaded runtime of its own: async
+//! callers await a task spawned there, and the script threads (plain OS threads) block on one.
+//! Nothing here knows about actors.
+
+use std::fs::File;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::{Value as Json, json};
+use surrealdb::Surreal;
+use surrealdb::engine::any::{Any, connect};
+use surrealdb::opt::auth::Root;
+
+use crate::error::{Result, TelosError};
+use crate::object::{ObjectState, primordial_objects};
+
+/// The schema files, applied in this order at every start (each is idempotent).
+pub const SCHEMA: &[(&str, &str)] = &[(
+    "001_objects.surql",
+    include_str!("../schema/001_objects.surql"),
+)];
+
+/// Where the world lives.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data directory (embedded database, lock file).
+    pub data_dir: PathBuf,
+    /// Empty: embedded. Otherwise `ws://host:port` of a SurrealDB server.
+    pub db_url: String,
+    pub db_user: String,
+    pub db_pass: String,
+    pub namespace: String,
+    pub database: String,
+}
+
+/// A handle on the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Surreal<Any>,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Held for the life of the process so a second server on the same data dir fails early.
+    _lock: Option<File>,
+    /// Where the database files are (for operators and error messages).
+    location: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A summary row of the object list.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ObjectSummary {
+    pub oid: String,
+    pub name: String,
+}
+
+impl Store {
+    /// Opens (and if needed creates and awakens) the world's database.
+    pub fn open(cfg: &StoreConfig) -> anyhow::Result<Store> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("telos-store")
+            .enable_all()
+            .build()
+            .context("starting the store's runtime")?;
+
+        let (endpoint, lock, location) = if cfg.db_url.is_empty() {
+            std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+                format!("creating the data directory {}", cfg.data_dir.display())
+            })?;
+            let dir = cfg
+                .data_dir
+                .canonicalize()
+                .with_context(|| format!("resolving {}", cfg.data_dir.display()))?;
+            let lock = lock_data_dir(&dir)?;
+            let db_path = dir.join("world");
+            (
+                format!("surrealkv://{}", db_path.display()),
+                Some(lock),
+                db_path.display().to_string(),
+            )
+        } else {
+            (cfg.db_url.clone(), None, cfg.db_url.clone())
+        };
+
+        let db = runtime.block_on(async {
+            let db = connect(endpoint.as_str()).await.map_err(|e| {
+                let msg = e.to_string();
+                if msg.contains("already locked") {
+                    anyhow!(
+                        "the database at {location} is in use by another process; stop it or choose another TELOS_DATA_DIR"
+                    )
+                } else {
+                    anyhow!("opening the database at {location}: {msg}")
+                }
+            })?;
+            if !cfg.db_url.is_empty() && !cfg.db_user.is_empty() {
+                db.signin(Root {
+                    username: cfg.db_user.clone(),
+                    password: cfg.db_pass.clone(),
+                })
+                .await
+                .with_context(|| format!("signing in to {location}"))?;
+            }
+            db.use_ns(cfg.namespace.as_str())
+                .use_db(cfg.database.as_str())
+                .await
+                .context("selecting namespace and database")?;
+            anyhow::Ok(db)
+        })?;
+
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                runtime: Some(runtime),
+                _lock: lock,
+                location,
+            }),
+        };
+        store.block(|db| async move { apply_schema(&db).await })??;
+        store.awaken()?;
+        Ok(store)
+    }
+
+    /// Where the database lives, for logs.
+    pub fn location(&self) -> &str {
+        &self.inner.location
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.inner
+            .runtime
+            .as_ref()
+            .expect("runtime lives as long as the store")
+            .handle()
+    }
+
+    /// Runs `f(db)` on the store's runtime and waits for it from a plain (non-async) thread.
+    pub fn block<F, Fut, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Surreal<Any>) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = self.handle().spawn(f(self.inner.db.clone()));
+        self.handle()
+            .block_on(task)
+            .map_err(|e| TelosError::Internal(format!("store task failed: {e}")))
+    }
+
+    /// Runs `f(db)` on the store's runtime and awaits it from any async context.
+    pub async fn run<F, Fut, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Surreal<Any>) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.handle()
+            .spawn(f(self.inner.db.clone()))
+            .await
+            .map_err(|e| TelosError::Internal(format!("store task failed: {e}")))
+    }
+
+    /// Creates the primordial objects in one transaction if the world is empty.
+    fn awaken(&self) -> anyhow::Result<()> {
+        if self.load_blocking("traits_obj")?.is_some() {
+            return Ok(());
+        }
+        let objects = primordial_objects();
+        tracing::info!(count = objects.len(), "awakening a fresh world");
+        self.commit_blocking(&objects, &[])?;
+        Ok(())
+    }
+
+    /// Loads one object, or `None` when there is no such object.
+    pub fn load_blocking(&self, oid: &str) -> Result<Option<ObjectState>> {
+        let oid = oid.to_string();
+        self.block(|db| load(db, oid))?
+    }
+
+    pub async fn load(&self, oid: &str) -> Result<Option<ObjectState>> {
+        let oid = oid.to_string();
+        self.run(|db| load(db, oid)).await?
+    }
+
+    /// Writes `objects` (each with its new version) and deletes `deleted`, all in one transaction.
+    pub fn commit_blocking(&self, objects: &[ObjectState], deleted: &[String]) -> Result<()> {
+        let (rows, gone) = commit_rows(objects, deleted);
+        self.block(|db| commit(db, rows, gone))?
+    }
+
+    /// One page of the object list, ordered by oid.
+    pub async fn list(&self, offset: u64, limit: u64) -> Result<Vec<ObjectSummary>> {
+        self.run(move |db| async move {
+            let mut res = db
+                .query("SELECT oid, name FROM object ORDER BY oid LIMIT $limit START $offset")
+                .bind(("limit", limit as i64))
+                .bind(("offset", offset as i64))
+                .await
+                .map_err(db_err)?;
+            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| ObjectSummary {
+                    oid: r["oid"].as_str().unwrap_or_default().to_string(),
+                    name: r["name"].as_str().unwrap_or_default().to_string(),
+                })
+                .collect())
+        })
+        .await?
+    }
+
+    /// The oids of objects that name `oid` as a parent.
+    pub fn children_blocking(&self, oid: &str) -> Result<Vec<String>> {
+        let oid = oid.to_string();
+        self.block(move |db| async move {
+            let mut res = db
+                .query("SELECT VALUE oid FROM object WHERE parents CONTAINS $oid LIMIT 10")
+                .bind(("oid", oid))
+                .await
+                .map_err(db_err)?;
+            res.take::<Vec<String>>(0).map_err(db_err)
+        })?
+    }
+
+    /// How many objects the world holds.
+    pub async fn count(&self) -> Result<u64> {
+        self.run(|db| async move {
+            let mut res = db
+                .query("SELECT count() AS n FROM object GROUP ALL")
+                .await
+                .map_err(db_err)?;
+            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+            Ok(rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0))
+        })
+        .await?
+    }
+}
+
+/// Takes the data directory's lock file; a second process gets a clear error.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("telos.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "the database in {} is in use by another TelOS process (lock file {} is held); stop that server or choose another TELOS_DATA_DIR",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+fn db_err(e: surrealdb::Error) -> TelosError {
+    TelosError::Internal(format!("database: {e}"))
+}
+
+async fn apply_schema(db: &Surreal<Any>) -> anyhow::Result<()> {
+    for (name, text) in SCHEMA {
+        db.query(*text)
+            .await
+            .and_then(|r| r.check())
+            .with_context(|| format!("applying schema file {name}"))?;
+    }
+    db.query("UPSERT meta:schema SET version = $v, files = $files RETURN NONE")
+        .bind(("v", SCHEMA.len() as i64))
+        .bind((
+            "files",
+            SCHEMA.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
+        ))
+        .await
+        .and_then(|r| r.check())
+        .context("recording the schema version")?;
+    Ok(())
+}
+
+async fn load(db: Surreal<Any>, oid: String) -> Result<Option<ObjectState>> {
+    let mut res = db
+        .query("SELECT doc, version FROM type::record('object', $oid)")
+        .bind(("oid", oid.clone()))
+        .await
+        .map_err(db_err)?;
+    let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    let doc = row["doc"]
+        .as_str()
+        .ok_or_else(|| TelosError::Internal(format!("object {oid} has no doc")))?;
+    let version = row["version"].as_u64().unwrap_or(0);
+    ObjectState::from_doc(oid, doc, version).map(Some)
+}
+
+fn commit_rows(objects: &[ObjectState], deleted: &[String]) -> (Json, Json) {
+    let rows: Vec<Json> = objects
+        .iter()
+        .map(|o| {
+            json!({
+                "oid": o.oid,
+                "name": o.name(),
+                "parents": o.parents(),
+                "doc": o.doc_json(),
+                "version": o.version,
+            })
+        })
+        .collect();
+    (Json::Array(rows), json!(deleted))
+}
+
+async fn commit(db: Surreal<Any>, rows: Json, gone: Json) -> Result<()> {
+    db.query(
+        "BEGIN TRANSACTION;
+         FOR $o IN $rows { UPSERT type::record('object', $o.oid) CONTENT $o RETURN NONE; };
+         FOR $x IN $gone { DELETE type::record('object', $x) RETURN NONE; };
+         COMMIT TRANSACTION;",
+    )
+    .bind(("rows", rows))
+    .bind(("gone", gone))
+    .await
+    .and_then(|r| r.check())
+    .map_err(|e| TelosError::Internal(format!("committing to the database: {e}")))?;
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! The world: a cache of live objects over the store, transactions, and the commit protocol.
+//!
+//! # Concurrency protocol
+//!
+//! A top-level message runs its whole synchronous call tree on one script thread inside a
+//! [`Txn`]. The transaction reads objects from the shared cache (loading them from the store on a
+//! miss) and records the version of each object it read; writes go to private copies. Nothing is
+//! locked while JavaScript runs, so call cycles (A → B → A) cannot deadlock.
+//!
+//! At commit the world takes its single commit lock, checks that every object the transaction
+//! read still has the version it saw (optimistic concurrency), writes all changed objects to the
+//! store in one database transaction, and only then updates the cache and announces the change.
+//! A transaction whose reads went stale is run again from the start by its caller. A transaction
+//! that fails writes nothing. Messages to one object are additionally serialised by that object's
+//! actor, so conflicts only arise between call chains that touch shared objects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+use tokio::sync::broadcast;
+
+use crate::error::{Result, TelosError};
+use crate::object::{
+    NAME_SLOT, ObjectState, PRIMORDIAL, Slot, lookup, new_oid, validate_slot_name,
+};
+use crate::store::Store;
+
+/// A committed change to one object, announced to subscribers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Change {
+    pub oid: String,
+    pub version: u64,
+    /// Slots whose content changed (added, replaced or removed).
+    pub slots: Vec<String>,
+    pub created: bool,
+    pub deleted: bool,
+}
+
+struct CacheEntry {
+    obj: Arc<ObjectState>,
+    last_used: Instant,
+}
+
+/// The shared world: object cache, store and change announcements.
+pub struct World {
+    store: Store,
+    cache: Mutex<HashMap<String, CacheEntry>>,
+    /// Serialises commits and cache fills, so a fill can never put back a stale version.
+    commit_lock: Mutex<()>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl World {
+    pub fn new(store: Store) -> Arc<World> {
+        let (changes, _) = broadcast::channel(4096);
+        Arc::new(World {
+            store,
+            cache: Mutex::new(HashMap::new()),
+            commit_lock: Mutex::new(()),
+            changes,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Subscribes to every committed change.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, CacheEntry>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self, oid: &str) -> Option<Arc<ObjectState>> {
+        let mut cache = self.cache();
+        let entry = cache.get_mut(oid)?;
+        entry.last_used = Instant::now();
+        Some(entry.obj.clone())
+    }
+
+    /// The current committed state of an object (blocking: call from script threads only).
+    pub fn get(&self, oid: &str) -> Result<Option<Arc<ObjectState>>> {
+        if let Some(obj) = self.cached(oid) {
+            return Ok(Some(obj));
+        }
+        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.get_locked(oid)
+    }
+
+    /// Same as [`World::get`] while the commit lock is held.
+    fn get_locked(&self, oid: &str) -> Result<Option<Arc<ObjectState>>> {
+        if let Some(obj) = self.cached(oid) {
+            return Ok(Some(obj));
+        }
+        let Some(obj) = self.store.load_blocking(oid)? else {
+            return Ok(None);
+        };
+        let obj = Arc::new(obj);
+        self.cache().insert(
+            oid.to_string(),
+            CacheEntry {
+                obj: obj.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        Ok(Some(obj))
+    }
+
+    /// Whether an object exists (async: for actors and HTTP handlers). Warms the cache.
+    pub async fn exists(self: &Arc<Self>, oid: &str) -> Result<bool> {
+        if self.cached(oid).is_some() {
+            return Ok(true);
+        }
+        let world = self.clone();
+        let oid = oid.to_string();
+        tokio::task::spawn_blocking(move || world.get(&oid).map(|o| o.is_some()))
+            .await
+            .map_err(TelosError::internal)?
+    }
+
+    /// Drops cache entries not used for `idle`; they reload from the store on next use.
+    pub fn evict_idle(&self, idle: Duration) -> usize {
+        let now = Instant::now();
+        let mut cache = self.cache();
+        let before = cache.len();
+        cache.retain(|_, e| now.duration_since(e.last_used) < idle);
+        before - cache.len()
+    }
+
+    /// How many objects are in memory right now.
+    pub fn cached_count(&self) -> usize {
+        self.cache().len()
+    }
+
+    /// Validates a transaction's reads and, if it wrote anything, commits it.
+    /// `Err(Stale)` means another chain changed something this one read: run it again.
+    fn commit(&self, txn: &Txn) -> Result<Vec<Change>, CommitError> {
+        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        for (oid, seen) in &txn.reads {
+            let now = self.get_locked(oid)?.map(|o| o.version).unwrap_or(0);
+            if now != *seen {
+                return Err(CommitError::Stale);
+            }
+        }
+        if txn.dirty.is_empty() && txn.deleted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut written = Vec::with_capacity(txn.dirty.len());
+        let mut changes = Vec::new();
+        for (oid, obj) in &txn.dirty {
+            if txn.deleted.contains(oid) {
+                continue;
+            }
+            let before = txn.view.get(oid).cloned().flatten();
+            let mut obj = (**obj).clone();
+            obj.version = before.as_ref().map(|b| b.version).unwrap_or(0) + 1;
+            changes.push(Change {
+                oid: oid.clone(),
+                version: obj.version,
+                slots: changed_slots(before.as_deref(), &obj),
+                created: before.is_none(),
+                deleted: false,
+            });
+            written.push(obj);
+        }
+        let deleted: Vec<String> = txn.deleted.iter().cloned().collect();
+        self.store.commit_blocking(&written, &deleted)?;
+        {
+            let mut cache = self.cache();
+            let now = Instant::now();
+            for obj in written {
+                cache.insert(
+                    obj.oid.clone(),
+                    CacheEntry {
+                        obj: Arc::new(obj),
+                        last_used: now,
+                    },
+                );
+            }
+            for oid in &deleted {
+                cache.remove(oid);
+                changes.push(Change {
+                    oid: oid.clone(),
+                    version: 0,
+                    slots: Vec::new(),
+                    created: false,
+                    deleted: true,
+                });
+            }
+        }
+        for change in &changes {
+            // Nobody listening is fine.
+            let _ = self.changes.send(change.clone());
+        }
+        Ok(changes)
+    }
+}
+
+fn changed_slots(before: Option<&ObjectState>, after: &ObjectState) -> Vec<String> {
+    let empty = BTreeMap::new();
+    let old = before.map(|b| &b.slots).unwrap_or(&empty);
+    let mut names: BTreeSet<&String> = BTreeSet::new();
+    for (k, v) in &after.slots {
+        if old.get(k) != Some(v) {
+            names.insert(k);
+        }
+    }
+    for k in old.keys() {
+        if !after.slots.contains_key(k) {
+            names.insert(k);
+        }
+    }
+    names.into_iter().cloned().collect()
+}
+
+/// Why a commit did not happen.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Something this transaction read has changed since: run it again.
+    Stale,
+    Failed(TelosError),
+}
+
+impl From<TelosError> for CommitError {
+    fn from(e: TelosError) -> Self {
+        CommitError::Failed(e)
+    }
+}
+
+/// One top-level message's view of the world: what it read, what it wrote.
+pub struct Txn {
+    world: Arc<World>,
+    /// Version of each object as first read (0 = it did not exist).
+    reads: HashMap<String, u64>,
+    /// Committed states as first read.
+    view: HashMap<String, Option<Arc<ObjectState>>>,
+    /// Private copies of changed and created objects.
+    dirty: HashMap<String, Arc<ObjectState>>,
+    deleted: BTreeSet<String>,
+}
+
+impl Txn {
+    pub fn new(world: Arc<World>) -> Txn {
+        Txn {
+            world,
+            reads: HashMap::new(),
+            view: HashMap::new(),
+            dirty: HashMap::new(),
+            deleted: BTreeSet::new(),
+        }
+    }
+
+    /// An object as this transaction sees it.
+    pub fn get(&mut self, oid: &str) -> Result<Option<Arc<ObjectState>>> {
+        if self.deleted.contains(oid) {
+            return Ok(None);
+        }
+        if let Some(obj) = self.dirty.get(oid) {
+            return Ok(Some(obj.clone()));
+        }
+        if let Some(obj) = self.view.get(oid) {
+            return Ok(obj.clone());
+        }
+        let obj = self.world.get(oid)?;
+        self.reads
+            .insert(oid.to_string(), obj.as_ref().map(|o| o.version).unwrap_or(0));
+        self.view.insert(oid.to_string(), obj.clone());
+        Ok(obj)
+    }
+
+    /// An object that must exist.
+    pub fn require(&mut self, oid: &str) -> Result<Arc<ObjectState>> {
+        self.get(oid)?
+            .ok_or_else(|| TelosError::NotFound(format!("no object {oid}")))
+    }
+
+    /// The object holding `name` in `oid`'s delegation chain, if any.
+    pub fn lookup(&mut self, oid: &str, name: &str) -> Result<Option<Arc<ObjectState>>> {
+        lookup(oid, name, |o| self.get(o))
+    }
+
+    fn edit(&mut self, oid: &str) -> Result<&mut ObjectState> {
+        if !self.dirty.contains_key(oid) {
+            let obj = self.require(oid)?;
+            self.dirty.insert(oid.to_string(), obj);
+        }
+        let entry = self.dirty.get_mut(oid).expect("just inserted");
+        Ok(Arc::make_mut(entry))
+    }
+
+    /// Sets a slot on `oid` (validating its name).
+    pub fn set_slot(&mut self, oid: &str, name: &str, slot: Slot) -> Result<()> {
+        validate_slot_name(name)?;
+        if name == crate::object::PARENTS_SLOT {
+            self.check_parents(oid, &slot)?;
+        }
+        self.edit(oid)?.slots.insert(name.to_string(), slot);
+        Ok(())
+    }
+
+    fn check_parents(&mut self, oid: &str, slot: &Slot) -> Result<()> {
+        let Slot::Value(v) = slot else {
+            return Err(TelosError::BadRequest(
+                "parent* must hold a list of object references".into(),
+            ));
+        };
+        let Json::Array(items) = v else {
+            return Err(TelosError::BadRequest(
+                "parent* must be a list of {\"$ref\": oid}".into(),
+            ));
+        };
+        for item in items {
+            let Some(p) = crate::object::as_ref(item) else {
+                return Err(TelosError::BadRequest(format!(
+                    "parent* entries must be {{\"$ref\": oid}}, got {item}"
+                )));
+            };
+            if p == oid {
+                return Err(TelosError::BadRequest(format!(
+                    "{oid} cannot be its own parent"
+                )));
+            }
+            self.require(p)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a slot from `oid`; missing slots are a `not_found`.
+    pub fn remove_slot(&mut self, oid: &str, name: &str) -> Result<()> {
+        if self.require(oid)?.slots.get(name).is_none() {
+            return Err(TelosError::NotFound(format!("{oid} has no slot {name}")));
+        }
+        self.edit(oid)?.slots.remove(name);
+        Ok(())
+    }
+
+    /// Creates a clone of `parent` with optional initial slots; answers the new oid.
+    pub fn clone_object(&mut self, parent: &str, slots: serde_json::Map<String, Json>) -> Result<String> {
+        self.require(parent)?;
+        let oid = new_oid();
+        let mut obj = ObjectState::new(oid.clone(), &[parent], BTreeMap::new());
+        for (name, value) in slots {
+            validate_slot_name(&name)?;
+            let slot = slot_from_json(value)?;
+            obj.slots.insert(name, slot);
+        }
+        self.view.insert(oid.clone(), None);
+        self.dirty.insert(oid.clone(), Arc::new(obj));
+        Ok(oid)
+    }
+
+    /// Deletes an object. Primordial objects and parents of other objects cannot be deleted.
+    pub fn delete(&mut self, oid: &str) -> Result<()> {
+        if PRIMORDIAL.contains(&oid) {
+            return Err(TelosError::Forbidden(format!(
+                "{oid} is a primordial object and cannot be deleted"
+            )));
+        }
+        self.require(oid)?;
+        let children = self.world.store.children_blocking(oid)?;
+        if !children.is_empty() {
+            return Err(TelosError::Conflict(format!(
+                "{oid} is the parent of {}; delete or re-parent those first",
+                children.join(", ")
+            )));
+        }
+        self.deleted.insert(oid.to_string());
+        Ok(())
+    }
+
+    /// Whether everything this transaction read is still current (for read-only outcomes).
+    pub fn still_current(&self) -> Result<bool> {
+        for (oid, seen) in &self.reads {
+            let now = self.world.get(oid)?.map(|o| o.version).unwrap_or(0);
+            if now != *seen {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Commits the transaction (see the module docs).
+    pub fn commit(&self) -> Result<Vec<Change>, CommitError> {
+        self.world.commit(self)
+    }
+}
+
+/// A slot from its JSON form in a request: `{"method": {...}}`-shaped objects are not accepted
+/// here (methods come through their own endpoint); everything else is a value.
+pub fn slot_from_json(value: Json) -> Result<Slot> {
+    Ok(Slot::Value(value))
+}
+
+/// The initial slots of a clone, from a request body's `slots` (must be an object).
+pub fn slots_arg(v: Option<&Json>) -> Result<serde_json::Map<String, Json>> {
+    match v {
+        None | Some(Json::Null) => Ok(serde_json::Map::new()),
+        Some(Json::Object(m)) => Ok(m.clone()),
+        Some(other) => Err(TelosError::BadRequest(format!(
+            "slots must be a JSON object of name → value, got {other}"
+        ))),
+    }
+}
+
+/// A clone's name for logs when it has none.
+pub fn display_name(obj: &ObjectState) -> Json {
+    obj.slots
+        .get(NAME_SLOT)
+        .map(|s| s.to_view())
+        .unwrap_or_else(|| json!(obj.oid))
+}

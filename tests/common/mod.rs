@@ -1,0 +1,228 @@
+//! Test helpers: the real server on 127.0.0.1:0 with a fresh data dir, in-process (through the
+//! same `Application::build` as `main`) or as a child process (for restarts and kill -9).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use actix_web::rt;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value as Json, json};
+use telos::{Application, Settings};
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub client: awc::Client,
+}
+
+pub fn test_settings(dir: &Path) -> Settings {
+    Settings {
+        bind: "127.0.0.1:0".into(),
+        data_dir: dir.join("data"),
+        backup_dir: dir.join("backups"),
+        ..Settings::default()
+    }
+}
+
+/// Starts the server in-process with default settings (changed by `tweak`).
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(dir.path());
+    tweak(&mut settings);
+    let app = Application::build(settings).await.expect("server builds");
+    let addr = app.addr();
+    rt::spawn(app.run_until_stopped());
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        dir,
+        client: client(),
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish()
+}
+
+/// Answers (status, JSON body) of a request; an empty body is `null`.
+pub async fn request(
+    client: &awc::Client,
+    method: &str,
+    url: &str,
+    body: Option<Json>,
+) -> (u16, Json) {
+    let req = client.request(method.parse().expect("method"), url);
+    let mut resp = match body {
+        Some(b) => req.send_json(&b).await,
+        None => req.send().await,
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let bytes = resp.body().limit(64 << 20).await.expect("body");
+    let json = if bytes.is_empty() {
+        Json::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&bytes) }))
+    };
+    (status, json)
+}
+
+impl TestApp {
+    pub async fn get(&self, path: &str) -> (u16, Json) {
+        request(&self.client, "GET", &format!("{}{path}", self.base), None).await
+    }
+    pub async fn post(&self, path: &str, body: Json) -> (u16, Json) {
+        request(&self.client, "POST", &format!("{}{path}", self.base), Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Json) -> (u16, Json) {
+        request(&self.client, "PUT", &format!("{}{path}", self.base), Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> (u16, Json) {
+        request(&self.client, "DELETE", &format!("{}{path}", self.base), None).await
+    }
+
+    /// Clones `parent` with `slots`; answers the new oid.
+    pub async fn clone_obj(&self, parent: &str, slots: Json) -> String {
+        let (status, body) = self
+            .post(&format!("/api/objects/{parent}/clone"), json!({ "slots": slots }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["oid"].as_str().expect("oid").to_string()
+    }
+
+    pub async fn set_method(&self, oid: &str, name: &str, source: &str) {
+        let (status, body) = self
+            .put(&format!("/api/objects/{oid}/slots/{name}"), json!({ "method": source }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Sends over REST; answers (status, body).
+    pub async fn send(&self, oid: &str, selector: &str, args: Json) -> (u16, Json) {
+        self.post(
+            &format!("/api/objects/{oid}/send"),
+            json!({ "selector": selector, "args": args }),
+        )
+        .await
+    }
+
+    pub async fn ws(&self) -> Ws {
+        Ws::connect(&self.base).await
+    }
+}
+
+pub struct Ws {
+    framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+}
+
+impl Ws {
+    pub async fn connect(base: &str) -> Ws {
+        let url = format!("{}/ws", base.replace("http://", "ws://"));
+        let (_, framed) = client()
+            .ws(url)
+            .max_frame_size(64 << 20)
+            .connect()
+            .await
+            .expect("websocket connects");
+        Ws { framed }
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.framed
+            .send(awc::ws::Message::Text(text.into()))
+            .await
+            .expect("frame sent");
+    }
+
+    pub async fn send_json(&mut self, frame: Json) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    /// The next text frame, as JSON (pings are skipped).
+    pub async fn next(&mut self) -> Json {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.framed.next())
+                .await
+                .expect("a frame within 30 s")
+                .expect("connection open")
+                .expect("valid frame");
+            if let awc::ws::Frame::Text(bytes) = frame {
+                return serde_json::from_slice(&bytes).expect("JSON frame");
+            }
+        }
+    }
+
+    /// Sends a frame with `id` and collects frames up to its `result` or `error`.
+    pub async fn call(&mut self, mut frame: Json, id: &str) -> (Json, Vec<Json>) {
+        frame["id"] = json!(id);
+        self.send_json(frame).await;
+        let mut others = Vec::new();
+        loop {
+            let f = self.next().await;
+            if f["id"] == json!(id) && (f["type"] == "result" || f["type"] == "error") {
+                return (f, others);
+            }
+            others.push(f);
+        }
+    }
+}
+
+/// The server as a child process of the real binary.
+pub struct ServerProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl ServerProcess {
+    /// Starts `telos serve` on `data_dir`, waiting for its "listening on" line.
+    pub fn start(data_dir: &Path) -> Result<ServerProcess, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_telos"))
+            .arg("serve")
+            .env("TELOS_BIND", "127.0.0.1:0")
+            .env("TELOS_DATA_DIR", data_dir)
+            .env("TELOS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        match line.trim().strip_prefix("listening on ") {
+            Some(base) => Ok(ServerProcess {
+                base: base.to_string(),
+                child,
+            }),
+            None => {
+                let out = child.wait_with_output().map_err(|e| e.to_string())?;
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
