@@ -34,7 +34,10 @@ pub struct Telos {
 impl Telos {
     /// Opens the store and starts the script threads and the actors. Must run inside an actix
     /// system. `kernel` receives the messages nobody understands (default: [`NoKernel`]).
-    pub async fn start(settings: Settings, kernel: Option<Recipient<Understand>>) -> anyhow::Result<Telos> {
+    pub async fn start(
+        settings: Settings,
+        kernel: Option<Recipient<Understand>>,
+    ) -> anyhow::Result<Telos> {
         let store_cfg = settings.store_config();
         let store = tokio::task::spawn_blocking(move || Store::open(&store_cfg))
             .await
@@ -43,8 +46,13 @@ impl Telos {
         let world = World::new(store);
         let exec = Executor::start(world.clone(), settings.limits(), settings.script_threads)?;
         let kernel = kernel.unwrap_or_else(|| NoKernel.start().recipient());
-        let directory =
-            Directory::new(world.clone(), exec.clone(), kernel, settings.passivate_after()).start();
+        let directory = Directory::new(
+            world.clone(),
+            exec.clone(),
+            kernel,
+            settings.passivate_after(),
+        )
+        .start();
         Ok(Telos {
             world,
             exec,

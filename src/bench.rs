@@ -136,7 +136,13 @@ async fn measure(
 ) -> anyhow::Result<()> {
     println!("# telos bench (2 script threads; figures from this run)");
     let rect = install(telos, "genesis_obj", json!({"w": 3, "h": 4})).await?;
-    method(telos, &rect, "area", "function area(self) { return self.w * self.h; }").await?;
+    method(
+        telos,
+        &rect,
+        "area",
+        "function area(self) { return self.w * self.h; }",
+    )
+    .await?;
     method(
         telos,
         &rect,
@@ -192,7 +198,9 @@ async fn measure(
         many.push(install(telos, &rect, json!({ "w": i, "h": 2 })).await?);
     }
     let (rate, _) = actor_sends(telos, &many, n).await?;
-    println!("top-level sends via ObjectActor, 1,000 objects round-robin, 64 in flight: {rate:.0} sends/s");
+    println!(
+        "top-level sends via ObjectActor, 1,000 objects round-robin, 64 in flight: {rate:.0} sends/s"
+    );
 
     // 4. WebSocket round trips on loopback.
     for clients in [100usize, 1000] {
@@ -247,7 +255,8 @@ async fn ws_round_trips(
         async move {
             let mut lat = Vec::with_capacity(round_trips);
             for i in 0..round_trips {
-                let frame = json!({"type":"send","id":i,"target":target,"selector":"area","args":[]});
+                let frame =
+                    json!({"type":"send","id":i,"target":target,"selector":"area","args":[]});
                 let t = Instant::now();
                 framed
                     .send(awc::ws::Message::Text(frame.to_string().into()))

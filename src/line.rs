@@ -64,7 +64,9 @@ mod tests {
 
     #[test]
     fn sends_with_json_arguments_are_parsed() {
-        let p = parse(r#"genesis_obj.greet("Ada", {"x": [1, 2]})"#).unwrap().unwrap();
+        let p = parse(r#"genesis_obj.greet("Ada", {"x": [1, 2]})"#)
+            .unwrap()
+            .unwrap();
         assert_eq!(p.target, "genesis_obj");
         assert_eq!(p.selector, "greet");
         assert_eq!(p.args, vec![json!("Ada"), json!({"x": [1, 2]})]);

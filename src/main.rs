@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use telos::{Application, Settings};
 
 #[derive(Parser)]
-#[command(name = "telos", version, about = "A live, persistent world of prototype objects that learn")]
+#[command(
+    name = "telos",
+    version,
+    about = "A live, persistent world of prototype objects that learn"
+)]
 struct Cli {
     /// TOML config file (overridden by TELOS_* variables, which flags override).
     #[arg(long, global = true, env = "TELOS_CONFIG")]

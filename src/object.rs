@@ -172,7 +172,9 @@ pub fn refs_in_list(v: &Json) -> Vec<String> {
             .filter_map(as_ref)
             .map(str::to_string)
             .collect(),
-        other => as_ref(other).map(|s| vec![s.to_string()]).unwrap_or_default(),
+        other => as_ref(other)
+            .map(|s| vec![s.to_string()])
+            .unwrap_or_default(),
     }
 }
 

@@ -59,14 +59,27 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub enum Op {
     /// Send a message.
-    Send { selector: String, args: Vec<Json> },
+    Send {
+        selector: String,
+        args: Vec<Json>,
+    },
     /// Clone the target, with optional initial slots.
-    Clone { slots: serde_json::Map<String, Json> },
+    Clone {
+        slots: serde_json::Map<String, Json>,
+    },
     /// Set a value slot.
-    SetValue { name: String, value: Json },
+    SetValue {
+        name: String,
+        value: Json,
+    },
     /// Install (or replace) a method; its source is compiled first.
-    SetMethod { name: String, source: String },
-    RemoveSlot { name: String },
+    SetMethod {
+        name: String,
+        source: String,
+    },
+    RemoveSlot {
+        name: String,
+    },
     Delete,
 }
 
@@ -81,11 +94,20 @@ pub struct Miss {
 /// How a top-level operation ended. Nothing is written unless it is `Done`.
 #[derive(Debug)]
 pub enum Outcome {
-    Done { value: Json, logs: Vec<String> },
-    Failed { error: TelosError, logs: Vec<String> },
+    Done {
+        value: Json,
+        logs: Vec<String>,
+    },
+    Failed {
+        error: TelosError,
+        logs: Vec<String>,
+    },
     /// Some object in the call tree did not understand a message and had no
     /// `doesNotUnderstand_`; nothing was written.
-    Miss { miss: Miss, logs: Vec<String> },
+    Miss {
+        miss: Miss,
+        logs: Vec<String>,
+    },
 }
 
 /// The state of the operation running on this thread, reached by the host functions.
@@ -211,10 +233,7 @@ impl Engine {
             let Exec {
                 txn, logs, miss, ..
             } = exec;
-            let still_current = || match txn.still_current() {
-                Ok(ok) => ok,
-                Err(_) => true,
-            };
+            let still_current = || txn.still_current().unwrap_or(true);
             if let Some(miss) = miss {
                 if still_current() {
                     return Outcome::Miss { miss, logs };
@@ -233,7 +252,11 @@ impl Engine {
                     }
                 }
             }
-            tracing::debug!(target, attempt, "read set went stale; running the operation again");
+            tracing::debug!(
+                target,
+                attempt,
+                "read set went stale; running the operation again"
+            );
         }
         Outcome::Failed {
             error: TelosError::Conflict(format!(
@@ -261,6 +284,12 @@ impl Engine {
         DEADLINE.with(|d| d.set(None));
         self.rt.run_gc();
         let exec = EXEC.with(|e| e.borrow_mut().take()).expect("set above");
+        // A limit hit anywhere in the call tree fails the whole operation, even if a method
+        // caught the exception.
+        let result = match &exec.fatal {
+            Some(fatal) => Err(fatal.clone()),
+            None => result,
+        };
         (result, exec)
     }
 }
@@ -364,7 +393,9 @@ fn dispatch_inner(ctx: &Ctx<'_>, target: &str, selector: &str, args: Vec<Json>) 
         }
         ("setSlot_value_", 2) => {
             let name = args[0].as_str().ok_or_else(|| {
-                TelosError::BadRequest("setSlot_value_ takes a slot name (a string) and a value".into())
+                TelosError::BadRequest(
+                    "setSlot_value_ takes a slot name (a string) and a value".into(),
+                )
             })?;
             with_exec(|e| e.txn.set_slot(target, name, Slot::Value(args[1].clone())))?;
             return Ok(Json::Null);
@@ -381,7 +412,14 @@ fn dispatch_inner(ctx: &Ctx<'_>, target: &str, selector: &str, args: Vec<Json>) 
         && let Slot::Method(m) = &holder.slots["doesNotUnderstand_"]
     {
         let dnu_args = [json!(selector), Json::Array(args)];
-        return call_method(ctx, target, &holder.oid, "doesNotUnderstand_", &m.source, &dnu_args);
+        return call_method(
+            ctx,
+            target,
+            &holder.oid,
+            "doesNotUnderstand_",
+            &m.source,
+            &dnu_args,
+        );
     }
     with_exec(|e| {
         e.miss.get_or_insert(Miss {
@@ -430,13 +468,20 @@ fn compile<'js>(ctx: &Ctx<'js>, holder: &str, name: &str, source: &str) -> Resul
 
 fn compile_error(file: &str, err: CaughtError<'_>) -> TelosError {
     let (message, stack) = match &err {
-        CaughtError::Exception(ex) => (ex.message().unwrap_or_default(), ex.stack().unwrap_or_default()),
+        CaughtError::Exception(ex) => (
+            ex.message().unwrap_or_default(),
+            ex.stack().unwrap_or_default(),
+        ),
         other => (other.to_string(), String::new()),
     };
     match position(file, &stack) {
         Some((line, column)) => {
             // The source is wrapped in "(" on its first line.
-            let column = if line == 1 { column.saturating_sub(1) } else { column };
+            let column = if line == 1 {
+                column.saturating_sub(1)
+            } else {
+                column
+            };
             TelosError::MethodError(format!(
                 "syntax error in {file} at line {line}, column {column}: {message}"
             ))
@@ -471,7 +516,10 @@ fn call_method(
         .restore(ctx)
         .map_err(TelosError::internal)?;
     let args_json = serde_json::to_string(args).map_err(TelosError::internal)?;
-    match invoke.call::<_, String>((func, receiver, args_json)).catch(ctx) {
+    match invoke
+        .call::<_, String>((func, receiver, args_json))
+        .catch(ctx)
+    {
         Ok(out) => {
             let limit = with_exec(|e| e.limits.output_bytes);
             if out.len() > limit {
@@ -492,7 +540,10 @@ fn call_method(
 /// Turns what a method threw into the error the caller sees.
 fn runtime_error(receiver: &str, name: &str, err: CaughtError<'_>) -> TelosError {
     let (message, stack) = match &err {
-        CaughtError::Exception(ex) => (ex.message().unwrap_or_default(), ex.stack().unwrap_or_default()),
+        CaughtError::Exception(ex) => (
+            ex.message().unwrap_or_default(),
+            ex.stack().unwrap_or_default(),
+        ),
         CaughtError::Value(v) => (
             v.as_string()
                 .and_then(|s| s.to_string().ok())
@@ -667,10 +718,7 @@ mod tests {
 
     #[test]
     fn positions_are_read_from_quickjs_stacks() {
-        assert_eq!(
-            position("o1.area", "    at o1.area:3:17\n"),
-            Some((3, 17))
-        );
+        assert_eq!(position("o1.area", "    at o1.area:3:17\n"), Some((3, 17)));
         assert_eq!(position("o1.area", "no position"), None);
     }
 }

@@ -288,7 +288,10 @@ async fn apply_schema(db: &Surreal<Any>) -> anyhow::Result<()> {
         .bind(("v", SCHEMA.len() as i64))
         .bind((
             "files",
-            SCHEMA.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
+            SCHEMA
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>(),
         ))
         .await
         .and_then(|r| r.check())

@@ -267,8 +267,10 @@ impl Txn {
             return Ok(obj.clone());
         }
         let obj = self.world.get(oid)?;
-        self.reads
-            .insert(oid.to_string(), obj.as_ref().map(|o| o.version).unwrap_or(0));
+        self.reads.insert(
+            oid.to_string(),
+            obj.as_ref().map(|o| o.version).unwrap_or(0),
+        );
         self.view.insert(oid.to_string(), obj.clone());
         Ok(obj)
     }
@@ -332,7 +334,7 @@ impl Txn {
 
     /// Removes a slot from `oid`; missing slots are a `not_found`.
     pub fn remove_slot(&mut self, oid: &str, name: &str) -> Result<()> {
-        if self.require(oid)?.slots.get(name).is_none() {
+        if !self.require(oid)?.slots.contains_key(name) {
             return Err(TelosError::NotFound(format!("{oid} has no slot {name}")));
         }
         self.edit(oid)?.slots.remove(name);
@@ -340,7 +342,11 @@ impl Txn {
     }
 
     /// Creates a clone of `parent` with optional initial slots; answers the new oid.
-    pub fn clone_object(&mut self, parent: &str, slots: serde_json::Map<String, Json>) -> Result<String> {
+    pub fn clone_object(
+        &mut self,
+        parent: &str,
+        slots: serde_json::Map<String, Json>,
+    ) -> Result<String> {
         self.require(parent)?;
         let oid = new_oid();
         let mut obj = ObjectState::new(oid.clone(), &[parent], BTreeMap::new());

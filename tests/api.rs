@@ -12,8 +12,19 @@ async fn a_fresh_world_lists_the_primordial_objects() {
     let app = spawn_app().await;
     let (status, body) = app.get("/api/objects").await;
     assert_eq!(status, 200);
-    let oids: Vec<&str> = body.as_array().unwrap().iter().map(|o| o["oid"].as_str().unwrap()).collect();
-    for oid in ["traits_obj", "genesis_obj", "memory_manager", "backup_manager", "Retrievable"] {
+    let oids: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["oid"].as_str().unwrap())
+        .collect();
+    for oid in [
+        "traits_obj",
+        "genesis_obj",
+        "memory_manager",
+        "backup_manager",
+        "Retrievable",
+    ] {
         assert!(oids.contains(&oid), "{oid} missing from {oids:?}");
     }
     let (status, genesis) = app.get("/api/objects/genesis_obj").await;
@@ -28,13 +39,29 @@ async fn a_fresh_world_lists_the_primordial_objects() {
 #[actix_web::test]
 async fn a_parent_method_runs_for_a_child_with_self_as_the_child() {
     let app = spawn_app().await;
-    let proto = app.clone_obj("genesis_obj", json!({"w": 1, "h": 1, "kind": "proto"})).await;
-    app.set_method(&proto, "area", "function area(self) { return self.w * self.h; }").await;
-    app.set_method(&proto, "grow", "function grow(self, k) { self.w = self.w * k; return self.w; }").await;
+    let proto = app
+        .clone_obj("genesis_obj", json!({"w": 1, "h": 1, "kind": "proto"}))
+        .await;
+    app.set_method(
+        &proto,
+        "area",
+        "function area(self) { return self.w * self.h; }",
+    )
+    .await;
+    app.set_method(
+        &proto,
+        "grow",
+        "function grow(self, k) { self.w = self.w * k; return self.w; }",
+    )
+    .await;
     let child = app.clone_obj(&proto, json!({"w": 3, "h": 4})).await;
 
     assert_eq!(app.send(&child, "area", json!([])).await.1["value"], 12);
-    assert_eq!(app.send(&child, "kind", json!([])).await.1["value"], "proto", "reads fall through to the parent");
+    assert_eq!(
+        app.send(&child, "kind", json!([])).await.1["value"],
+        "proto",
+        "reads fall through to the parent"
+    );
     assert_eq!(app.send(&child, "grow", json!([2])).await.1["value"], 6);
 
     let (_, c) = app.get(&format!("/api/objects/{child}")).await;
@@ -51,7 +78,10 @@ async fn getters_setters_and_set_slot_value_work_as_messages() {
     assert_eq!(app.send(&o, "name", json!([])).await.1["value"], "ada");
     assert_eq!(app.send(&o, "name_", json!(["grace"])).await.0, 200);
     assert_eq!(app.send(&o, "name", json!([])).await.1["value"], "grace");
-    assert_eq!(app.send(&o, "setSlot_value_", json!(["age", 36])).await.0, 200);
+    assert_eq!(
+        app.send(&o, "setSlot_value_", json!(["age", 36])).await.0,
+        200
+    );
     assert_eq!(app.send(&o, "age", json!([])).await.1["value"], 36);
     let (status, body) = app.send(&o, "age", json!([1])).await;
     assert_eq!(status, 422);
@@ -76,25 +106,48 @@ async fn an_unknown_message_is_a_clear_does_not_understand_unless_the_chain_hand
     )
     .await;
     let child = app.clone_obj(&proto, json!({})).await;
-    assert_eq!(app.send(&child, "fly", json!([1, 2])).await.1["value"], "fly:2");
+    assert_eq!(
+        app.send(&child, "fly", json!([1, 2])).await.1["value"],
+        "fly:2"
+    );
 }
 
 #[actix_web::test]
 async fn a_send_cycle_returns_and_endless_recursion_ends_with_an_error() {
     let app = spawn_app().await;
     let a = app.clone_obj("genesis_obj", json!({"n": 0})).await;
-    let b = app.clone_obj("genesis_obj", json!({"peer": {"$ref": a}})).await;
+    let b = app
+        .clone_obj("genesis_obj", json!({"peer": {"$ref": a}}))
+        .await;
     app.set_method(&a, "ping", &format!(
         "function ping(self, k) {{ self.n = self.n + 1; return k <= 0 ? 'done' : send('{b}', 'pong', k - 1); }}"
     )).await;
-    app.set_method(&b, "pong", "function pong(self, k) { return self.peer.ping(k); }").await;
+    app.set_method(
+        &b,
+        "pong",
+        "function pong(self, k) { return self.peer.ping(k); }",
+    )
+    .await;
     let (status, body) = app.send(&a, "ping", json!([6])).await;
     assert_eq!((status, &body["value"]), (200, &json!("done")), "{body}");
     let (_, a_view) = app.get(&format!("/api/objects/{a}")).await;
-    assert_eq!(a_view["slots"]["n"], 4, "A ran for k = 6, 4, 2, 0 and its writes committed");
+    assert_eq!(
+        a_view["slots"]["n"], 7,
+        "A ran for k = 6, 5, ..., 0 and its writes committed"
+    );
 
-    app.set_method(&a, "forever", &format!("function forever(self) {{ return send('{b}', 'back'); }}")).await;
-    app.set_method(&b, "back", &format!("function back(self) {{ return send('{a}', 'forever'); }}")).await;
+    app.set_method(
+        &a,
+        "forever",
+        &format!("function forever(self) {{ return send('{b}', 'back'); }}"),
+    )
+    .await;
+    app.set_method(
+        &b,
+        "back",
+        &format!("function back(self) {{ return send('{a}', 'forever'); }}"),
+    )
+    .await;
     let (status, body) = app.send(&a, "forever", json!([])).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["code"], "limit_exceeded", "{body}");
@@ -103,21 +156,50 @@ async fn a_send_cycle_returns_and_endless_recursion_ends_with_an_error() {
     app.set_method(&a, "sneaky", &format!(
         "function sneaky(self) {{ try {{ return send('{b}', 'back2'); }} catch (e) {{ return 'caught'; }} }}"
     )).await;
-    app.set_method(&b, "back2", &format!("function back2(self) {{ return send('{a}', 'sneaky'); }}")).await;
+    app.set_method(
+        &b,
+        "back2",
+        &format!("function back2(self) {{ return send('{a}', 'sneaky'); }}"),
+    )
+    .await;
     let (status, body) = app.send(&a, "sneaky", json!([])).await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("limit_exceeded")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("limit_exceeded")),
+        "{body}"
+    );
 
-    assert_eq!(app.send(&a, "n", json!([])).await.1["value"], 4, "the server still answers");
+    assert_eq!(
+        app.send(&a, "n", json!([])).await.1["value"],
+        7,
+        "the server still answers"
+    );
 }
 
 #[actix_web::test]
 async fn runaway_methods_hit_their_limits_while_others_are_served() {
     let app = spawn_app().await;
     let o = app.clone_obj("genesis_obj", json!({"x": 1})).await;
-    app.set_method(&o, "spin", "function spin(self) { while (true) {} }").await;
-    app.set_method(&o, "hog", "function hog(self) { const a = []; while (true) a.push(new Array(1 << 20).fill(7)); }").await;
-    app.set_method(&o, "big", "function big(self) { return new ArrayBuffer(1024 * 1024 * 1024).byteLength; }").await;
-    app.set_method(&o, "deep", "function deep(self) { const f = (n) => f(n + 1) + 1; return f(0); }").await;
+    app.set_method(&o, "spin", "function spin(self) { while (true) {} }")
+        .await;
+    app.set_method(
+        &o,
+        "hog",
+        "function hog(self) { const a = []; while (true) a.push(new Array(1 << 20).fill(7)); }",
+    )
+    .await;
+    app.set_method(
+        &o,
+        "big",
+        "function big(self) { return new ArrayBuffer(1024 * 1024 * 1024).byteLength; }",
+    )
+    .await;
+    app.set_method(
+        &o,
+        "deep",
+        "function deep(self) { const f = (n) => f(n + 1) + 1; return f(0); }",
+    )
+    .await;
     app.set_method(
         &o,
         "probe",
@@ -132,7 +214,13 @@ async fn runaway_methods_hit_their_limits_while_others_are_served() {
         actix_web::rt::spawn(async move {
             let c = client();
             let t = Instant::now();
-            let r = request(&c, "POST", &format!("{base}/api/objects/{o}/send"), Some(json!({"selector": "spin"}))).await;
+            let r = request(
+                &c,
+                "POST",
+                &format!("{base}/api/objects/{o}/send"),
+                Some(json!({"selector": "spin"})),
+            )
+            .await;
             (r, t.elapsed())
         })
     };
@@ -140,19 +228,40 @@ async fn runaway_methods_hit_their_limits_while_others_are_served() {
     actix_web::rt::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
     assert_eq!(app.send(&other, "y", json!([])).await.1["value"], 2);
-    assert!(t.elapsed() < Duration::from_millis(1500), "another object answered while one spins");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "another object answered while one spins"
+    );
     let ((status, body), took) = spinning.await.unwrap();
-    assert_eq!((status, body["code"].as_str()), (422, Some("limit_exceeded")), "{body}");
-    assert!(body["message"].as_str().unwrap().contains("wall time"), "{body}");
-    assert!(took < Duration::from_secs(4), "stopped near the 2 s limit, took {took:?}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("limit_exceeded")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("wall time"),
+        "{body}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "stopped near the 2 s limit, took {took:?}"
+    );
 
     for sel in ["hog", "big", "deep"] {
         let (status, body) = app.send(&o, sel, json!([])).await;
-        assert_eq!((status, body["code"].as_str()), (422, Some("limit_exceeded")), "{sel}: {body}");
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some("limit_exceeded")),
+            "{sel}: {body}"
+        );
     }
     let (_, body) = app.send(&o, "probe", json!([])).await;
     assert_eq!(body["value"], json!(vec!["undefined"; 7]));
-    assert_eq!(app.send(&o, "x", json!([])).await.1["value"], 1, "the object still works");
+    assert_eq!(
+        app.send(&o, "x", json!([])).await.1["value"],
+        1,
+        "the object still works"
+    );
 }
 
 #[actix_web::test]
@@ -160,7 +269,12 @@ async fn a_method_that_throws_after_writing_leaves_every_slot_as_it_was() {
     let app = spawn_app().await;
     let o = app.clone_obj("genesis_obj", json!({"a": 1, "b": 2})).await;
     let peer = app.clone_obj("genesis_obj", json!({"c": 3})).await;
-    app.set_method(&peer, "bump", "function bump(self) { self.c = 99; return 1; }").await;
+    app.set_method(
+        &peer,
+        "bump",
+        "function bump(self) { self.c = 99; return 1; }",
+    )
+    .await;
     app.set_method(&o, "oops", &format!(
         "function oops(self) {{ self.a = 10; self.b = 20; send('{peer}', 'bump'); clone(); throw new Error('boom'); }}"
     )).await;
@@ -169,11 +283,18 @@ async fn a_method_that_throws_after_writing_leaves_every_slot_as_it_was() {
     assert_eq!(body["code"], "method_error");
     assert!(body["message"].as_str().unwrap().contains("boom"), "{body}");
     let (_, v) = app.get(&format!("/api/objects/{o}")).await;
-    assert_eq!((v["slots"]["a"].clone(), v["slots"]["b"].clone()), (json!(1), json!(2)));
+    assert_eq!(
+        (v["slots"]["a"].clone(), v["slots"]["b"].clone()),
+        (json!(1), json!(2))
+    );
     let (_, p) = app.get(&format!("/api/objects/{peer}")).await;
     assert_eq!(p["slots"]["c"], 3, "nested writes were rolled back too");
     let (_, list) = app.get("/api/objects").await;
-    assert_eq!(list.as_array().unwrap().len(), 7, "the clone made inside was not kept");
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        7,
+        "the clone made inside was not kept"
+    );
 }
 
 #[actix_web::test]
@@ -181,13 +302,22 @@ async fn syntax_errors_name_the_object_method_line_and_column() {
     let app = spawn_app().await;
     let o = app.clone_obj("genesis_obj", json!({})).await;
     let (status, body) = app
-        .put(&format!("/api/objects/{o}/slots/bad"), json!({"method": "function bad(self) {\n  return 1 +;\n}"}))
+        .put(
+            &format!("/api/objects/{o}/slots/bad"),
+            json!({"method": "function bad(self) {\n  return 1 +;\n}"}),
+        )
         .await;
     assert_eq!(status, 422, "{body}");
     let msg = body["message"].as_str().unwrap();
-    assert!(msg.contains(&format!("{o}.bad")) && msg.contains("line 2") && msg.contains("column"), "{msg}");
+    assert!(
+        msg.contains(&format!("{o}.bad")) && msg.contains("line 2") && msg.contains("column"),
+        "{msg}"
+    );
     let (status, body) = app
-        .put(&format!("/api/objects/{o}/slots/two"), json!({"method": "function a(self) {} ; globalThis.x = 1"}))
+        .put(
+            &format!("/api/objects/{o}/slots/two"),
+            json!({"method": "function a(self) {} ; globalThis.x = 1"}),
+        )
         .await;
     assert_eq!(status, 422, "only a single function is accepted: {body}");
 }
@@ -198,12 +328,23 @@ async fn ws_send_line_subscribe_and_changed_frames() {
     let o = app.clone_obj("genesis_obj", json!({"count": 0})).await;
     app.set_method(&o, "inc", "function inc(self, by) { log('adding', by); self.count = self.count + by; return self.count; }").await;
     let mut ws = app.ws().await;
-    ws.send_json(json!({"type": "subscribe", "target": o})).await;
+    ws.send_json(json!({"type": "subscribe", "target": o}))
+        .await;
     assert_eq!(ws.next().await["type"], "subscribed");
 
-    let (res, others) = ws.call(json!({"type": "send", "target": o, "selector": "inc", "args": [5]}), "c1").await;
+    let (res, others) = ws
+        .call(
+            json!({"type": "send", "target": o, "selector": "inc", "args": [5]}),
+            "c1",
+        )
+        .await;
     assert_eq!(res, json!({"type": "result", "id": "c1", "value": 5}));
-    assert!(others.iter().any(|f| f["type"] == "log" && f["text"] == "adding 5"), "{others:?}");
+    assert!(
+        others
+            .iter()
+            .any(|f| f["type"] == "log" && f["text"] == "adding 5"),
+        "{others:?}"
+    );
     let changed = if others.iter().any(|f| f["type"] == "changed") {
         others.into_iter().find(|f| f["type"] == "changed").unwrap()
     } else {
@@ -213,9 +354,13 @@ async fn ws_send_line_subscribe_and_changed_frames() {
     assert_eq!(changed["target"], json!(o));
     assert_eq!(changed["slots"], json!(["count"]));
 
-    let (res, _) = ws.call(json!({"type": "line", "text": format!("{o}.inc(2)")}), "c2").await;
+    let (res, _) = ws
+        .call(json!({"type": "line", "text": format!("{o}.inc(2)")}), "c2")
+        .await;
     assert_eq!(res["value"], 7);
-    let (res, _) = ws.call(json!({"type": "line", "text": format!("{o}.count")}), "c3").await;
+    let (res, _) = ws
+        .call(json!({"type": "line", "text": format!("{o}.count")}), "c3")
+        .await;
     assert_eq!(res["value"], 7);
 }
 
@@ -225,33 +370,70 @@ async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
     let mut ws = app.ws().await;
     ws.send_text("{not json".into()).await;
     let f = ws.next().await;
-    assert_eq!((f["type"].as_str(), f["code"].as_str()), (Some("error"), Some("bad_request")), "{f}");
+    assert_eq!(
+        (f["type"].as_str(), f["code"].as_str()),
+        (Some("error"), Some("bad_request")),
+        "{f}"
+    );
     assert!(f["message"].as_str().unwrap().contains("malformed JSON"));
 
     let (f, _) = ws.call(json!({"type": "dance"}), "u1").await;
     assert_eq!(f["code"], "bad_request");
-    assert!(f["message"].as_str().unwrap().contains("expected type"), "{f}");
+    assert!(
+        f["message"].as_str().unwrap().contains("expected type"),
+        "{f}"
+    );
 
-    let (f, _) = ws.call(json!({"type": "send", "target": "nobody", "selector": "x"}), "u2").await;
+    let (f, _) = ws
+        .call(
+            json!({"type": "send", "target": "nobody", "selector": "x"}),
+            "u2",
+        )
+        .await;
     assert_eq!(f["code"], "not_found", "{f}");
 
     ws.send_text(json!({"type": "send", "id": "big", "target": "genesis_obj", "selector": "x", "args": ["y".repeat(20_000)]}).to_string()).await;
     let f = ws.next().await;
     assert_eq!(f["code"], "bad_request");
-    assert!(f["message"].as_str().unwrap().contains("over the limit"), "{f}");
+    assert!(
+        f["message"].as_str().unwrap().contains("over the limit"),
+        "{f}"
+    );
 
-    let (f, _) = ws.call(json!({"type": "line", "text": "genesis_obj.name()"}), "ok").await;
+    let (f, _) = ws
+        .call(json!({"type": "line", "text": "genesis_obj.name()"}), "ok")
+        .await;
     assert_eq!(f["value"], "genesis_obj", "still usable: {f}");
 
     // REST.
     assert_eq!(app.get("/api/objects/nobody").await.0, 404);
     assert_eq!(app.get("/api/objects/nobody").await.1["code"], "not_found");
-    let (status, body) = app.put("/api/objects/genesis_obj/slots/a%0Ab", json!({"value": 1})).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")), "{body}");
+    let (status, body) = app
+        .put("/api/objects/genesis_obj/slots/a%0Ab", json!({"value": 1}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
     let long = "n".repeat(200);
-    assert_eq!(app.put(&format!("/api/objects/genesis_obj/slots/{long}"), json!({"value": 1})).await.0, 400);
-    let (status, body) = app.put("/api/objects/genesis_obj/slots/x", json!({"valu": 1})).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")), "{body}");
+    assert_eq!(
+        app.put(
+            &format!("/api/objects/genesis_obj/slots/{long}"),
+            json!({"value": 1})
+        )
+        .await
+        .0,
+        400
+    );
+    let (status, body) = app
+        .put("/api/objects/genesis_obj/slots/x", json!({"valu": 1}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
     let resp = app
         .client
         .post(format!("{}/api/objects/genesis_obj/send", app.base))
@@ -260,7 +442,9 @@ async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
-    let (status, _) = app.send("genesis_obj", "x", json!(["z".repeat(20_000)])).await;
+    let (status, _) = app
+        .send("genesis_obj", "x", json!(["z".repeat(20_000)]))
+        .await;
     assert_eq!(status, 413);
     let (status, body) = app.delete("/api/objects/traits_obj").await;
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
@@ -272,7 +456,12 @@ async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
 async fn objects_are_passivated_when_idle_and_come_back_on_the_next_message() {
     let app = spawn_app_with(|s| s.passivate_after_secs = 0.2).await;
     let o = app.clone_obj("genesis_obj", json!({"v": 41})).await;
-    app.set_method(&o, "next", "function next(self) { self.v = self.v + 1; return self.v; }").await;
+    app.set_method(
+        &o,
+        "next",
+        "function next(self) { self.v = self.v + 1; return self.v; }",
+    )
+    .await;
     assert_eq!(app.send(&o, "next", json!([])).await.1["value"], 42);
     actix_web::rt::time::sleep(Duration::from_millis(900)).await;
     let (_, health) = app.get("/api/health").await;
@@ -286,9 +475,19 @@ async fn deleting_objects_and_slots() {
     let parent = app.clone_obj("genesis_obj", json!({})).await;
     let child = app.clone_obj(&parent, json!({"k": 1})).await;
     let (status, body) = app.delete(&format!("/api/objects/{parent}")).await;
-    assert_eq!((status, body["code"].as_str()), (409, Some("conflict")), "{body}");
-    assert_eq!(app.delete(&format!("/api/objects/{child}/slots/k")).await.0, 200);
-    assert_eq!(app.delete(&format!("/api/objects/{child}/slots/k")).await.0, 404);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    assert_eq!(
+        app.delete(&format!("/api/objects/{child}/slots/k")).await.0,
+        200
+    );
+    assert_eq!(
+        app.delete(&format!("/api/objects/{child}/slots/k")).await.0,
+        404
+    );
     assert_eq!(app.delete(&format!("/api/objects/{child}")).await.0, 200);
     assert_eq!(app.get(&format!("/api/objects/{child}")).await.0, 404);
     assert_eq!(app.delete(&format!("/api/objects/{parent}")).await.0, 200);
@@ -298,17 +497,37 @@ async fn deleting_objects_and_slots() {
 async fn concurrent_increments_from_many_clients_are_all_kept() {
     let app = spawn_app().await;
     let counter = app.clone_obj("genesis_obj", json!({"n": 0})).await;
-    app.set_method(&counter, "inc", "function inc(self) { self.n = self.n + 1; return self.n; }").await;
+    app.set_method(
+        &counter,
+        "inc",
+        "function inc(self) { self.n = self.n + 1; return self.n; }",
+    )
+    .await;
     let via = app.clone_obj("genesis_obj", json!({})).await;
-    app.set_method(&via, "relay", &format!("function relay(self) {{ return send('{counter}', 'inc'); }}")).await;
+    app.set_method(
+        &via,
+        "relay",
+        &format!("function relay(self) {{ return send('{counter}', 'inc'); }}"),
+    )
+    .await;
     let mut tasks = Vec::new();
     for i in 0..8 {
         let base = app.base.clone();
-        let (target, sel) = if i % 2 == 0 { (counter.clone(), "inc") } else { (via.clone(), "relay") };
+        let (target, sel) = if i % 2 == 0 {
+            (counter.clone(), "inc")
+        } else {
+            (via.clone(), "relay")
+        };
         tasks.push(actix_web::rt::spawn(async move {
             let c = client();
             for _ in 0..10 {
-                let (s, b) = request(&c, "POST", &format!("{base}/api/objects/{target}/send"), Some(json!({"selector": sel}))).await;
+                let (s, b) = request(
+                    &c,
+                    "POST",
+                    &format!("{base}/api/objects/{target}/send"),
+                    Some(json!({"selector": sel})),
+                )
+                .await;
                 assert_eq!(s, 200, "{b}");
             }
         }));
@@ -329,14 +548,37 @@ fn the_world_survives_a_restart_with_the_same_oids_slots_and_methods() {
         oid = actix_web::rt::System::new().block_on(async {
             let c = client();
             let base = &server.base;
-            let (_, b) = request(&c, "POST", &format!("{base}/api/objects/genesis_obj/clone"), Some(json!({"slots": {"name": "rect", "w": 3, "h": 4}}))).await;
+            let (_, b) = request(
+                &c,
+                "POST",
+                &format!("{base}/api/objects/genesis_obj/clone"),
+                Some(json!({"slots": {"name": "rect", "w": 3, "h": 4}})),
+            )
+            .await;
             let oid = b["oid"].as_str().unwrap().to_string();
-            let (s, _) = request(&c, "PUT", &format!("{base}/api/objects/{oid}/slots/area"), Some(json!({"method": "function area(self) { return self.w * self.h; }"}))).await;
+            let (s, _) = request(
+                &c,
+                "PUT",
+                &format!("{base}/api/objects/{oid}/slots/area"),
+                Some(json!({"method": "function area(self) { return self.w * self.h; }"})),
+            )
+            .await;
             assert_eq!(s, 200);
-            let (_, b) = request(&c, "POST", &format!("{base}/api/objects/{oid}/send"), Some(json!({"selector": "area"}))).await;
+            let (_, b) = request(
+                &c,
+                "POST",
+                &format!("{base}/api/objects/{oid}/send"),
+                Some(json!({"selector": "area"})),
+            )
+            .await;
             assert_eq!(b["value"], 12);
             let mut ws = Ws::connect(base).await;
-            let (r, _) = ws.call(json!({"type": "send", "target": oid, "selector": "area"}), "w1").await;
+            let (r, _) = ws
+                .call(
+                    json!({"type": "send", "target": oid, "selector": "area"}),
+                    "w1",
+                )
+                .await;
             assert_eq!(r["value"], 12);
             oid
         });
@@ -349,8 +591,19 @@ fn the_world_survives_a_restart_with_the_same_oids_slots_and_methods() {
         assert_eq!(s, 200);
         assert_eq!(v["slots"]["name"], "rect");
         assert_eq!(v["slots"]["w"], 3);
-        assert!(v["slots"]["area"]["method"]["source"].as_str().unwrap().contains("self.w * self.h"));
-        let (_, b) = request(&c, "POST", &format!("{base}/api/objects/{oid}/send"), Some(json!({"selector": "area"}))).await;
+        assert!(
+            v["slots"]["area"]["method"]["source"]
+                .as_str()
+                .unwrap()
+                .contains("self.w * self.h")
+        );
+        let (_, b) = request(
+            &c,
+            "POST",
+            &format!("{base}/api/objects/{oid}/send"),
+            Some(json!({"selector": "area"})),
+        )
+        .await;
         assert_eq!(b["value"], 12);
     });
 }
@@ -379,7 +632,13 @@ fn kill_9_during_a_burst_of_writes_loses_no_acknowledged_write() {
     let base = server.base.clone();
     let acked: Vec<(String, i64)> = actix_web::rt::System::new().block_on(async {
         let c = client();
-        let (_, b) = request(&c, "POST", &format!("{base}/api/objects/genesis_obj/clone"), Some(json!({}))).await;
+        let (_, b) = request(
+            &c,
+            "POST",
+            &format!("{base}/api/objects/genesis_obj/clone"),
+            Some(json!({})),
+        )
+        .await;
         let oid = b["oid"].as_str().unwrap().to_string();
         let mut acked = Vec::new();
         let deadline = Instant::now() + Duration::from_millis(1500);
@@ -405,13 +664,26 @@ fn kill_9_during_a_burst_of_writes_loses_no_acknowledged_write() {
         acked.insert(0, (oid, -1));
         acked
     });
-    assert!(acked.len() > 10, "some writes were acknowledged before the kill");
+    assert!(
+        acked.len() > 10,
+        "some writes were acknowledged before the kill"
+    );
     let oid = acked[0].0.clone();
     let server = ServerProcess::start(&data).expect("server restarts after kill -9");
     actix_web::rt::System::new().block_on(async {
-        let (_, v) = request(&client(), "GET", &format!("{}/api/objects/{oid}", server.base), None).await;
+        let (_, v) = request(
+            &client(),
+            "GET",
+            &format!("{}/api/objects/{oid}", server.base),
+            None,
+        )
+        .await;
         for (slot, value) in &acked[1..] {
-            assert_eq!(v["slots"][slot], json!(value), "acknowledged {slot} lost: {v}");
+            assert_eq!(
+                v["slots"][slot],
+                json!(value),
+                "acknowledged {slot} lost: {v}"
+            );
         }
     });
 }
@@ -420,7 +692,11 @@ fn kill_9_during_a_burst_of_writes_loses_no_acknowledged_write() {
 fn config_file_then_environment_then_flags() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("telos.toml");
-    std::fs::write(&file, "bind = \"127.0.0.1:1\"\nwall_time_ms = 1234\nheap_mib = 8\n").unwrap();
+    std::fs::write(
+        &file,
+        "bind = \"127.0.0.1:1\"\nwall_time_ms = 1234\nheap_mib = 8\n",
+    )
+    .unwrap();
     // SAFETY: this test binary sets this variable nowhere else, and reads it right away.
     unsafe { std::env::set_var("TELOS_HEAP_MIB", "16") };
     let s = telos::Settings::load(Some(&file)).unwrap();
@@ -436,7 +712,12 @@ fn config_file_then_environment_then_flags() {
 #[actix_web::test]
 async fn the_page_is_served() {
     let app = spawn_app().await;
-    let mut resp = app.client.get(format!("{}/", app.base)).send().await.unwrap();
+    let mut resp = app
+        .client
+        .get(format!("{}/", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let body = resp.body().await.unwrap();
     assert!(String::from_utf8_lossy(&body).contains("TelOS"));

@@ -43,7 +43,11 @@ struct Page {
 
 async fn list_objects(telos: web::Data<Telos>, page: web::Query<Page>) -> ApiResult {
     let limit = page.limit.unwrap_or(100).min(1000);
-    let objects = telos.world.store().list(page.offset.unwrap_or(0), limit).await?;
+    let objects = telos
+        .world
+        .store()
+        .list(page.offset.unwrap_or(0), limit)
+        .await?;
     Ok(HttpResponse::Ok().json(objects))
 }
 
@@ -51,7 +55,11 @@ async fn get_object(telos: web::Data<Telos>, oid: web::Path<String>) -> ApiResul
     Ok(HttpResponse::Ok().json(telos.view(&oid).await?))
 }
 
-async fn delete_object(telos: web::Data<Telos>, req: HttpRequest, oid: web::Path<String>) -> ApiResult {
+async fn delete_object(
+    telos: web::Data<Telos>,
+    req: HttpRequest,
+    oid: web::Path<String>,
+) -> ApiResult {
     authorise(&telos, &req)?;
     value_of(telos.call(&oid, Op::Delete).await)?;
     Ok(HttpResponse::Ok().json(json!({ "deleted": oid.into_inner() })))
@@ -62,7 +70,8 @@ fn optional_body(body: &web::Bytes) -> Result<Json, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
 async fn clone_object(
@@ -147,7 +156,11 @@ async fn delete_slot(
 ) -> ApiResult {
     authorise(&telos, &req)?;
     let (oid, name) = path.into_inner();
-    value_of(telos.call(&oid, Op::RemoveSlot { name: name.clone() }).await)?;
+    value_of(
+        telos
+            .call(&oid, Op::RemoveSlot { name: name.clone() })
+            .await,
+    )?;
     Ok(HttpResponse::Ok().json(json!({ "oid": oid, "removed": name })))
 }
 
@@ -156,7 +169,8 @@ async fn get_method(telos: web::Data<Telos>, path: web::Path<(String, String)>) 
     let view = telos.view(&oid).await?;
     match view["slots"].get(&name) {
         Some(slot) if slot.get("method").is_some() => {
-            let method: Slot = serde_json::from_value(slot.clone()).map_err(TelosError::internal)?;
+            let method: Slot =
+                serde_json::from_value(slot.clone()).map_err(TelosError::internal)?;
             let Slot::Method(m) = method else {
                 unreachable!("checked above")
             };
@@ -168,7 +182,9 @@ async fn get_method(telos: web::Data<Telos>, path: web::Path<(String, String)>) 
                 "installed_at": m.installed_at,
             })))
         }
-        Some(_) => Err(ApiError::bad_request(format!("{oid}.{name} is a value slot, not a method"))),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{oid}.{name} is a value slot, not a method"
+        ))),
         None => Err(ApiError::not_found(format!("{oid} has no method {name}"))),
     }
 }

@@ -26,7 +26,8 @@ impl ApiError {
 
     pub fn from_json_error(err: JsonPayloadError) -> Self {
         match err {
-            JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError {
+            JsonPayloadError::Overflow { limit }
+            | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError {
                 error: TelosError::BadRequest(format!(
                     "request body is larger than the limit of {limit} bytes"
                 )),

@@ -85,19 +85,40 @@ impl TestApp {
         request(&self.client, "GET", &format!("{}{path}", self.base), None).await
     }
     pub async fn post(&self, path: &str, body: Json) -> (u16, Json) {
-        request(&self.client, "POST", &format!("{}{path}", self.base), Some(body)).await
+        request(
+            &self.client,
+            "POST",
+            &format!("{}{path}", self.base),
+            Some(body),
+        )
+        .await
     }
     pub async fn put(&self, path: &str, body: Json) -> (u16, Json) {
-        request(&self.client, "PUT", &format!("{}{path}", self.base), Some(body)).await
+        request(
+            &self.client,
+            "PUT",
+            &format!("{}{path}", self.base),
+            Some(body),
+        )
+        .await
     }
     pub async fn delete(&self, path: &str) -> (u16, Json) {
-        request(&self.client, "DELETE", &format!("{}{path}", self.base), None).await
+        request(
+            &self.client,
+            "DELETE",
+            &format!("{}{path}", self.base),
+            None,
+        )
+        .await
     }
 
     /// Clones `parent` with `slots`; answers the new oid.
     pub async fn clone_obj(&self, parent: &str, slots: Json) -> String {
         let (status, body) = self
-            .post(&format!("/api/objects/{parent}/clone"), json!({ "slots": slots }))
+            .post(
+                &format!("/api/objects/{parent}/clone"),
+                json!({ "slots": slots }),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         body["oid"].as_str().expect("oid").to_string()
@@ -105,7 +126,10 @@ impl TestApp {
 
     pub async fn set_method(&self, oid: &str, name: &str, source: &str) {
         let (status, body) = self
-            .put(&format!("/api/objects/{oid}/slots/{name}"), json!({ "method": source }))
+            .put(
+                &format!("/api/objects/{oid}/slots/{name}"),
+                json!({ "method": source }),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
     }
