@@ -18,13 +18,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 use tokio::sync::broadcast;
 
 use crate::error::{Result, TelosError};
-use crate::object::{
-    NAME_SLOT, ObjectState, PRIMORDIAL, Slot, lookup, new_oid, validate_slot_name,
-};
+use crate::object::{ObjectState, PRIMORDIAL, Slot, lookup, new_oid, validate_slot_name};
 use crate::store::Store;
 
 /// A committed change to one object, announced to subscribers.
@@ -109,18 +107,6 @@ impl World {
             },
         );
         Ok(Some(obj))
-    }
-
-    /// Whether an object exists (async: for actors and HTTP handlers). Warms the cache.
-    pub async fn exists(self: &Arc<Self>, oid: &str) -> Result<bool> {
-        if self.cached(oid).is_some() {
-            return Ok(true);
-        }
-        let world = self.clone();
-        let oid = oid.to_string();
-        tokio::task::spawn_blocking(move || world.get(&oid).map(|o| o.is_some()))
-            .await
-            .map_err(TelosError::internal)?
     }
 
     /// Drops cache entries not used for `idle`; they reload from the store on next use.
@@ -411,12 +397,4 @@ pub fn slots_arg(v: Option<&Json>) -> Result<serde_json::Map<String, Json>> {
             "slots must be a JSON object of name → value, got {other}"
         ))),
     }
-}
-
-/// A clone's name for logs when it has none.
-pub fn display_name(obj: &ObjectState) -> Json {
-    obj.slots
-        .get(NAME_SLOT)
-        .map(|s| s.to_view())
-        .unwrap_or_else(|| json!(obj.oid))
 }

@@ -723,3 +723,27 @@ async fn the_page_is_served() {
     assert!(String::from_utf8_lossy(&body).contains("TelOS"));
     let _: Json = app.get("/api/nothing").await.1;
 }
+
+#[test]
+fn the_cli_sends_a_message_to_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data")).expect("server starts");
+    let run = |line: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_telos"))
+            .args(["send", line, "--server", &server.base])
+            .output()
+            .unwrap()
+    };
+    let out = run(r#"genesis_obj.setSlot_value_("motto", "hello")"#);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run("genesis_obj.motto");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"hello\"");
+    let out = run("genesis_obj.fly()");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does_not_understand"));
+}
