@@ -10,6 +10,7 @@ use actix::prelude::*;
 use anyhow::{Context as _, bail};
 use serde_json::{Value as Json, json};
 
+use crate::actors::backup::BackupActor;
 use crate::actors::directory::{Activate, Directory, LiveCount};
 use crate::actors::kernel::{NoKernel, Understand};
 use crate::actors::object::{Dispatch, Reply};
@@ -39,11 +40,13 @@ impl Telos {
         kernel: Option<Recipient<Understand>>,
     ) -> anyhow::Result<Telos> {
         let store_cfg = settings.store_config();
-        let store = tokio::task::spawn_blocking(move || Store::open(&store_cfg))
-            .await
-            .context("opening the store")??;
-        tracing::info!(db = store.location(), "world opened");
-        let world = World::new(store);
+        let world = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let store = Store::open(&store_cfg)?;
+            tracing::info!(db = store.location(), "world opened");
+            Ok(World::new(store)?)
+        })
+        .await
+        .context("opening the store")??;
         let exec = Executor::start(world.clone(), settings.limits(), settings.script_threads)?;
         let kernel = kernel.unwrap_or_else(|| NoKernel.start().recipient());
         let directory = Directory::new(
@@ -122,6 +125,17 @@ impl Telos {
     pub async fn health(&self) -> Result<Json> {
         let objects = self.world.store().count().await?;
         let live = self.directory.send(LiveCount).await.unwrap_or(0);
+        let backups = crate::backup::list(&self.settings.backup_dir).unwrap_or_default();
+        let last_of = |kind: crate::backup::Kind| {
+            backups.iter().rev().find(|m| m.kind == kind).map(|m| {
+                json!({
+                    "id": m.id,
+                    "at": m.created_at,
+                    "size": crate::backup::size_of(m),
+                    "verification": crate::backup::last_verification(&self.settings.backup_dir, &m.id),
+                })
+            })
+        };
         Ok(json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
@@ -131,6 +145,13 @@ impl Telos {
             "cached_objects": self.world.cached_count(),
             "database": self.world.store().location(),
             "script_threads": self.settings.script_threads,
+            "seq": self.world.seq(),
+            "backups": {
+                "count": backups.len(),
+                "bytes": backups.iter().map(crate::backup::size_of).sum::<u64>(),
+                "last_full": last_of(crate::backup::Kind::Full),
+                "last_incremental": last_of(crate::backup::Kind::Incremental),
+            },
         }))
     }
 }
@@ -159,7 +180,8 @@ impl Application {
             .with_context(|| format!("binding {}", settings.bind))?;
         let addr = listener.local_addr()?;
         let telos = Telos::start(settings, None).await?;
-        let server = crate::http::server(telos.clone(), listener)?;
+        let backups = BackupActor::new(telos.clone(), telos.settings.backup_dir.clone()).start();
+        let server = crate::http::server(telos.clone(), backups, listener)?;
         Ok(Application {
             telos,
             addr,

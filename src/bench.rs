@@ -53,6 +53,44 @@ pub async fn cli_send(server: &str, text: &str, settings: &Settings) -> anyhow::
     }
 }
 
+/// `telos backup [--full]` against a running server.
+pub async fn cli_backup(server: &str, full: bool, settings: &Settings) -> anyhow::Result<()> {
+    let url = format!("{}/api/backups", server.trim_end_matches('/'));
+    let mut req = awc::Client::builder()
+        .timeout(Duration::from_secs(3600))
+        .finish()
+        .post(&url);
+    if !settings.admin_token.is_empty() {
+        req = req.bearer_auth(&settings.admin_token);
+    }
+    let kind = if full { "full" } else { "incremental" };
+    let mut resp = req
+        .send_json(&json!({ "kind": kind }))
+        .await
+        .map_err(|e| anyhow!("cannot reach {server}: {e}"))?;
+    let body: Json = resp
+        .json()
+        .limit(64 << 20)
+        .await
+        .context("reading the answer")?;
+    if resp.status().is_success() {
+        println!(
+            "backup {} ({}): {} objects in the world, {} rows written",
+            body["id"].as_str().unwrap_or_default(),
+            body["kind"].as_str().unwrap_or_default(),
+            body["total_objects"],
+            body["counts"]["object"]
+        );
+        Ok(())
+    } else {
+        bail!(
+            "{}: {}",
+            body["code"].as_str().unwrap_or("error"),
+            body["message"].as_str().unwrap_or_default()
+        )
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

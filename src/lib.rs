@@ -19,6 +19,7 @@
 
 pub mod actors;
 pub mod app;
+pub mod backup;
 pub mod bench;
 pub mod config;
 pub mod error;

@@ -42,6 +42,31 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Ask a running server to take a backup now (incremental unless --full).
+    Backup {
+        #[arg(long)]
+        full: bool,
+        /// Server to talk to (default: http:// + TELOS_BIND).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Verify a backup (default: the newest) in TELOS_BACKUP_DIR: hashes, then a scratch restore.
+    Verify {
+        id: Option<String>,
+        /// Backup directory (TELOS_BACKUP_DIR).
+        #[arg(long)]
+        backup_dir: Option<PathBuf>,
+    },
+    /// Rebuild a database from a backup chain (default: the newest) into a new directory.
+    Restore {
+        id: Option<String>,
+        /// The new data directory to build (must not exist or be empty).
+        #[arg(long)]
+        to: PathBuf,
+        /// Backup directory (TELOS_BACKUP_DIR).
+        #[arg(long)]
+        backup_dir: Option<PathBuf>,
+    },
     /// Measure the server and print the figures.
     Bench {
         /// Messages per in-process measurement.
@@ -84,6 +109,29 @@ fn main() -> ExitCode {
             let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
             actix_web::rt::System::new().block_on(telos::bench::cli_send(&server, &line, &settings))
         }
+        Command::Backup { full, server } => {
+            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            actix_web::rt::System::new()
+                .block_on(telos::bench::cli_backup(&server, full, &settings))
+        }
+        Command::Verify { id, backup_dir } => {
+            let dir = backup_dir.unwrap_or(settings.backup_dir);
+            actix_web::rt::System::new().block_on(cli_verify(dir, id))
+        }
+        Command::Restore { id, to, backup_dir } => {
+            let dir = backup_dir.unwrap_or(settings.backup_dir);
+            actix_web::rt::System::new().block_on(async move {
+                let m = telos::backup::restore(&dir, id.as_deref(), &to).await?;
+                println!(
+                    "restored backup {} ({} objects, sequence {}) into {}",
+                    m.id,
+                    m.total_objects,
+                    m.seq_to,
+                    to.display()
+                );
+                Ok(())
+            })
+        }
         Command::Bench { sends, round_trips } => telos::bench::run(settings, sends, round_trips),
     };
     match result {
@@ -92,6 +140,23 @@ fn main() -> ExitCode {
             eprintln!("telos: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn cli_verify(dir: PathBuf, id: Option<String>) -> anyhow::Result<()> {
+    let id = match id {
+        Some(id) => id,
+        None => telos::backup::list(&dir)?
+            .last()
+            .map(|m| m.id.clone())
+            .ok_or_else(|| anyhow::anyhow!("no backups in {}", dir.display()))?,
+    };
+    let v = telos::backup::verify(&dir, &id, chrono::Utc::now()).await?;
+    if v.ok {
+        println!("backup {id}: ok: {}", v.detail);
+        Ok(())
+    } else {
+        anyhow::bail!("backup {id} failed verification: {}", v.detail)
     }
 }
 
@@ -108,10 +173,14 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn init_tracing(filter: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(filter);
+    // Watches the storage engine for corruption reports whatever the log filter says.
+    let watch =
+        telos::store::CorruptionWatch.with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::registry().with(fmt).with(watch).init();
 }

@@ -20,10 +20,19 @@ use crate::error::{Result, TelosError};
 use crate::object::{ObjectState, primordial_objects};
 
 /// The schema files, applied in this order at every start (each is idempotent).
-pub const SCHEMA: &[(&str, &str)] = &[(
-    "001_objects.surql",
-    include_str!("../schema/001_objects.surql"),
-)];
+pub const SCHEMA: &[(&str, &str)] = &[
+    (
+        "001_objects.surql",
+        include_str!("../schema/001_objects.surql"),
+    ),
+    (
+        "002_backups.surql",
+        include_str!("../schema/002_backups.surql"),
+    ),
+];
+
+/// The fields of an object row, as backups carry them.
+const ROW_FIELDS: &str = "oid, name, parents, doc, version, seq";
 
 /// Where the world lives.
 #[derive(Debug, Clone)]
@@ -71,6 +80,13 @@ pub struct ObjectSummary {
 impl Store {
     /// Opens (and if needed creates and awakens) the world's database.
     pub fn open(cfg: &StoreConfig) -> anyhow::Result<Store> {
+        let store = Store::open_empty(cfg)?;
+        store.awaken()?;
+        Ok(store)
+    }
+
+    /// Opens the database and applies the schema, without awakening a world (restores).
+    pub fn open_empty(cfg: &StoreConfig) -> anyhow::Result<Store> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("telos-store")
@@ -87,6 +103,8 @@ impl Store {
                 .canonicalize()
                 .with_context(|| format!("resolving {}", cfg.data_dir.display()))?;
             let lock = lock_data_dir(&dir)?;
+            check_not_damaged(&dir)?;
+            take_corruption();
             let db_path = dir.join("world");
             (
                 format!("surrealkv://{}", db_path.display()),
@@ -123,6 +141,21 @@ impl Store {
             anyhow::Ok(db)
         })?;
 
+        if cfg.db_url.is_empty()
+            && let Some(detail) = take_corruption()
+        {
+            let dir = cfg.data_dir.clone();
+            let _ = std::fs::write(
+                dir.join(DAMAGED_MARKER),
+                format!("storage engine reported: {detail}\n"),
+            );
+            let err = check_not_damaged(&dir)
+                .err()
+                .unwrap_or_else(|| anyhow!("the database in {} is damaged", dir.display()));
+            drop(db);
+            runtime.shutdown_background();
+            return Err(err);
+        }
         let store = Store {
             inner: Arc::new(Inner {
                 db,
@@ -132,7 +165,6 @@ impl Store {
             }),
         };
         store.block(|db| async move { apply_schema(&db).await })??;
-        store.awaken()?;
         Ok(store)
     }
 
@@ -182,7 +214,7 @@ impl Store {
         }
         let objects = primordial_objects();
         tracing::info!(count = objects.len(), "awakening a fresh world");
-        self.commit_blocking(&objects, &[])?;
+        self.commit_blocking(&objects, &[], 1)?;
         Ok(())
     }
 
@@ -197,10 +229,105 @@ impl Store {
         self.run(|db| load(db, oid)).await?
     }
 
-    /// Writes `objects` (each with its new version) and deletes `deleted`, all in one transaction.
-    pub fn commit_blocking(&self, objects: &[ObjectState], deleted: &[String]) -> Result<()> {
-        let (rows, gone) = commit_rows(objects, deleted);
-        self.block(|db| commit(db, rows, gone))?
+    /// Writes `objects` (each with its new version) and deletes `deleted`, all in one
+    /// transaction stamped with the global sequence number `seq`.
+    pub fn commit_blocking(
+        &self,
+        objects: &[ObjectState],
+        deleted: &[String],
+        seq: u64,
+    ) -> Result<()> {
+        let (rows, gone) = commit_rows(objects, deleted, seq);
+        self.block(move |db| commit(db, rows, gone, seq))?
+    }
+
+    /// The sequence number of the last commit (0 for a new database).
+    pub fn current_seq_blocking(&self) -> Result<u64> {
+        self.block(|db| async move {
+            let mut res = db
+                .query("SELECT VALUE value FROM ONLY meta:seq")
+                .await
+                .map_err(db_err)?;
+            let v: Option<i64> = res.take(0).map_err(db_err)?;
+            Ok(v.unwrap_or(0).max(0) as u64)
+        })?
+    }
+
+    /// Every object written and every object deleted after `after` (0: everything), read in
+    /// one transaction so the result is consistent.
+    pub async fn changes_since(&self, after: u64) -> Result<Changes> {
+        self.run(move |db| async move {
+            let sql = format!(
+                "BEGIN TRANSACTION;
+                 SELECT {ROW_FIELDS} FROM object WHERE seq > $after ORDER BY oid;
+                 SELECT oid, seq FROM tombstone WHERE seq > $after ORDER BY oid;
+                 SELECT VALUE value FROM ONLY meta:seq;
+                 SELECT count() AS n FROM object GROUP ALL;
+                 COMMIT TRANSACTION;"
+            );
+            let mut res = db
+                .query(sql)
+                .bind(("after", after as i64))
+                .await
+                .map_err(db_err)?;
+            let objects: Vec<Json> = res.take(1).map_err(db_err)?;
+            let tombstones: Vec<Json> = res.take(2).map_err(db_err)?;
+            let seq: Option<i64> = res.take(3).map_err(db_err)?;
+            let counts: Vec<Json> = res.take(4).map_err(db_err)?;
+            Ok(Changes {
+                objects,
+                tombstones,
+                seq: seq.unwrap_or(0).max(0) as u64,
+                total_objects: counts.first().and_then(|r| r["n"].as_u64()).unwrap_or(0),
+            })
+        })
+        .await?
+    }
+
+    /// Applies backed-up changes: upserts the rows, deletes tombstoned objects, records the
+    /// tombstones and the sequence. Used by restores into a fresh database.
+    pub async fn apply(&self, changes: Changes) -> Result<()> {
+        const BATCH: usize = 500;
+        let Changes {
+            objects,
+            tombstones,
+            seq,
+            ..
+        } = changes;
+        for chunk in objects.chunks(BATCH) {
+            let rows = Json::Array(chunk.to_vec());
+            self.run(move |db| async move {
+                db.query(
+                    "BEGIN TRANSACTION;
+                     FOR $o IN $rows { UPSERT type::record('object', $o.oid) CONTENT $o RETURN NONE; };
+                     COMMIT TRANSACTION;",
+                )
+                .bind(("rows", rows))
+                .await
+                .and_then(|r| r.check())
+                .map_err(db_err)
+            })
+            .await??;
+        }
+        let tombs = Json::Array(tombstones);
+        self.run(move |db| async move {
+            db.query(
+                "BEGIN TRANSACTION;
+                 FOR $t IN $tombs {
+                     DELETE type::record('object', $t.oid) RETURN NONE;
+                     UPSERT type::record('tombstone', $t.oid) CONTENT $t RETURN NONE;
+                 };
+                 UPSERT meta:seq SET value = $seq RETURN NONE;
+                 COMMIT TRANSACTION;",
+            )
+            .bind(("tombs", tombs))
+            .bind(("seq", seq as i64))
+            .await
+            .and_then(|r| r.check())
+            .map_err(db_err)
+        })
+        .await??;
+        Ok(())
     }
 
     /// One page of the object list, ordered by oid.
@@ -249,6 +376,74 @@ impl Store {
         })
         .await?
     }
+}
+
+/// The marker a damaged data directory carries until it is replaced by a restore.
+pub const DAMAGED_MARKER: &str = "DAMAGED";
+
+static CORRUPTION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// A tracing layer that notices the storage engine reporting corruption.
+///
+/// SurrealKV, on finding a bad checksum in its write-ahead log, truncates the log at that point
+/// and carries on: every commit after the damage would be dropped without an error. Its log
+/// events are the only signal it gives, so the server listens for them while opening the
+/// database and refuses to start (see [`Store::open`]).
+pub struct CorruptionWatch;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CorruptionWatch {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() > tracing::Level::WARN {
+            return;
+        }
+        // SurrealKV logs through the `log` crate: its target arrives as a `log.target` field.
+        #[derive(Default)]
+        struct Fields {
+            message: String,
+            target: String,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "log.target" {
+                    self.target = value.to_string();
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                match field.name() {
+                    "message" => self.message = format!("{value:?}"),
+                    "log.target" => self.target = format!("{value:?}"),
+                    _ => {}
+                }
+            }
+        }
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let from_kv = meta.target().starts_with("surrealkv") || f.target.starts_with("surrealkv");
+        if from_kv && f.message.to_lowercase().contains("corrupt") {
+            let mut slot = CORRUPTION.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(f.message);
+        }
+    }
+}
+
+fn take_corruption() -> Option<String> {
+    CORRUPTION.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// Refuses a data directory marked damaged, with the way out.
+fn check_not_damaged(dir: &Path) -> anyhow::Result<()> {
+    let marker = dir.join(DAMAGED_MARKER);
+    if let Ok(detail) = std::fs::read_to_string(&marker) {
+        bail!(
+            "the database in {} is damaged and TelOS will not start on it, so nothing is silently lost ({}). \
+             Restore the newest good backup with ./ops/restore.sh (see \"Recovering a damaged database\" in the README); \
+             the damaged directory is kept aside",
+            dir.display(),
+            detail.trim()
+        );
+    }
+    Ok(())
 }
 
 /// Takes the data directory's lock file; a second process gets a clear error.
@@ -316,7 +511,20 @@ async fn load(db: Surreal<Any>, oid: String) -> Result<Option<ObjectState>> {
     ObjectState::from_doc(oid, doc, version).map(Some)
 }
 
-fn commit_rows(objects: &[ObjectState], deleted: &[String]) -> (Json, Json) {
+/// A consistent read of what changed after some sequence number.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Object rows (oid, name, parents, doc, version, seq).
+    pub objects: Vec<Json>,
+    /// `{oid, seq}` of deleted objects.
+    pub tombstones: Vec<Json>,
+    /// The sequence number this read is consistent with.
+    pub seq: u64,
+    /// How many objects the world held at that point.
+    pub total_objects: u64,
+}
+
+fn commit_rows(objects: &[ObjectState], deleted: &[String], seq: u64) -> (Json, Json) {
     let rows: Vec<Json> = objects
         .iter()
         .map(|o| {
@@ -326,21 +534,27 @@ fn commit_rows(objects: &[ObjectState], deleted: &[String]) -> (Json, Json) {
                 "parents": o.parents(),
                 "doc": o.doc_json(),
                 "version": o.version,
+                "seq": seq,
             })
         })
         .collect();
     (Json::Array(rows), json!(deleted))
 }
 
-async fn commit(db: Surreal<Any>, rows: Json, gone: Json) -> Result<()> {
+async fn commit(db: Surreal<Any>, rows: Json, gone: Json, seq: u64) -> Result<()> {
     db.query(
         "BEGIN TRANSACTION;
          FOR $o IN $rows { UPSERT type::record('object', $o.oid) CONTENT $o RETURN NONE; };
-         FOR $x IN $gone { DELETE type::record('object', $x) RETURN NONE; };
+         FOR $x IN $gone {
+             DELETE type::record('object', $x) RETURN NONE;
+             UPSERT type::record('tombstone', $x) CONTENT { oid: $x, seq: $seq } RETURN NONE;
+         };
+         UPSERT meta:seq SET value = $seq RETURN NONE;
          COMMIT TRANSACTION;",
     )
     .bind(("rows", rows))
     .bind(("gone", gone))
+    .bind(("seq", seq as i64))
     .await
     .and_then(|r| r.check())
     .map_err(|e| TelosError::Internal(format!("committing to the database: {e}")))?;

@@ -15,6 +15,7 @@
 //! actor, so conflicts only arise between call chains that touch shared objects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -48,17 +49,27 @@ pub struct World {
     /// Serialises commits and cache fills, so a fill can never put back a stale version.
     commit_lock: Mutex<()>,
     changes: broadcast::Sender<Change>,
+    /// The global sequence number of the last commit (guarded by `commit_lock` for writes).
+    seq: AtomicU64,
 }
 
 impl World {
-    pub fn new(store: Store) -> Arc<World> {
+    /// The world over an opened store (blocking: reads the last sequence number).
+    pub fn new(store: Store) -> Result<Arc<World>> {
         let (changes, _) = broadcast::channel(4096);
-        Arc::new(World {
+        let seq = store.current_seq_blocking()?;
+        Ok(Arc::new(World {
             store,
             cache: Mutex::new(HashMap::new()),
             commit_lock: Mutex::new(()),
             changes,
-        })
+            seq: AtomicU64::new(seq),
+        }))
+    }
+
+    /// The sequence number of the last commit.
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
     }
 
     pub fn store(&self) -> &Store {
@@ -155,7 +166,9 @@ impl World {
             written.push(obj);
         }
         let deleted: Vec<String> = txn.deleted.iter().cloned().collect();
-        self.store.commit_blocking(&written, &deleted)?;
+        let seq = self.seq.load(Ordering::SeqCst) + 1;
+        self.store.commit_blocking(&written, &deleted, seq)?;
+        self.seq.store(seq, Ordering::SeqCst);
         {
             let mut cache = self.cache();
             let now = Instant::now();

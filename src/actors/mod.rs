@@ -7,6 +7,7 @@
 //! - [`kernel::NoKernel`] is the default answer to such a miss (`does_not_understand`); the
 //!   generative kernel plugs in at the same seam: one [`kernel::Understand`] message to one actor.
 
+pub mod backup;
 pub mod directory;
 pub mod kernel;
 pub mod object;

@@ -188,3 +188,67 @@ async fn get_method(telos: web::Data<Telos>, path: web::Path<(String, String)>) 
         None => Err(ApiError::not_found(format!("{oid} has no method {name}"))),
     }
 }
+
+/// Prometheus text: the world, the actors and the backups.
+pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
+    let h = telos.health().await?;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    };
+    let num = |v: &Json| v.as_f64().unwrap_or(0.0);
+    gauge("telos_objects", "Objects in the world.", num(&h["objects"]));
+    gauge(
+        "telos_live_actors",
+        "Object actors currently active.",
+        num(&h["live_actors"]),
+    );
+    gauge(
+        "telos_cached_objects",
+        "Objects held in memory.",
+        num(&h["cached_objects"]),
+    );
+    gauge(
+        "telos_commit_seq",
+        "Sequence number of the last commit.",
+        num(&h["seq"]),
+    );
+    gauge(
+        "telos_uptime_seconds",
+        "Seconds since start.",
+        num(&h["uptime_secs"]),
+    );
+    gauge(
+        "telos_backups",
+        "Backups on disk.",
+        num(&h["backups"]["count"]),
+    );
+    gauge(
+        "telos_backup_bytes",
+        "Bytes of all backups on disk.",
+        num(&h["backups"]["bytes"]),
+    );
+    for kind in ["full", "incremental"] {
+        let last = &h["backups"][format!("last_{kind}")];
+        let at = last["at"]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.timestamp() as f64)
+            .unwrap_or(0.0);
+        gauge(
+            &format!("telos_last_{kind}_backup_timestamp_seconds"),
+            "When the newest backup of this kind was taken (0: never).",
+            at,
+        );
+        gauge(
+            &format!("telos_last_{kind}_backup_bytes"),
+            "Size of the newest backup of this kind.",
+            num(&last["size"]),
+        );
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out))
+}

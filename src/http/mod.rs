@@ -2,6 +2,7 @@
 //! Handlers only extract, call the [`Telos`] handle, and map; errors become `{code, message}`.
 
 pub mod api;
+pub mod backups;
 pub mod error;
 pub mod ws;
 
@@ -17,12 +18,18 @@ use error::ApiError;
 const INDEX_HTML: &str = include_str!("../../frontend/index.html");
 
 /// Builds the HTTP server over `listener`.
-pub fn server(telos: Telos, listener: TcpListener) -> anyhow::Result<Server> {
+pub fn server(
+    telos: Telos,
+    backups: actix::Addr<crate::actors::backup::BackupActor>,
+    listener: TcpListener,
+) -> anyhow::Result<Server> {
     let max_body = telos.settings.max_frame_bytes();
     let data = web::Data::new(telos);
+    let backups = web::Data::new(backups);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(backups.clone())
             .app_data(
                 web::JsonConfig::default()
                     .limit(max_body)
@@ -36,7 +43,12 @@ pub fn server(telos: Telos, listener: TcpListener) -> anyhow::Result<Server> {
                 web::QueryConfig::default()
                     .error_handler(|err, _| ApiError::bad_request(err.to_string()).into()),
             )
-            .service(web::scope("/api").configure(api::configure))
+            .service(
+                web::scope("/api")
+                    .configure(api::configure)
+                    .configure(backups::configure),
+            )
+            .route("/metrics", web::get().to(api::metrics))
             .route("/ws", web::get().to(ws::index))
             .route("/", web::get().to(index))
             .default_service(web::to(not_found))

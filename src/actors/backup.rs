@@ -1,0 +1,338 @@
+//! `BackupActor`: runs backups on a cron schedule and on demand, one at a time.
+//!
+//! The schedule, the retention policy and the last results live in the world, as slots of
+//! `backup_manager` (`schedule`, `retention`, `last_full`, `last_incremental`, `last_verify`),
+//! so they survive restarts and are visible to anyone who inspects that object. A scheduled run
+//! missed while the server was down runs once at start.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+
+use crate::app::Telos;
+use crate::backup::{self, Kind, Manifest, Retention, Verification};
+use crate::error::TelosError;
+use crate::sandbox::Op;
+
+pub const DEFAULT_FULL_CRON: &str = "0 0 3 * * SUN";
+pub const DEFAULT_INCREMENTAL_CRON: &str = "0 0 3 * * *";
+const MANAGER: &str = "backup_manager";
+
+/// The two cron expressions (six fields, seconds first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub full: String,
+    pub incremental: String,
+    /// When this schedule took effect: runs before it were never due.
+    #[serde(default = "Utc::now")]
+    pub since: DateTime<Utc>,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            full: DEFAULT_FULL_CRON.into(),
+            incremental: DEFAULT_INCREMENTAL_CRON.into(),
+            since: Utc::now(),
+        }
+    }
+}
+
+/// Parses a cron expression with an explanation a person can act on.
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, TelosError> {
+    let fields = expr.split_whitespace().count();
+    if fields == 5 {
+        return Err(TelosError::BadRequest(format!(
+            "cron expression {expr:?} has 5 fields; TelOS uses six, seconds first (e.g. \"0 0 3 * * *\" = 03:00:00 daily)"
+        )));
+    }
+    cron::Schedule::from_str(expr).map_err(|e| {
+        TelosError::BadRequest(format!(
+            "bad cron expression {expr:?}: {e} (six fields: sec min hour day-of-month month day-of-week)"
+        ))
+    })
+}
+
+/// When `expr` would next fire after `after`.
+fn next_fire(expr: &str, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    parse_cron(expr).ok()?.after(&after).next()
+}
+
+/// Runs a backup now.
+#[derive(Message)]
+#[rtype(result = "Result<Manifest, TelosError>")]
+pub struct RunBackup {
+    pub kind: Kind,
+}
+
+/// Verifies one backup (default: the newest).
+#[derive(Message)]
+#[rtype(result = "Result<Verification, TelosError>")]
+pub struct VerifyBackup {
+    pub id: Option<String>,
+}
+
+/// Answers the schedule in force.
+#[derive(Message)]
+#[rtype(result = "Schedule")]
+pub struct GetSchedule;
+
+/// Replaces one or both cron expressions.
+#[derive(Message)]
+#[rtype(result = "Result<Schedule, TelosError>")]
+pub struct SetSchedule {
+    pub full: Option<String>,
+    pub incremental: Option<String>,
+}
+
+pub struct BackupActor {
+    telos: Telos,
+    dir: PathBuf,
+    retention: Retention,
+    schedule: Schedule,
+    timer: Option<SpawnHandle>,
+}
+
+impl BackupActor {
+    pub fn new(telos: Telos, dir: PathBuf) -> Self {
+        BackupActor {
+            telos,
+            dir,
+            retention: Retention::default(),
+            schedule: Schedule::default(),
+            timer: None,
+        }
+    }
+
+    /// Arms the timer for the next scheduled run.
+    fn arm(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        let now = Utc::now();
+        let full = next_fire(&self.schedule.full, now);
+        let incr = next_fire(&self.schedule.incremental, now);
+        let (kind, at) = match (full, incr) {
+            // A full at the same time as an incremental covers it.
+            (Some(f), Some(i)) if f <= i => (Kind::Full, f),
+            (_, Some(i)) => (Kind::Incremental, i),
+            (Some(f), None) => (Kind::Full, f),
+            (None, None) => return,
+        };
+        let wait = (at - now).to_std().unwrap_or(Duration::ZERO);
+        tracing::info!(?kind, at = %at, "next scheduled backup");
+        self.timer = Some(ctx.run_later(wait, move |act, ctx| {
+            act.timer = None;
+            act.run_in_turn(kind, ctx);
+            act.arm(ctx);
+        }));
+    }
+
+    /// Runs a backup, holding the mailbox so runs never overlap.
+    fn run_in_turn(&mut self, kind: Kind, ctx: &mut Context<Self>) {
+        let job = run(self.telos.clone(), self.dir.clone(), self.retention, kind);
+        ctx.wait(job.into_actor(self).map(|res, _, _| {
+            if let Err(e) = res {
+                tracing::error!(error = %e, "scheduled backup failed");
+            }
+        }));
+    }
+}
+
+/// Takes a backup, applies retention, and records the result in `backup_manager`.
+async fn run(
+    telos: Telos,
+    dir: PathBuf,
+    retention: Retention,
+    kind: Kind,
+) -> Result<Manifest, TelosError> {
+    let now = Utc::now();
+    let result = backup::take(telos.world.store(), &dir, kind, now).await;
+    let slot = match kind {
+        Kind::Full => "last_full",
+        Kind::Incremental => "last_incremental",
+    };
+    let record = match &result {
+        Ok(m) => json!({
+            "id": m.id, "kind": m.kind, "at": m.created_at, "ok": true,
+            "size": backup::size_of(m), "duration_ms": m.duration_ms, "objects": m.total_objects,
+        }),
+        Err(e) => json!({ "at": now, "ok": false, "error": format!("{e:#}") }),
+    };
+    // A full taken in place of a first incremental is recorded as the full it is.
+    let slot = match &result {
+        Ok(m) if m.kind == Kind::Full => "last_full",
+        _ => slot,
+    };
+    set_slot(&telos, slot, record).await;
+    let manifest = result.map_err(|e| TelosError::Internal(format!("backup failed: {e:#}")))?;
+    match backup::purge(&dir, now, retention) {
+        Ok(purged) if !purged.is_empty() => tracing::info!(?purged, "retention applied"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "retention failed"),
+    }
+    Ok(manifest)
+}
+
+async fn set_slot(telos: &Telos, name: &str, value: Json) {
+    let reply = telos
+        .call(
+            MANAGER,
+            Op::SetValue {
+                name: name.into(),
+                value,
+            },
+        )
+        .await;
+    if let Err(e) = reply.result {
+        tracing::error!(error = %e, slot = name, "could not record in backup_manager");
+    }
+}
+
+impl Actor for BackupActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let telos = self.telos.clone();
+        let load = async move { telos.view(MANAGER).await };
+        ctx.wait(load.into_actor(self).map(|view, act, ctx| {
+            let view = view.unwrap_or(Json::Null);
+            let slots = &view["slots"];
+            match serde_json::from_value::<Schedule>(slots["schedule"].clone()) {
+                Ok(s) if parse_cron(&s.full).is_ok() && parse_cron(&s.incremental).is_ok() => {
+                    act.schedule = s
+                }
+                _ => {
+                    let telos = act.telos.clone();
+                    let s = serde_json::to_value(&act.schedule).unwrap_or_default();
+                    ctx.spawn(async move { set_slot(&telos, "schedule", s).await }.into_actor(act));
+                }
+            }
+            if let Ok(r) = serde_json::from_value::<Retention>(slots["retention"].clone()) {
+                act.retention = r;
+            }
+            // Missed runs: the schedule fired since the last run (or since it took effect).
+            let now = Utc::now();
+            let last = |slot: &str| {
+                slots[slot]["at"]
+                    .as_str()
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    .map(|d| d.with_timezone(&Utc))
+            };
+            let since = act.schedule.since;
+            let missed = |expr: &str, last: Option<DateTime<Utc>>| {
+                next_fire(expr, last.unwrap_or(since).max(since)).is_some_and(|t| t <= now)
+            };
+            let full_missed = missed(&act.schedule.full, last("last_full"));
+            let incr_missed = missed(&act.schedule.incremental, last("last_incremental"));
+            if full_missed {
+                tracing::info!("a scheduled full backup was missed while the server was down: running it now");
+                act.run_in_turn(Kind::Full, ctx);
+            } else if incr_missed {
+                tracing::info!("a scheduled incremental backup was missed while the server was down: running it now");
+                act.run_in_turn(Kind::Incremental, ctx);
+            }
+            act.arm(ctx);
+        }));
+    }
+}
+
+impl Handler<RunBackup> for BackupActor {
+    type Result = AtomicResponse<Self, Result<Manifest, TelosError>>;
+
+    fn handle(&mut self, msg: RunBackup, _: &mut Context<Self>) -> Self::Result {
+        let job = run(
+            self.telos.clone(),
+            self.dir.clone(),
+            self.retention,
+            msg.kind,
+        );
+        AtomicResponse::new(Box::pin(job.into_actor(self)))
+    }
+}
+
+impl Handler<VerifyBackup> for BackupActor {
+    type Result = AtomicResponse<Self, Result<Verification, TelosError>>;
+
+    fn handle(&mut self, msg: VerifyBackup, _: &mut Context<Self>) -> Self::Result {
+        let dir = self.dir.clone();
+        let telos = self.telos.clone();
+        let job = async move {
+            let id = match msg.id {
+                Some(id) => id,
+                None => backup::list(&dir)
+                    .map_err(TelosError::from)?
+                    .last()
+                    .map(|m| m.id.clone())
+                    .ok_or_else(|| TelosError::NotFound("there are no backups yet".into()))?,
+            };
+            if !backup::path_of(&dir, &id).join("manifest.json").exists() {
+                return Err(TelosError::NotFound(format!("no backup {id}")));
+            }
+            let v = backup::verify(&dir, &id, Utc::now()).await?;
+            set_slot(
+                &telos,
+                "last_verify",
+                serde_json::to_value(&v).unwrap_or_default(),
+            )
+            .await;
+            Ok(v)
+        };
+        AtomicResponse::new(Box::pin(job.into_actor(self)))
+    }
+}
+
+impl Handler<GetSchedule> for BackupActor {
+    type Result = MessageResult<GetSchedule>;
+
+    fn handle(&mut self, _: GetSchedule, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.schedule.clone())
+    }
+}
+
+impl Handler<SetSchedule> for BackupActor {
+    type Result = AtomicResponse<Self, Result<Schedule, TelosError>>;
+
+    fn handle(&mut self, msg: SetSchedule, _: &mut Context<Self>) -> Self::Result {
+        let mut next = self.schedule.clone();
+        let checked = (|| {
+            if let Some(f) = msg.full {
+                parse_cron(&f)?;
+                next.full = f;
+            }
+            if let Some(i) = msg.incremental {
+                parse_cron(&i)?;
+                next.incremental = i;
+            }
+            Ok::<_, TelosError>(())
+        })();
+        let telos = self.telos.clone();
+        let value = serde_json::to_value(&next).unwrap_or_default();
+        let job = async move {
+            checked?;
+            telos
+                .call(
+                    MANAGER,
+                    Op::SetValue {
+                        name: "schedule".into(),
+                        value,
+                    },
+                )
+                .await
+                .result?;
+            Ok(next)
+        };
+        AtomicResponse::new(Box::pin(job.into_actor(self).map(|res, act, ctx| {
+            if let Ok(s) = &res {
+                act.schedule = s.clone();
+                act.arm(ctx);
+            }
+            res
+        })))
+    }
+}

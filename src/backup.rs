@@ -1,0 +1,527 @@
+//! The backup format and its operations: take, list, verify, restore, retention.
+//!
+//! A backup is a directory `BACKUP_DIR/<id>/` holding `objects.jsonl` (object rows),
+//! `tombstones.jsonl` (deleted objects) and `manifest.json`. A full backup holds every object;
+//! an incremental holds what was written or deleted after the previous backup's sequence number
+//! and names its full (`parent`) and its predecessor (`previous`). A backup is written into a
+//! temporary directory, every file fsynced, the manifest last, then renamed into place: a crash
+//! leaves either a whole backup or none. Restores replay the full and its incrementals in order
+//! into a new database directory and check the result before anyone uses it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::store::{Changes, SCHEMA, Store, StoreConfig};
+
+const OBJECTS: &str = "objects.jsonl";
+const TOMBSTONES: &str = "tombstones.jsonl";
+const MANIFEST: &str = "manifest.json";
+const VERIFIED: &str = "verified.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Full,
+    Incremental,
+}
+
+impl std::str::FromStr for Kind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Kind> {
+        match s {
+            "full" => Ok(Kind::Full),
+            "incremental" => Ok(Kind::Incremental),
+            other => bail!("backup kind must be \"full\" or \"incremental\", not {other:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// What a backup holds, and how to check it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub id: String,
+    pub kind: Kind,
+    pub created_at: DateTime<Utc>,
+    pub server_version: String,
+    pub schema_version: usize,
+    /// The full backup this incremental builds on (its own id for a full).
+    pub parent: String,
+    /// The backup taken just before this one in its chain.
+    pub previous: Option<String>,
+    /// Changes after `seq_from` up to and including `seq_to` are in this backup.
+    pub seq_from: u64,
+    pub seq_to: u64,
+    pub files: BTreeMap<String, FileEntry>,
+    /// Rows per table in this backup's files.
+    pub counts: BTreeMap<String, u64>,
+    /// Objects in the world at `seq_to`: what a restore up to here must produce.
+    pub total_objects: u64,
+    /// The embedder of the memory index, once the memory subsystem exists.
+    pub embedder: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// How many backups to keep (grandfather-father-son).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Retention {
+    pub keep_full: usize,
+    pub keep_incremental_days: i64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_full: 4,
+            keep_incremental_days: 14,
+        }
+    }
+}
+
+/// The result of verifying one backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verification {
+    pub id: String,
+    pub ok: bool,
+    pub at: DateTime<Utc>,
+    pub detail: String,
+}
+
+/// Takes a backup of `store` into `dir`. An incremental with no full to build on is taken as
+/// a full. Answers the manifest of the backup written.
+pub async fn take(
+    store: &Store,
+    dir: &Path,
+    kind: Kind,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Manifest> {
+    let started = Instant::now();
+    fs::create_dir_all(dir).with_context(|| format!("creating backup dir {}", dir.display()))?;
+    let existing = list(dir)?;
+    let previous = existing.last().cloned();
+    let kind = match (kind, &previous) {
+        (Kind::Incremental, None) => {
+            tracing::info!("no full backup yet: taking a full backup instead of an incremental");
+            Kind::Full
+        }
+        (k, _) => k,
+    };
+    let after = match kind {
+        Kind::Full => 0,
+        Kind::Incremental => previous.as_ref().map(|p| p.seq_to).unwrap_or(0),
+    };
+    let changes = store.changes_since(after).await?;
+    let mut id = format!(
+        "{}-{}",
+        now.format("%Y%m%dT%H%M%S%3fZ"),
+        match kind {
+            Kind::Full => "full",
+            Kind::Incremental => "incr",
+        }
+    );
+    while dir.join(&id).exists() {
+        id.push('x');
+    }
+    let tmp = dir.join(format!(".tmp-{id}"));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    let mut files = BTreeMap::new();
+    files.insert(
+        OBJECTS.to_string(),
+        write_jsonl(&tmp.join(OBJECTS), &changes.objects)?,
+    );
+    files.insert(
+        TOMBSTONES.to_string(),
+        write_jsonl(&tmp.join(TOMBSTONES), &changes.tombstones)?,
+    );
+    let (parent, prev_id) = match kind {
+        Kind::Full => (id.clone(), previous.as_ref().map(|p| p.id.clone())),
+        Kind::Incremental => {
+            let p = previous.as_ref().expect("checked above");
+            (p.parent.clone(), Some(p.id.clone()))
+        }
+    };
+    let mut counts = BTreeMap::new();
+    counts.insert("object".to_string(), changes.objects.len() as u64);
+    counts.insert("tombstone".to_string(), changes.tombstones.len() as u64);
+    let manifest = Manifest {
+        id: id.clone(),
+        kind,
+        created_at: now,
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
+        schema_version: SCHEMA.len(),
+        parent,
+        previous: prev_id,
+        seq_from: after,
+        seq_to: changes.seq.max(after),
+        files,
+        counts,
+        total_objects: changes.total_objects,
+        embedder: None,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    write_atomic(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+    fsync_dir(&tmp)?;
+    fs::rename(&tmp, dir.join(&id)).context("moving the finished backup into place")?;
+    fsync_dir(dir)?;
+    tracing::info!(
+        id = %manifest.id,
+        kind = ?manifest.kind,
+        objects = changes.objects.len(),
+        deleted = changes.tombstones.len(),
+        ms = manifest.duration_ms,
+        "backup written"
+    );
+    Ok(manifest)
+}
+
+fn write_jsonl(path: &Path, rows: &[Json]) -> anyhow::Result<FileEntry> {
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    for row in rows {
+        let mut line = serde_json::to_vec(row)?;
+        line.push(b'\n');
+        hasher.update(&line);
+        size += line.len() as u64;
+        out.write_all(&line)?;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(FileEntry {
+        sha256: hex::encode(hasher.finalize()),
+        size,
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Every complete backup in `dir`, oldest first. Half-written ones (`.tmp-*`) are ignored.
+pub fn list(dir: &Path) -> anyhow::Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().join(MANIFEST).exists() {
+            continue;
+        }
+        out.push(read_manifest(&entry.path())?);
+    }
+    out.sort_by(|a, b| (a.seq_to, &a.id).cmp(&(b.seq_to, &b.id)));
+    Ok(out)
+}
+
+fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
+    let text = fs::read_to_string(path.join(MANIFEST))
+        .with_context(|| format!("reading {}", path.join(MANIFEST).display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", path.join(MANIFEST).display()))
+}
+
+/// The last recorded verification of a backup, if any.
+pub fn last_verification(dir: &Path, id: &str) -> Option<Verification> {
+    let text = fs::read_to_string(dir.join(id).join(VERIFIED)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Total size of a backup's files.
+pub fn size_of(m: &Manifest) -> u64 {
+    m.files.values().map(|f| f.size).sum()
+}
+
+/// Re-hashes every file of one backup; the error names the first bad file.
+pub fn check_files(dir: &Path, m: &Manifest) -> anyhow::Result<()> {
+    for (name, entry) in &m.files {
+        let path = dir.join(&m.id).join(name);
+        let mut f =
+            File::open(&path).with_context(|| format!("backup {} is missing {name}", m.id))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        let sha = hex::encode(hasher.finalize());
+        ensure!(
+            size == entry.size && sha == entry.sha256,
+            "backup {}: file {name} does not match its manifest (sha256 {sha}, {size} bytes; expected {}, {} bytes)",
+            m.id,
+            entry.sha256,
+            entry.size
+        );
+    }
+    Ok(())
+}
+
+/// The chain that restores to `id` (default: the newest backup): its full, then each
+/// incremental up to `id`, in order.
+pub fn chain(dir: &Path, id: Option<&str>) -> anyhow::Result<Vec<Manifest>> {
+    let all = list(dir)?;
+    let target = match id {
+        Some(id) => all
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+            .ok_or_else(|| anyhow!("no backup {id} in {}", dir.display()))?,
+        None => all
+            .last()
+            .cloned()
+            .ok_or_else(|| anyhow!("no backups in {}", dir.display()))?,
+    };
+    let by_id: BTreeMap<&str, &Manifest> = all.iter().map(|m| (m.id.as_str(), m)).collect();
+    let mut out = vec![target.clone()];
+    let mut cur = target;
+    while cur.kind == Kind::Incremental {
+        let prev = cur
+            .previous
+            .as_deref()
+            .and_then(|p| by_id.get(p))
+            .ok_or_else(|| {
+                anyhow!(
+                    "backup {} needs {:?}, which is missing",
+                    cur.id,
+                    cur.previous
+                )
+            })?;
+        out.push((*prev).clone());
+        cur = (*prev).clone();
+    }
+    out.reverse();
+    Ok(out)
+}
+
+fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Json>> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        rows.push(
+            serde_json::from_str(&line)
+                .with_context(|| format!("{} line {}", path.display(), i + 1))?,
+        );
+    }
+    Ok(rows)
+}
+
+/// Rebuilds a database in `to` (which must not exist or be empty) from the chain ending at
+/// `id`, after checking every file, and checks the result. Answers the manifest restored to.
+pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<Manifest> {
+    if to.exists() && fs::read_dir(to)?.next().is_some() {
+        bail!(
+            "{} is not empty: restore into a new directory, then swap it in",
+            to.display()
+        );
+    }
+    let chain = chain(dir, id)?;
+    for m in &chain {
+        check_files(dir, m)?;
+    }
+    let cfg = StoreConfig {
+        data_dir: to.to_path_buf(),
+        db_url: String::new(),
+        db_user: String::new(),
+        db_pass: String::new(),
+        namespace: "telos".into(),
+        database: "world".into(),
+    };
+    let store = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || Store::open_empty(&cfg)).await??
+    };
+    for m in &chain {
+        let base = dir.join(&m.id);
+        let changes = Changes {
+            objects: read_jsonl(&base.join(OBJECTS))?,
+            tombstones: read_jsonl(&base.join(TOMBSTONES))?,
+            seq: m.seq_to,
+            total_objects: m.total_objects,
+        };
+        store.apply(changes).await?;
+    }
+    let last = chain.last().expect("a chain is never empty").clone();
+    let count = store.count().await?;
+    ensure!(
+        count == last.total_objects,
+        "restored {count} objects, but backup {} recorded {}",
+        last.id,
+        last.total_objects
+    );
+    drop(store);
+    Ok(last)
+}
+
+/// Verifies a backup: its chain's files against their manifests, then a restore into a scratch
+/// directory. The result is recorded beside the backup.
+pub async fn verify(dir: &Path, id: &str, now: DateTime<Utc>) -> anyhow::Result<Verification> {
+    let scratch = std::env::temp_dir().join(format!(
+        "telos-verify-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = restore(dir, Some(id), &scratch).await;
+    let _ = fs::remove_dir_all(&scratch);
+    let v = Verification {
+        id: id.to_string(),
+        ok: result.is_ok(),
+        at: now,
+        detail: match &result {
+            Ok(m) => format!(
+                "all files match; a restore produced {} objects as recorded",
+                m.total_objects
+            ),
+            Err(e) => format!("{e:#}"),
+        },
+    };
+    if dir.join(id).is_dir() {
+        write_atomic(
+            &dir.join(id).join(VERIFIED),
+            &serde_json::to_vec_pretty(&v)?,
+        )?;
+    }
+    tracing::info!(id, ok = v.ok, detail = %v.detail, "backup verified");
+    Ok(v)
+}
+
+/// Which backups the policy drops at `now`: all fulls but the newest `keep_full`, and
+/// incrementals older than `keep_incremental_days` or whose full is dropped — but never a full
+/// (or a predecessor) that a kept incremental needs.
+pub fn plan_retention(all: &[Manifest], now: DateTime<Utc>, policy: Retention) -> Vec<String> {
+    let fulls: Vec<&Manifest> = all.iter().filter(|m| m.kind == Kind::Full).collect();
+    let kept_fulls: BTreeSet<&str> = fulls
+        .iter()
+        .rev()
+        .take(policy.keep_full)
+        .map(|m| m.id.as_str())
+        .collect();
+    let horizon = now - ChronoDuration::days(policy.keep_incremental_days);
+    let mut keep: BTreeSet<&str> = kept_fulls.clone();
+    for m in all.iter().filter(|m| m.kind == Kind::Incremental) {
+        if m.created_at >= horizon && kept_fulls.contains(m.parent.as_str()) {
+            keep.insert(m.id.as_str());
+        }
+    }
+    // A kept incremental needs every backup before it in its chain.
+    let by_id: BTreeMap<&str, &Manifest> = all.iter().map(|m| (m.id.as_str(), m)).collect();
+    let mut stack: Vec<&str> = keep.iter().copied().collect();
+    while let Some(id) = stack.pop() {
+        if let Some(m) = by_id.get(id)
+            && m.kind == Kind::Incremental
+            && let Some(prev) = m.previous.as_deref()
+            && keep.insert(prev)
+        {
+            stack.push(prev);
+        }
+    }
+    all.iter()
+        .filter(|m| !keep.contains(m.id.as_str()))
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+/// Applies the retention policy to `dir`; answers the ids removed.
+pub fn purge(dir: &Path, now: DateTime<Utc>, policy: Retention) -> anyhow::Result<Vec<String>> {
+    let all = list(dir)?;
+    let drop = plan_retention(&all, now, policy);
+    for id in &drop {
+        fs::remove_dir_all(dir.join(id)).with_context(|| format!("removing backup {id}"))?;
+        tracing::info!(id, "backup purged by retention");
+    }
+    Ok(drop)
+}
+
+/// The path of one backup.
+pub fn path_of(dir: &Path, id: &str) -> PathBuf {
+    dir.join(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, kind: Kind, day: i64, parent: &str, previous: Option<&str>) -> Manifest {
+        Manifest {
+            id: id.into(),
+            kind,
+            created_at: DateTime::<Utc>::from_timestamp(0, 0).unwrap() + ChronoDuration::days(day),
+            server_version: "t".into(),
+            schema_version: 2,
+            parent: parent.into(),
+            previous: previous.map(str::to_string),
+            seq_from: 0,
+            seq_to: day as u64,
+            files: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            total_objects: 0,
+            embedder: None,
+            duration_ms: 0,
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_last_fulls_and_recent_incrementals_with_their_chains() {
+        // Fulls on days 0, 7, 14, 21, 28, 35; an incremental every other day.
+        let mut all = Vec::new();
+        let mut prev: Option<String> = None;
+        let mut full = String::new();
+        for day in 0..42 {
+            if day % 7 == 0 {
+                full = format!("f{day:02}");
+                all.push(m(&full, Kind::Full, day, &full, prev.as_deref()));
+                prev = Some(full.clone());
+            } else if day % 2 == 0 {
+                let id = format!("i{day:02}");
+                all.push(m(&id, Kind::Incremental, day, &full, prev.as_deref()));
+                prev = Some(id);
+            }
+        }
+        let now = all.last().unwrap().created_at;
+        let dropped = plan_retention(&all, now, Retention::default());
+        assert!(dropped.contains(&"f00".to_string()) && dropped.contains(&"f07".to_string()));
+        assert!(
+            !dropped
+                .iter()
+                .any(|d| ["f14", "f21", "f28", "f35"].contains(&d.as_str()))
+        );
+        assert!(dropped.contains(&"i20".to_string()), "older than 14 days");
+        assert!(!dropped.contains(&"i30".to_string()) && !dropped.contains(&"i40".to_string()));
+    }
+}
