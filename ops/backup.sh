@@ -3,5 +3,5 @@
 # (for cron: 0 3 * * * /path/to/telos/ops/backup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=./target/release/telos; [ -x "$bin" ] || bin=./target/debug/telos
+bin="${TELOS_BIN:-./target/release/telos}"; [ -x "$bin" ] || bin=./target/debug/telos
 exec "$bin" backup "$@"

@@ -8,7 +8,7 @@
 # The server must be stopped. Never leaves a half-restored world in TELOS_DATA_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=./target/release/telos; [ -x "$bin" ] || bin=./target/debug/telos
+bin="${TELOS_BIN:-./target/release/telos}"; [ -x "$bin" ] || bin=./target/debug/telos
 data="${TELOS_DATA_DIR:-./data}"
 data="${data%/}"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)

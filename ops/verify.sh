@@ -3,5 +3,5 @@
 # re-hashes its files and restores it into a scratch database. Exit 0 only if it is sound.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=./target/release/telos; [ -x "$bin" ] || bin=./target/debug/telos
+bin="${TELOS_BIN:-./target/release/telos}"; [ -x "$bin" ] || bin=./target/debug/telos
 exec "$bin" verify "$@"

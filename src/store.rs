@@ -116,16 +116,24 @@ impl Store {
         };
 
         let db = runtime.block_on(async {
-            let db = connect(endpoint.as_str()).await.map_err(|e| {
-                let msg = e.to_string();
-                if msg.contains("already locked") {
-                    anyhow!(
-                        "the database at {location} is in use by another process; stop it or choose another TELOS_DATA_DIR"
-                    )
-                } else {
-                    anyhow!("opening the database at {location}: {msg}")
+            // We hold the data dir's own lock, so a locked engine can only be a handle of this
+            // process that is still closing (e.g. right after a restore): give it a moment.
+            let mut attempts = 0;
+            let db = loop {
+                match connect(endpoint.as_str()).await {
+                    Ok(db) => break db,
+                    Err(e) if e.to_string().contains("already locked") && attempts < 30 => {
+                        attempts += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(e) if e.to_string().contains("already locked") => {
+                        bail!(
+                            "the database at {location} is in use by another process; stop it or choose another TELOS_DATA_DIR"
+                        )
+                    }
+                    Err(e) => bail!("opening the database at {location}: {e}"),
                 }
-            })?;
+            };
             if !cfg.db_url.is_empty() && !cfg.db_user.is_empty() {
                 db.signin(Root {
                     username: cfg.db_user.clone(),

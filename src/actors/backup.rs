@@ -229,7 +229,9 @@ impl Actor for BackupActor {
                 next_fire(expr, last.unwrap_or(since).max(since)).is_some_and(|t| t <= now)
             };
             let full_missed = missed(&act.schedule.full, last("last_full"));
-            let incr_missed = missed(&act.schedule.incremental, last("last_incremental"));
+            // A full covers an incremental due before it.
+            let last_any = last("last_incremental").max(last("last_full"));
+            let incr_missed = missed(&act.schedule.incremental, last_any);
             if full_missed {
                 tracing::info!("a scheduled full backup was missed while the server was down: running it now");
                 act.run_in_turn(Kind::Full, ctx);
@@ -300,6 +302,7 @@ impl Handler<SetSchedule> for BackupActor {
 
     fn handle(&mut self, msg: SetSchedule, _: &mut Context<Self>) -> Self::Result {
         let mut next = self.schedule.clone();
+        next.since = Utc::now();
         let checked = (|| {
             if let Some(f) = msg.full {
                 parse_cron(&f)?;

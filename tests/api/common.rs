@@ -15,6 +15,7 @@ use serde_json::{Value as Json, json};
 use telos::{Application, Settings};
 
 pub struct TestApp {
+    pub telos: telos::Telos,
     pub addr: SocketAddr,
     pub base: String,
     pub dir: tempfile::TempDir,
@@ -37,8 +38,10 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("server builds");
     let addr = app.addr();
+    let telos = app.telos().clone();
     rt::spawn(app.run_until_stopped());
     TestApp {
+        telos,
         addr,
         base: format!("http://{addr}"),
         dir,
@@ -211,12 +214,14 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `telos serve` on `data_dir`, waiting for its "listening on" line.
+    /// Starts `telos serve` on `data_dir` (backups beside it), waiting for its "listening on"
+    /// line.
     pub fn start(data_dir: &Path) -> Result<ServerProcess, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_telos"))
             .arg("serve")
             .env("TELOS_BIND", "127.0.0.1:0")
             .env("TELOS_DATA_DIR", data_dir)
+            .env("TELOS_BACKUP_DIR", data_dir.with_file_name("backups"))
             .env("TELOS_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

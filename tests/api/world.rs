@@ -1,10 +1,8 @@
 //! Black-box tests of the living world: the real server, a fresh data dir, port 0.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, Ws, client, request, spawn_app, spawn_app_with};
+use crate::common::{ServerProcess, Ws, client, request, spawn_app, spawn_app_with};
 use serde_json::{Value as Json, json};
 
 #[actix_web::test]

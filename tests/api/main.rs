@@ -1,0 +1,5 @@
+//! The integration tests: one binary (one link) for the whole black-box suite.
+
+mod backups;
+mod common;
+mod world;
