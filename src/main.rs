@@ -75,6 +75,9 @@ enum Command {
         /// Round trips per WebSocket client.
         #[arg(long, default_value_t = 20)]
         round_trips: usize,
+        /// Instead: measure backup, restore and incremental on a world of this many objects.
+        #[arg(long)]
+        backup_objects: Option<usize>,
     },
 }
 
@@ -132,7 +135,19 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Bench { sends, round_trips } => telos::bench::run(settings, sends, round_trips),
+        Command::Bench {
+            sends,
+            round_trips,
+            backup_objects: Some(n),
+        } => {
+            let _ = (sends, round_trips);
+            telos::bench::run_backup(n)
+        }
+        Command::Bench {
+            sends,
+            round_trips,
+            backup_objects: None,
+        } => telos::bench::run(settings, sends, round_trips),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,7 +54,8 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Surreal<Any>,
+    /// `None` only while closing.
+    db: Option<Surreal<Any>>,
     runtime: Option<tokio::runtime::Runtime>,
     /// Held for the life of the process so a second server on the same data dir fails early.
     _lock: Option<File>,
@@ -64,9 +65,20 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        // The storage engine closes (flushes, releases its lock) when the last client handle is
+        // dropped on a live runtime; then the runtime may stop. Done on a plain thread so it may
+        // block even when the store is dropped from async code.
+        let (Some(rt), db) = (self.runtime.take(), self.db.take()) else {
+            return;
+        };
+        let closing = std::thread::spawn(move || {
+            rt.block_on(async move {
+                drop(db);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            });
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        });
+        let _ = closing.join();
     }
 }
 
@@ -166,7 +178,7 @@ impl Store {
         }
         let store = Store {
             inner: Arc::new(Inner {
-                db,
+                db: Some(db),
                 runtime: Some(runtime),
                 _lock: lock,
                 location,
@@ -179,6 +191,13 @@ impl Store {
     /// Where the database lives, for logs.
     pub fn location(&self) -> &str {
         &self.inner.location
+    }
+
+    fn db(&self) -> Surreal<Any> {
+        self.inner
+            .db
+            .clone()
+            .expect("the client lives as long as the store")
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
@@ -196,7 +215,7 @@ impl Store {
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let task = self.handle().spawn(f(self.inner.db.clone()));
+        let task = self.handle().spawn(f(self.db()));
         self.handle()
             .block_on(task)
             .map_err(|e| TelosError::Internal(format!("store task failed: {e}")))
@@ -210,7 +229,7 @@ impl Store {
         T: Send + 'static,
     {
         self.handle()
-            .spawn(f(self.inner.db.clone()))
+            .spawn(f(self.db()))
             .await
             .map_err(|e| TelosError::Internal(format!("store task failed: {e}")))
     }
@@ -247,6 +266,12 @@ impl Store {
     ) -> Result<()> {
         let (rows, gone) = commit_rows(objects, deleted, seq);
         self.block(move |db| commit(db, rows, gone, seq))?
+    }
+
+    /// [`Store::commit_blocking`] for async callers.
+    pub async fn commit_async(&self, objects: Vec<ObjectState>, seq: u64) -> Result<()> {
+        let (rows, gone) = commit_rows(&objects, &[], seq);
+        self.run(move |db| commit(db, rows, gone, seq)).await?
     }
 
     /// The sequence number of the last commit (0 for a new database).
