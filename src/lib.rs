@@ -22,6 +22,7 @@ pub mod app;
 pub mod backup;
 pub mod bench;
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod exec;
 pub mod http;

@@ -11,3 +11,4 @@ pub mod backup;
 pub mod directory;
 pub mod kernel;
 pub mod object;
+pub mod persona;

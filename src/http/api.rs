@@ -24,7 +24,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/objects/{oid}/send", web::post().to(send))
         .route("/objects/{oid}/slots/{name}", web::put().to(put_slot))
         .route("/objects/{oid}/slots/{name}", web::delete().to(delete_slot))
-        .route("/objects/{oid}/methods/{name}", web::get().to(get_method));
+        .route("/objects/{oid}/methods/{name}", web::get().to(get_method))
+        .route("/memory/embed", web::post().to(embed));
 }
 
 fn value_of(reply: Reply) -> Result<Json, ApiError> {
@@ -251,4 +252,24 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbedBody {
+    texts: Vec<String>,
+}
+
+/// `POST /api/memory/embed`: normalised MiniLM vectors of the given texts.
+async fn embed(telos: web::Data<Telos>, body: web::Json<EmbedBody>) -> ApiResult {
+    let texts = body.into_inner().texts;
+    if texts.len() > 256 {
+        return Err(ApiError::bad_request("at most 256 texts per request"));
+    }
+    let out = telos
+        .personas
+        .send(crate::actors::persona::Embed { texts })
+        .await
+        .map_err(|e| TelosError::Unavailable(format!("the persona host is not running: {e}")))??;
+    Ok(HttpResponse::Ok().json(out))
 }

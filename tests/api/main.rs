@@ -2,4 +2,5 @@
 
 mod backups;
 mod common;
+mod memory;
 mod world;
