@@ -12,25 +12,24 @@ use crate::config::Settings;
 use crate::line;
 use crate::sandbox::{Op, Outcome};
 
-/// `telos send 'obj.sel(args)'` against a running server.
-pub async fn cli_send(server: &str, text: &str, settings: &Settings) -> anyhow::Result<()> {
-    let Some(msg) = line::parse(text)? else {
-        bail!("not a message send: write target.selector(json args), e.g. genesis_obj.name");
-    };
-    let url = format!(
-        "{}/api/objects/{}/send",
-        server.trim_end_matches('/'),
-        msg.target
-    );
+/// POSTs `body` to `server` + `path` with the admin token if one is set; answers the JSON
+/// body of a success, or an error carrying the server's `code: message`.
+async fn post_json(
+    server: &str,
+    path: &str,
+    body: Json,
+    settings: &Settings,
+) -> anyhow::Result<Json> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
     let mut req = awc::Client::builder()
-        .timeout(Duration::from_secs(600))
+        .timeout(Duration::from_secs(3600))
         .finish()
         .post(&url);
     if !settings.admin_token.is_empty() {
         req = req.bearer_auth(&settings.admin_token);
     }
     let mut resp = req
-        .send_json(&json!({ "selector": msg.selector, "args": msg.args }))
+        .send_json(&body)
         .await
         .map_err(|e| anyhow!("cannot reach {server}: {e}"))?;
     let body: Json = resp
@@ -39,11 +38,7 @@ pub async fn cli_send(server: &str, text: &str, settings: &Settings) -> anyhow::
         .await
         .context("reading the answer")?;
     if resp.status().is_success() {
-        for log in body["logs"].as_array().into_iter().flatten() {
-            eprintln!("log: {}", log.as_str().unwrap_or_default());
-        }
-        println!("{}", serde_json::to_string_pretty(&body["value"])?);
-        Ok(())
+        Ok(body)
     } else {
         bail!(
             "{}: {}",
@@ -53,42 +48,33 @@ pub async fn cli_send(server: &str, text: &str, settings: &Settings) -> anyhow::
     }
 }
 
+/// `telos send 'obj.sel(args)'` against a running server.
+pub async fn cli_send(server: &str, text: &str, settings: &Settings) -> anyhow::Result<()> {
+    let Some(msg) = line::parse(text)? else {
+        bail!("not a message send: write target.selector(json args), e.g. genesis_obj.name");
+    };
+    let path = format!("/api/objects/{}/send", msg.target);
+    let body = json!({ "selector": msg.selector, "args": msg.args });
+    let answer = post_json(server, &path, body, settings).await?;
+    for log in answer["logs"].as_array().into_iter().flatten() {
+        eprintln!("log: {}", log.as_str().unwrap_or_default());
+    }
+    println!("{}", serde_json::to_string_pretty(&answer["value"])?);
+    Ok(())
+}
+
 /// `telos backup [--full]` against a running server.
 pub async fn cli_backup(server: &str, full: bool, settings: &Settings) -> anyhow::Result<()> {
-    let url = format!("{}/api/backups", server.trim_end_matches('/'));
-    let mut req = awc::Client::builder()
-        .timeout(Duration::from_secs(3600))
-        .finish()
-        .post(&url);
-    if !settings.admin_token.is_empty() {
-        req = req.bearer_auth(&settings.admin_token);
-    }
     let kind = if full { "full" } else { "incremental" };
-    let mut resp = req
-        .send_json(&json!({ "kind": kind }))
-        .await
-        .map_err(|e| anyhow!("cannot reach {server}: {e}"))?;
-    let body: Json = resp
-        .json()
-        .limit(64 << 20)
-        .await
-        .context("reading the answer")?;
-    if resp.status().is_success() {
-        println!(
-            "backup {} ({}): {} objects in the world, {} rows written",
-            body["id"].as_str().unwrap_or_default(),
-            body["kind"].as_str().unwrap_or_default(),
-            body["total_objects"],
-            body["counts"]["object"]
-        );
-        Ok(())
-    } else {
-        bail!(
-            "{}: {}",
-            body["code"].as_str().unwrap_or("error"),
-            body["message"].as_str().unwrap_or_default()
-        )
-    }
+    let m = post_json(server, "/api/backups", json!({ "kind": kind }), settings).await?;
+    println!(
+        "backup {} ({}): {} objects in the world, {} rows written",
+        m["id"].as_str().unwrap_or_default(),
+        m["kind"].as_str().unwrap_or_default(),
+        m["total_objects"],
+        m["counts"]["object"]
+    );
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
