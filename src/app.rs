@@ -113,19 +113,23 @@ impl Telos {
         .await
     }
 
-    /// The current state of an object, as REST shows it.
-    pub async fn view(&self, oid: &str) -> Result<Json> {
+    /// The current committed state of an object.
+    pub async fn object(&self, oid: &str) -> Result<Arc<crate::object::ObjectState>> {
         validate_oid(oid)?;
         let world = self.world.clone();
         let oid = oid.to_string();
         tokio::task::spawn_blocking(move || {
             world
                 .get(&oid)?
-                .map(|o| o.to_view())
                 .ok_or_else(|| TelosError::NotFound(format!("no object {oid}")))
         })
         .await
         .map_err(TelosError::internal)?
+    }
+
+    /// The current state of an object, as REST shows it.
+    pub async fn view(&self, oid: &str) -> Result<Json> {
+        Ok(self.object(oid).await?.to_view())
     }
 
     /// What `/api/health` reports.

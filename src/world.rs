@@ -351,8 +351,7 @@ impl Txn {
         let mut obj = ObjectState::new(oid.clone(), &[parent], BTreeMap::new());
         for (name, value) in slots {
             validate_slot_name(&name)?;
-            let slot = slot_from_json(value)?;
-            obj.slots.insert(name, slot);
+            obj.slots.insert(name, Slot::Value(value));
         }
         self.view.insert(oid.clone(), None);
         self.dirty.insert(oid.clone(), Arc::new(obj));
@@ -393,12 +392,6 @@ impl Txn {
     pub fn commit(&self) -> Result<Vec<Change>, CommitError> {
         self.world.commit(self)
     }
-}
-
-/// A slot from its JSON form in a request: `{"method": {...}}`-shaped objects are not accepted
-/// here (methods come through their own endpoint); everything else is a value.
-pub fn slot_from_json(value: Json) -> Result<Slot> {
-    Ok(Slot::Value(value))
 }
 
 /// The initial slots of a clone, from a request body's `slots` (must be an object).

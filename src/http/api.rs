@@ -167,23 +167,16 @@ async fn delete_slot(
 
 async fn get_method(telos: web::Data<Telos>, path: web::Path<(String, String)>) -> ApiResult {
     let (oid, name) = path.into_inner();
-    let view = telos.view(&oid).await?;
-    match view["slots"].get(&name) {
-        Some(slot) if slot.get("method").is_some() => {
-            let method: Slot =
-                serde_json::from_value(slot.clone()).map_err(TelosError::internal)?;
-            let Slot::Method(m) = method else {
-                unreachable!("checked above")
-            };
-            Ok(HttpResponse::Ok().json(json!({
-                "oid": oid,
-                "name": name,
-                "source": m.source,
-                "origin": m.origin,
-                "installed_at": m.installed_at,
-            })))
-        }
-        Some(_) => Err(ApiError::bad_request(format!(
+    let obj = telos.object(&oid).await?;
+    match obj.slots.get(&name) {
+        Some(Slot::Method(m)) => Ok(HttpResponse::Ok().json(json!({
+            "oid": oid,
+            "name": name,
+            "source": m.source,
+            "origin": m.origin,
+            "installed_at": m.installed_at,
+        }))),
+        Some(Slot::Value(_)) => Err(ApiError::bad_request(format!(
             "{oid}.{name} is a value slot, not a method"
         ))),
         None => Err(ApiError::not_found(format!("{oid} has no method {name}"))),
@@ -200,37 +193,37 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
         ));
     };
     let num = |v: &Json| v.as_f64().unwrap_or(0.0);
-    gauge("telos_objects", "Objects in the world.", num(&h["objects"]));
-    gauge(
-        "telos_live_actors",
-        "Object actors currently active.",
-        num(&h["live_actors"]),
-    );
-    gauge(
-        "telos_cached_objects",
-        "Objects held in memory.",
-        num(&h["cached_objects"]),
-    );
-    gauge(
-        "telos_commit_seq",
-        "Sequence number of the last commit.",
-        num(&h["seq"]),
-    );
-    gauge(
-        "telos_uptime_seconds",
-        "Seconds since start.",
-        num(&h["uptime_secs"]),
-    );
-    gauge(
-        "telos_backups",
-        "Backups on disk.",
-        num(&h["backups"]["count"]),
-    );
-    gauge(
-        "telos_backup_bytes",
-        "Bytes of all backups on disk.",
-        num(&h["backups"]["bytes"]),
-    );
+    for (name, help, pointer) in [
+        ("telos_objects", "Objects in the world.", "/objects"),
+        (
+            "telos_live_actors",
+            "Object actors currently active.",
+            "/live_actors",
+        ),
+        (
+            "telos_cached_objects",
+            "Objects held in memory.",
+            "/cached_objects",
+        ),
+        (
+            "telos_commit_seq",
+            "Sequence number of the last commit.",
+            "/seq",
+        ),
+        (
+            "telos_uptime_seconds",
+            "Seconds since start.",
+            "/uptime_secs",
+        ),
+        ("telos_backups", "Backups on disk.", "/backups/count"),
+        (
+            "telos_backup_bytes",
+            "Bytes of all backups on disk.",
+            "/backups/bytes",
+        ),
+    ] {
+        gauge(name, help, num(h.pointer(pointer).unwrap_or(&Json::Null)));
+    }
     for kind in ["full", "incremental"] {
         let last = &h["backups"][format!("last_{kind}")];
         let at = last["at"]
