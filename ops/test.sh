@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up and runs every check and test: formatting, clippy, unit and integration tests.
+# Sets up and runs every check and test: formatting, clippy, unit and integration tests, and the
+# page's end-to-end test in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/setup.sh
@@ -7,4 +8,7 @@ start=$(date +%s)
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
+# The page, end to end, against the binary the tests just built.
+(cd tests/e2e && npm ci --no-audit --no-fund --silent)
+TELOS_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/telos" node --test tests/e2e/
 echo "ops/test.sh: all checks passed in $(( $(date +%s) - start )) s"

@@ -12,9 +12,10 @@ use serde_json::{Value as Json, json};
 
 use crate::actors::backup::BackupActor;
 use crate::actors::directory::{Activate, Directory, LiveCount};
-use crate::actors::kernel::{NoKernel, Understand};
+use crate::actors::kernel::{GenerativeKernel, KernelDeps, Progress, StageEvent, Understand};
+use crate::actors::memory::{self, MemoryActor};
 use crate::actors::object::{Dispatch, Reply};
-use crate::actors::persona::{self, PersonaActor};
+use crate::actors::persona::{self, EmbedClient, PersonaActor};
 use crate::config::Settings;
 use crate::error::{Result, TelosError};
 use crate::exec::Executor;
@@ -29,15 +30,22 @@ pub struct Telos {
     pub world: Arc<World>,
     /// The model host (embedder now; persona language models later).
     pub personas: Addr<PersonaActor>,
+    /// Embeds through the model host, micro-batched.
+    pub embedder: EmbedClient,
+    /// Memory records and the vector index over them.
+    pub memory: Addr<MemoryActor>,
     pub exec: Executor,
     pub settings: Arc<Settings>,
+    /// Every kernel stage event, for subscribers of the receivers.
+    pub stages: tokio::sync::broadcast::Sender<StageEvent>,
     directory: Addr<Directory>,
     started: Instant,
 }
 
 impl Telos {
     /// Opens the store and starts the script threads and the actors. Must run inside an actix
-    /// system. `kernel` receives the messages nobody understands (default: [`NoKernel`]).
+    /// system. `kernel` receives the messages nobody understands (default: the
+    /// [`GenerativeKernel`]).
     pub async fn start(
         settings: Settings,
         kernel: Option<Recipient<Understand>>,
@@ -51,7 +59,50 @@ impl Telos {
         .await
         .context("opening the store")??;
         let exec = Executor::start(world.clone(), settings.limits(), settings.script_threads)?;
-        let kernel = kernel.unwrap_or_else(|| NoKernel.start().recipient());
+        let scripted = match settings.scripted_personas.as_str() {
+            "" => None,
+            path => Some(crate::llm::scripted::Scripted::load(std::path::Path::new(
+                path,
+            ))?),
+        };
+        let personas = {
+            let (settings, slot) = (settings.clone(), std::sync::Mutex::new(scripted));
+            SyncArbiter::start(1, move || {
+                let scripted = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                PersonaActor::new(&settings, scripted)
+            })
+        };
+        let embedder = EmbedClient::start(personas.clone());
+        let memory = {
+            let (world, embedder) = (world.clone(), embedder.clone());
+            let (path, every) = (settings.memory_index_path(), settings.memory_save_every);
+            let actor = tokio::task::spawn_blocking(move || {
+                MemoryActor::open(world, embedder, &path, every)
+            })
+            .await
+            .context("opening the memory")??;
+            let slot = std::sync::Mutex::new(Some(actor));
+            SyncArbiter::start(1, move || {
+                slot.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .expect("the memory actor is started once")
+            })
+        };
+        let settings = Arc::new(settings);
+        let (stages, _) = tokio::sync::broadcast::channel(1024);
+        let kernel = kernel.unwrap_or_else(|| {
+            GenerativeKernel::new(KernelDeps {
+                world: world.clone(),
+                exec: exec.clone(),
+                personas: personas.clone(),
+                memory: memory.clone(),
+                settings: settings.clone(),
+                stages: stages.clone(),
+            })
+            .start()
+            .recipient()
+        });
         let directory = Directory::new(
             world.clone(),
             exec.clone(),
@@ -59,14 +110,14 @@ impl Telos {
             settings.passivate_after(),
         )
         .start();
-        let (models_dir, threads) = (settings.models_dir.clone(), settings.torch_threads);
-        let personas =
-            SyncArbiter::start(1, move || PersonaActor::new(models_dir.clone(), threads));
         Ok(Telos {
             world,
             personas,
+            embedder,
+            memory,
+            stages,
             exec,
-            settings: Arc::new(settings),
+            settings,
             directory,
             started: Instant::now(),
         })
@@ -74,6 +125,19 @@ impl Telos {
 
     /// Runs one top-level operation on `target` through its actor.
     pub async fn call(&self, target: &str, op: Op) -> Reply {
+        self.call_with(target, op, None).await
+    }
+
+    /// [`Telos::call`], streaming kernel stages to `progress` if the operation misses.
+    pub async fn call_with(&self, target: &str, op: Op, progress: Option<Progress>) -> Reply {
+        if let Op::Send { selector, args } = &op
+            && let Some(result) = self.native(target, selector, args).await
+        {
+            return Reply {
+                result,
+                logs: Vec::new(),
+            };
+        }
         if let Err(e) = validate_oid(target) {
             return Reply {
                 result: Err(e),
@@ -92,13 +156,65 @@ impl Telos {
                 Ok(addr) => addr,
                 Err(e) => return unavailable(e),
             };
-            match addr.send(Dispatch { op: op.clone() }).await {
+            match addr
+                .send(Dispatch {
+                    op: op.clone(),
+                    progress: progress.clone(),
+                })
+                .await
+            {
                 Ok(reply) => return reply,
                 Err(MailboxError::Closed) => continue,
                 Err(e) => return unavailable(e),
             }
         }
         unavailable("the object's actor kept stopping")
+    }
+
+    /// The messages the system objects answer natively (bridges to their actors):
+    /// `memory_manager.search(query, k)`, `.count()`, `.reindex()`; `backup_manager.list()`,
+    /// `.status()`. `None`: not a native message.
+    async fn native(&self, target: &str, selector: &str, args: &[Json]) -> Option<Result<Json>> {
+        let down =
+            |e: MailboxError| TelosError::Unavailable(format!("the memory is not running: {e}"));
+        match (target, selector) {
+            ("memory_manager", "search") => {
+                let Some(query) = args.first().and_then(Json::as_str) else {
+                    return Some(Err(TelosError::BadRequest(
+                        "memory_manager.search(query, k): the query is a string".into(),
+                    )));
+                };
+                let k = args.get(1).and_then(Json::as_u64).unwrap_or(5) as usize;
+                let found = self
+                    .memory
+                    .send(memory::Search {
+                        query: query.to_string(),
+                        k,
+                        kind: None,
+                    })
+                    .await
+                    .map_err(down);
+                Some(found.and_then(|r| r).map(|hits| json!(hits)))
+            }
+            ("memory_manager", "count") => {
+                Some(self.world.store().memory_count().await.map(|n| json!(n)))
+            }
+            ("memory_manager", "reindex") => Some(
+                self.memory
+                    .send(memory::Reindex)
+                    .await
+                    .map_err(down)
+                    .and_then(|r| r)
+                    .map(|n| json!({ "records": n })),
+            ),
+            ("backup_manager", "list") => Some(
+                crate::backup::list(&self.settings.backup_dir)
+                    .map(|l| json!(l))
+                    .map_err(TelosError::from),
+            ),
+            ("backup_manager", "status") => Some(self.health().await.map(|h| h["backups"].clone())),
+            _ => None,
+        }
     }
 
     /// Sends `selector(args)` to `target`.
@@ -137,6 +253,7 @@ impl Telos {
         let objects = self.world.store().count().await?;
         let live = self.directory.send(LiveCount).await.unwrap_or(0);
         let personas = self.personas.send(persona::Status).await.ok();
+        let memory = self.memory.send(memory::Stats).await.ok();
         let backups = crate::backup::list(&self.settings.backup_dir).unwrap_or_default();
         let last_of = |kind: crate::backup::Kind| {
             backups.iter().rev().find(|m| m.kind == kind).map(|m| {
@@ -159,6 +276,7 @@ impl Telos {
             "script_threads": self.settings.script_threads,
             "seq": self.world.seq(),
             "personas": personas,
+            "memory": memory,
             "backups": {
                 "count": backups.len(),
                 "bytes": backups.iter().map(crate::backup::size_of).sum::<u64>(),
@@ -166,6 +284,17 @@ impl Telos {
                 "last_incremental": last_of(crate::backup::Kind::Incremental),
             },
         }))
+    }
+}
+
+impl Telos {
+    /// Saves what is kept in memory only (the vector index) before the process exits.
+    pub async fn shutdown(&self) {
+        match self.memory.send(memory::Save).await {
+            Ok(Ok(())) => tracing::info!("memory index saved"),
+            Ok(Err(e)) => tracing::error!(error = %e, "saving the memory index at shutdown"),
+            Err(e) => tracing::error!(error = %e, "the memory actor is gone at shutdown"),
+        }
     }
 }
 
@@ -193,6 +322,7 @@ impl Application {
             .with_context(|| format!("binding {}", settings.bind))?;
         let addr = listener.local_addr()?;
         let telos = Telos::start(settings, None).await?;
+        crate::actors::retrievable::start(telos.clone());
         let backups = BackupActor::new(telos.clone(), telos.settings.backup_dir.clone()).start();
         let server = crate::http::server(telos.clone(), backups, listener)?;
         Ok(Application {
@@ -212,7 +342,9 @@ impl Application {
 
     /// Serves until SIGINT/SIGTERM or until the server handle is stopped.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.telos.shutdown().await;
+        served
     }
 }
 

@@ -24,6 +24,8 @@ use crate::store::{Changes, SCHEMA, Store, StoreConfig};
 
 const OBJECTS: &str = "objects.jsonl";
 const TOMBSTONES: &str = "tombstones.jsonl";
+const MEMORIES: &str = "memories.jsonl";
+const MEMORY_TOMBSTONES: &str = "memory_tombstones.jsonl";
 const MANIFEST: &str = "manifest.json";
 const VERIFIED: &str = "verified.json";
 
@@ -71,7 +73,11 @@ pub struct Manifest {
     pub counts: BTreeMap<String, u64>,
     /// Objects in the world at `seq_to`: what a restore up to here must produce.
     pub total_objects: u64,
-    /// The embedder of the memory index, once the memory subsystem exists.
+    /// Memory records in the world at `seq_to` (backups made before memories existed: 0).
+    #[serde(default)]
+    pub total_memories: u64,
+    /// The embedder that made the memory vectors. The vector index itself is not backed up: it
+    /// is rebuilt from the restored records (never re-embedded) when the server starts.
     pub embedder: Option<String>,
     pub duration_ms: u64,
 }
@@ -148,6 +154,14 @@ pub async fn take(
         TOMBSTONES.to_string(),
         write_jsonl(&tmp.join(TOMBSTONES), &changes.tombstones)?,
     );
+    files.insert(
+        MEMORIES.to_string(),
+        write_jsonl(&tmp.join(MEMORIES), &changes.memories)?,
+    );
+    files.insert(
+        MEMORY_TOMBSTONES.to_string(),
+        write_jsonl(&tmp.join(MEMORY_TOMBSTONES), &changes.memory_tombstones)?,
+    );
     let (parent, prev_id) = match kind {
         Kind::Full => (id.clone(), previous.as_ref().map(|p| p.id.clone())),
         Kind::Incremental => {
@@ -158,6 +172,11 @@ pub async fn take(
     let mut counts = BTreeMap::new();
     counts.insert("object".to_string(), changes.objects.len() as u64);
     counts.insert("tombstone".to_string(), changes.tombstones.len() as u64);
+    counts.insert("memory".to_string(), changes.memories.len() as u64);
+    counts.insert(
+        "memory_tombstone".to_string(),
+        changes.memory_tombstones.len() as u64,
+    );
     let manifest = Manifest {
         id: id.clone(),
         kind,
@@ -171,7 +190,8 @@ pub async fn take(
         files,
         counts,
         total_objects: changes.total_objects,
-        embedder: None,
+        total_memories: changes.total_memories,
+        embedder: Some(crate::embed::EMBEDDER_ID.to_string()),
         duration_ms: started.elapsed().as_millis() as u64,
     };
     write_atomic(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
@@ -369,11 +389,22 @@ pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<
     };
     for m in &chain {
         let base = dir.join(&m.id);
+        // Backups made before memories existed have no memory files.
+        let optional = |name: &str| -> anyhow::Result<Vec<Json>> {
+            if m.files.contains_key(name) {
+                read_jsonl(&base.join(name))
+            } else {
+                Ok(Vec::new())
+            }
+        };
         let changes = Changes {
             objects: read_jsonl(&base.join(OBJECTS))?,
             tombstones: read_jsonl(&base.join(TOMBSTONES))?,
+            memories: optional(MEMORIES)?,
+            memory_tombstones: optional(MEMORY_TOMBSTONES)?,
             seq: m.seq_to,
             total_objects: m.total_objects,
+            total_memories: m.total_memories,
         };
         store.apply(changes).await?;
     }
@@ -384,6 +415,13 @@ pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<
         "restored {count} objects, but backup {} recorded {}",
         last.id,
         last.total_objects
+    );
+    let memories = store.memory_count().await?;
+    ensure!(
+        memories == last.total_memories,
+        "restored {memories} memory records, but backup {} recorded {}",
+        last.id,
+        last.total_memories
     );
     drop(store);
     Ok(last)
@@ -405,8 +443,8 @@ pub async fn verify(dir: &Path, id: &str, now: DateTime<Utc>) -> anyhow::Result<
         at: now,
         detail: match &result {
             Ok(m) => format!(
-                "all files match; a restore produced {} objects as recorded",
-                m.total_objects
+                "all files match; a restore produced {} objects and {} memory records as recorded",
+                m.total_objects, m.total_memories
             ),
             Err(e) => format!("{e:#}"),
         },
@@ -490,6 +528,7 @@ mod tests {
             seq_to: day as u64,
             files: BTreeMap::new(),
             counts: BTreeMap::new(),
+            total_memories: 0,
             total_objects: 0,
             embedder: None,
             duration_ms: 0,

@@ -36,10 +36,41 @@ pub struct Settings {
     pub persona_backend: String,
     /// File of the scripted persona backend (tests only).
     pub scripted_personas: String,
+    /// The GGUF file of the `local` backend when a persona names none (empty: the default
+    /// Qwen2.5-Coder-1.5B-Instruct in `models_dir`).
+    pub persona_model: String,
+    /// Per-persona settings (`[personas.BRICK]` backend, model, temperature, max_tokens).
+    pub personas: std::collections::BTreeMap<String, crate::llm::PersonaConfig>,
+    /// Threads llama.cpp uses for one generation.
+    pub llm_threads: i32,
+    /// Context window of local generations, tokens.
+    pub llm_context: u32,
+    /// Memory the loaded local models may use together, MiB; the least recently used is unloaded.
+    pub model_budget_mib: u64,
+    /// Base URL of the Ollama server (`ollama` backend).
+    pub ollama_url: String,
+    /// Base URL of the OpenAI-compatible server (`openai` backend), and its key.
+    pub openai_url: String,
+    pub openai_api_key: String,
+    /// Longest wait for a remote model server, seconds.
+    pub llm_timeout_secs: u64,
+    /// Repair rounds after a failed review or trial.
+    pub kernel_repair_rounds: usize,
+    /// A selector that failed this many times on one receiver within the window is not retried.
+    pub kernel_max_failures: usize,
+    pub kernel_failure_window_secs: u64,
+    /// A recalled method of the same selector closer than this (cosine distance) is reused.
+    pub kernel_reuse_distance: f32,
     /// Memories recalled per miss; 0 turns recall and reuse off.
     pub recall_k: usize,
     /// libtorch threads for the embedder.
     pub torch_threads: i32,
+    /// The memory index is saved after this many changes (and at shutdown, and on request).
+    pub memory_save_every: usize,
+    /// The semantic chunker ends a chunk where the topic turns more than this percentile (0-100).
+    pub chunk_percentile: f32,
+    /// The largest chunk embedded as one memory, in characters.
+    pub chunk_max_chars: usize,
     /// Script threads (each owns one QuickJS runtime).
     pub script_threads: usize,
     /// Seconds an object actor may stay idle before it is passivated.
@@ -82,8 +113,27 @@ impl Default for Settings {
             admin_token: String::new(),
             persona_backend: "local".into(),
             scripted_personas: String::new(),
+            persona_model: String::new(),
+            personas: crate::llm::PERSONAS
+                .iter()
+                .map(|p| (p.to_string(), crate::llm::PersonaConfig::default_for(p)))
+                .collect(),
+            llm_threads: 2,
+            llm_context: 4096,
+            model_budget_mib: 4096,
+            ollama_url: "http://127.0.0.1:11434".into(),
+            openai_url: String::new(),
+            openai_api_key: String::new(),
+            llm_timeout_secs: 300,
+            kernel_repair_rounds: 3,
+            kernel_max_failures: 3,
+            kernel_failure_window_secs: 600,
+            kernel_reuse_distance: 0.35,
             recall_k: 3,
             torch_threads: 1,
+            memory_save_every: 10,
+            chunk_percentile: 95.0,
+            chunk_max_chars: 1000,
             script_threads: 2,
             passivate_after_secs: 300.0,
             wall_time_ms: 2000,
@@ -113,8 +163,23 @@ const ENV: &[&str] = &[
     "admin_token",
     "persona_backend",
     "scripted_personas",
+    "persona_model",
+    "llm_threads",
+    "llm_context",
+    "model_budget_mib",
+    "ollama_url",
+    "openai_url",
+    "openai_api_key",
+    "llm_timeout_secs",
+    "kernel_repair_rounds",
+    "kernel_max_failures",
+    "kernel_failure_window_secs",
+    "kernel_reuse_distance",
     "recall_k",
     "torch_threads",
+    "memory_save_every",
+    "chunk_percentile",
+    "chunk_max_chars",
     "script_threads",
     "passivate_after_secs",
     "wall_time_ms",
@@ -162,6 +227,23 @@ impl Settings {
                 self.persona_backend
             );
         }
+        for (name, p) in &self.personas {
+            if !crate::llm::PERSONAS.contains(&name.as_str()) {
+                bail!(
+                    "unknown persona {name:?}: the personas are {}",
+                    crate::llm::PERSONAS.join(", ")
+                );
+            }
+            if !matches!(
+                p.backend.as_str(),
+                "" | "local" | "ollama" | "openai" | "scripted"
+            ) {
+                bail!(
+                    "persona {name}: backend must be local, ollama, openai or scripted, not {:?}",
+                    p.backend
+                );
+            }
+        }
         if self.script_threads == 0 {
             bail!("script_threads must be at least 1");
         }
@@ -192,6 +274,27 @@ impl Settings {
 
     pub fn passivate_after(&self) -> Duration {
         Duration::from_secs_f64(self.passivate_after_secs.max(0.05))
+    }
+
+    /// The GGUF file of the `local` backend when a persona names none.
+    pub fn default_model_path(&self) -> PathBuf {
+        if self.persona_model.is_empty() {
+            self.models_dir.join(crate::llm::local::DEFAULT_MODEL_FILE)
+        } else {
+            PathBuf::from(&self.persona_model)
+        }
+    }
+
+    /// The memory index file (a cache of the memory records).
+    pub fn memory_index_path(&self) -> PathBuf {
+        self.data_dir.join("memory.usearch")
+    }
+
+    pub fn chunking(&self) -> crate::memory::chunker::ChunkConfig {
+        crate::memory::chunker::ChunkConfig {
+            percentile: self.chunk_percentile,
+            max_chars: self.chunk_max_chars.max(64),
+        }
     }
 
     pub fn max_frame_bytes(&self) -> usize {

@@ -15,6 +15,17 @@ pub enum TelosError {
     /// Nothing in the receiver's chain understands the selector, and no kernel could help.
     #[error("{receiver} does not understand {selector}")]
     DoesNotUnderstand { receiver: String, selector: String },
+    /// Nothing understood the selector and the generative kernel could not learn a method:
+    /// `stage` names where it failed (gate, recall, write, review, trial, repair, install, learn).
+    #[error(
+        "{receiver} does not understand {selector}: learning it failed at the {stage} stage: {reason}"
+    )]
+    NotLearned {
+        receiver: String,
+        selector: String,
+        stage: String,
+        reason: String,
+    },
     /// A method threw, failed to compile, or returned something that is not JSON.
     #[error("{0}")]
     MethodError(String),
@@ -44,7 +55,9 @@ impl TelosError {
         match self {
             TelosError::NotFound(_) => "not_found",
             TelosError::BadRequest(_) => "bad_request",
-            TelosError::DoesNotUnderstand { .. } => "does_not_understand",
+            TelosError::DoesNotUnderstand { .. } | TelosError::NotLearned { .. } => {
+                "does_not_understand"
+            }
             TelosError::MethodError(_) => "method_error",
             TelosError::LimitExceeded(_) => "limit_exceeded",
             TelosError::Conflict(_) => "conflict",
@@ -52,6 +65,14 @@ impl TelosError {
             TelosError::RateLimited(_) => "rate_limited",
             TelosError::Unavailable(_) => "unavailable",
             TelosError::Internal(_) => "internal",
+        }
+    }
+
+    /// The kernel stage that failed, for a [`TelosError::NotLearned`].
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            TelosError::NotLearned { stage, .. } => Some(stage),
+            _ => None,
         }
     }
 

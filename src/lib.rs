@@ -9,6 +9,10 @@
 //! - [`sandbox`]: QuickJS methods with limits; runs one top-level operation's whole call tree.
 //! - [`exec`]: the script threads that own the QuickJS runtimes.
 //! - [`line`]: the chat syntax `target.selector(args)`.
+//! - [`memory`]: memory records, the usearch index over them, the semantic chunker.
+//! - [`embed`]: the MiniLM sentence embedder on libtorch.
+//! - [`kernel`]: the generative kernel's answer parsing, static checks and prompts.
+//! - [`llm`]: the persona language-model backends (llama.cpp, Ollama, OpenAI-compatible, scripted).
 //!
 //! Actors ([`actors`]) own the cores and talk in typed messages:
 //! HTTP/WS → [`app::Telos`] → `Directory` (oid → `ObjectActor`) → `ObjectActor` (one mailbox per
@@ -26,7 +30,10 @@ pub mod embed;
 pub mod error;
 pub mod exec;
 pub mod http;
+pub mod kernel;
 pub mod line;
+pub mod llm;
+pub mod memory;
 pub mod object;
 pub mod sandbox;
 pub mod store;

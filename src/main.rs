@@ -1,4 +1,4 @@
-//! The `telos` command: `serve`, `send`, `bench`.
+//! The `telos` command: `serve`, `send`, `backup`, `reindex`, `verify`, `restore`, `bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +50,15 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Ask a running server to rebuild its memory index from the stored vectors (no
+    /// re-embedding); --objects first re-chunks every Retrievable object.
+    Reindex {
+        #[arg(long)]
+        objects: bool,
+        /// Server to talk to (default: http:// + TELOS_BIND).
+        #[arg(long)]
+        server: Option<String>,
+    },
     /// Verify a backup (default: the newest) in TELOS_BACKUP_DIR: hashes, then a scratch restore.
     Verify {
         id: Option<String>,
@@ -78,10 +87,23 @@ enum Command {
         /// Instead: measure backup, restore and incremental on a world of this many objects.
         #[arg(long)]
         backup_objects: Option<usize>,
+        /// Instead: measure embeddings, search and cold start with this many memory records.
+        #[arg(long)]
+        memory: Option<usize>,
+        /// Instead: time kernel runs (first miss, similar miss, reuse) with the configured
+        /// persona backend.
+        #[arg(long)]
+        kernel: bool,
     },
 }
 
 fn main() -> ExitCode {
+    // llama.cpp's OpenMP threads spin while waiting by default, which starves everything else on
+    // a small machine; this must be set before any thread starts.
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        // SAFETY: the process is still single-threaded here.
+        unsafe { std::env::set_var("OMP_WAIT_POLICY", "passive") };
+    }
     let cli = Cli::parse();
     let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
@@ -117,6 +139,11 @@ fn main() -> ExitCode {
             actix_web::rt::System::new()
                 .block_on(telos::bench::cli_backup(&server, full, &settings))
         }
+        Command::Reindex { objects, server } => {
+            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            actix_web::rt::System::new()
+                .block_on(telos::bench::cli_reindex(&server, objects, &settings))
+        }
         Command::Verify { id, backup_dir } => {
             let dir = backup_dir.unwrap_or(settings.backup_dir);
             actix_web::rt::System::new().block_on(cli_verify(dir, id))
@@ -136,17 +163,15 @@ fn main() -> ExitCode {
             })
         }
         Command::Bench {
-            sends,
-            round_trips,
-            backup_objects: Some(n),
-        } => {
-            let _ = (sends, round_trips);
-            telos::bench::run_backup(n)
-        }
+            memory: Some(n), ..
+        } => telos::bench::memory::run(&settings.models_dir, n),
+        Command::Bench { kernel: true, .. } => telos::bench::kernel::run(settings),
         Command::Bench {
-            sends,
-            round_trips,
-            backup_objects: None,
+            backup_objects: Some(n),
+            ..
+        } => telos::bench::run_backup(n),
+        Command::Bench {
+            sends, round_trips, ..
         } => telos::bench::run(settings, sends, round_trips),
     };
     match result {

@@ -40,6 +40,72 @@ pub struct Method {
     /// Seconds since the epoch when this version was installed.
     #[serde(default)]
     pub installed_at: u64,
+    /// How the kernel made it: prompt, recalled memories, BRICK's answer, ALFRED's verdict,
+    /// trial result, models, time per stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Json>,
+    /// Earlier versions, oldest first (at most [`MAX_HISTORY`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<MethodVersion>,
+}
+
+/// How many earlier versions of a method are kept.
+pub const MAX_HISTORY: usize = 10;
+
+/// An earlier version of a method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodVersion {
+    pub source: String,
+    pub origin: String,
+    pub installed_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Json>,
+}
+
+impl Method {
+    /// A new method by `origin` with no history.
+    pub fn new(source: impl Into<String>, origin: impl Into<String>) -> Method {
+        Method {
+            source: source.into(),
+            origin: origin.into(),
+            installed_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            provenance: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// `self` replacing `old` (if it was a method): the old version joins the history.
+    pub fn replacing(mut self, old: Option<&Slot>) -> Method {
+        if let Some(Slot::Method(old)) = old {
+            let mut history = old.history.clone();
+            history.push(MethodVersion {
+                source: old.source.clone(),
+                origin: old.origin.clone(),
+                installed_at: old.installed_at,
+                provenance: old.provenance.clone(),
+            });
+            let excess = history.len().saturating_sub(MAX_HISTORY);
+            history.drain(..excess);
+            self.history = history;
+        }
+        self
+    }
+
+    /// The previous version, current again; `None` when there is no history.
+    pub fn rolled_back(&self) -> Option<Method> {
+        let mut history = self.history.clone();
+        let prev = history.pop()?;
+        Some(Method {
+            source: prev.source,
+            origin: prev.origin,
+            installed_at: prev.installed_at,
+            provenance: prev.provenance,
+            history,
+        })
+    }
 }
 
 fn default_origin() -> String {
@@ -241,6 +307,30 @@ where
     Ok(None)
 }
 
+/// The oids of `start` and its ancestors, depth-first in `parent*` order, each once (so cycles
+/// end); dangling parents are left out.
+pub fn ancestors<F>(start: &str, mut fetch: F) -> Result<Vec<String>>
+where
+    F: FnMut(&str) -> Result<Option<Arc<ObjectState>>>,
+{
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut stack = vec![start.to_string()];
+    while let Some(oid) = stack.pop() {
+        if !seen.insert(oid.clone()) {
+            continue;
+        }
+        let Some(obj) = fetch(&oid)? else { continue };
+        out.push(oid);
+        for parent in obj.parents().into_iter().rev() {
+            if !seen.contains(&parent) {
+                stack.push(parent);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The primordial objects of a fresh world, ready to be committed in one transaction.
 pub fn primordial_objects() -> Vec<ObjectState> {
     let named = |purpose: &str, name: &str| {
@@ -357,9 +447,8 @@ mod tests {
         s.insert(
             "m".into(),
             Slot::Method(Method {
-                source: "function m(self) { return 1; }".into(),
-                origin: "user".into(),
                 installed_at: 7,
+                ..Method::new("function m(self) { return 1; }", "user")
             }),
         );
         let obj = ObjectState::new("o1", &["genesis_obj"], s);

@@ -81,6 +81,34 @@ pub enum Op {
         name: String,
     },
     Delete,
+    /// Compile a method without installing it (the kernel's review).
+    Check {
+        name: String,
+        source: String,
+    },
+    /// Run a method that is not installed, on a scratch copy of the target, with `args`.
+    /// Nothing is committed; writing to any object but the target fails the trial.
+    Trial {
+        name: String,
+        source: String,
+        args: Vec<Json>,
+    },
+    /// Install a method with its metadata; a replaced version joins the history.
+    Install {
+        name: String,
+        method: Method,
+    },
+    /// Make the previous version of a method current again.
+    Rollback {
+        name: String,
+    },
+}
+
+impl Op {
+    /// Operations that never commit.
+    fn is_dry(&self) -> bool {
+        matches!(self, Op::Check { .. } | Op::Trial { .. })
+    }
 }
 
 /// A message nothing in the chain understood: the generative kernel's business.
@@ -121,6 +149,8 @@ struct Exec {
     miss: Option<Miss>,
     /// A limit was hit: everything from now on fails with this.
     fatal: Option<TelosError>,
+    /// The native stack address where the operation began (nested sends are measured from it).
+    stack_base: usize,
     /// The typed error behind the exception a host function threw last.
     pending: Option<TelosError>,
 }
@@ -240,6 +270,7 @@ impl Engine {
                 }
             } else {
                 match result {
+                    Ok(value) if op.is_dry() => return Outcome::Done { value, logs },
                     Ok(value) => match txn.commit() {
                         Ok(_) => return Outcome::Done { value, logs },
                         Err(CommitError::Stale) => {}
@@ -277,6 +308,7 @@ impl Engine {
                 miss: None,
                 fatal: None,
                 pending: None,
+                stack_base: stack_address(),
             })
         });
         DEADLINE.with(|d| d.set(Some(Instant::now() + self.limits.wall_time)));
@@ -317,12 +349,57 @@ fn run_op(ctx: &Ctx<'_>, target: &str, op: &Op) -> Result<Json> {
             validate_slot_name(name)?;
             with_exec(|e| e.txn.require(target))?;
             compile(ctx, target, name, source)?;
-            let method = Method {
-                source: source.clone(),
-                origin: "user".into(),
-                installed_at: unix_now(),
-            };
+            let old = with_exec(|e| e.txn.require(target))?;
+            let method = Method::new(source.clone(), "user").replacing(old.slots.get(name));
             with_exec(|e| e.txn.set_slot(target, name, Slot::Method(method)))?;
+            Ok(Json::Null)
+        }
+        Op::Check { name, source } => {
+            validate_slot_name(name)?;
+            compile(ctx, target, name, source)?;
+            Ok(Json::Null)
+        }
+        Op::Trial { name, source, args } => {
+            validate_slot_name(name)?;
+            with_exec(|e| e.txn.require(target))?;
+            compile(ctx, target, name, source)?;
+            let method = Method::new(source.clone(), "trial");
+            with_exec(|e| e.txn.set_slot(target, name, Slot::Method(method)))?;
+            let value = dispatch(ctx, target, name, args.clone())?;
+            let outside: Vec<String> = with_exec(|e| e.txn.written())
+                .into_iter()
+                .filter(|o| o != target)
+                .collect();
+            if !outside.is_empty() {
+                return Err(TelosError::MethodError(format!(
+                    "the trial changed other objects ({}): a new method may only change its receiver",
+                    outside.join(", ")
+                )));
+            }
+            Ok(value)
+        }
+        Op::Install { name, method } => {
+            validate_slot_name(name)?;
+            compile(ctx, target, name, &method.source)?;
+            let old = with_exec(|e| e.txn.require(target))?;
+            let method = method.clone().replacing(old.slots.get(name));
+            with_exec(|e| e.txn.set_slot(target, name, Slot::Method(method)))?;
+            Ok(Json::Null)
+        }
+        Op::Rollback { name } => {
+            let obj = with_exec(|e| e.txn.require(target))?;
+            let Some(Slot::Method(current)) = obj.slots.get(name) else {
+                return Err(TelosError::NotFound(format!(
+                    "{target} has no method {name}"
+                )));
+            };
+            let Some(previous) = current.rolled_back() else {
+                return Err(TelosError::Conflict(format!(
+                    "{target}.{name} has no earlier version to roll back to"
+                )));
+            };
+            compile(ctx, target, name, &previous.source)?;
+            with_exec(|e| e.txn.set_slot(target, name, Slot::Method(previous)))?;
             Ok(Json::Null)
         }
         Op::RemoveSlot { name } => {
@@ -336,18 +413,30 @@ fn run_op(ctx: &Ctx<'_>, target: &str, op: &Op) -> Result<Json> {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// The address of a local: where the native stack is now.
+#[inline(never)]
+fn stack_address() -> usize {
+    let here = 0u8;
+    std::hint::black_box(&here) as *const u8 as usize
 }
 
 /// Sends `selector(args)` to `target` within the current operation.
 fn dispatch(ctx: &Ctx<'_>, target: &str, selector: &str, args: Vec<Json>) -> Result<Json> {
+    let used = stack_address();
     with_exec(|e| -> Result<()> {
         if let Some(fatal) = &e.fatal {
             return Err(fatal.clone());
+        }
+        // Nested sends recurse through Rust and QuickJS frames; stop them before QuickJS's own
+        // stack check throws a RangeError that a method could catch and carry on from.
+        if e.stack_base.abs_diff(used) > e.limits.stack_bytes / 4 * 3 {
+            let err = TelosError::LimitExceeded(format!(
+                "nested sends used up the stack limit of {} KiB ({} sends deep)",
+                e.limits.stack_bytes >> 10,
+                e.stack.len()
+            ));
+            e.fatal = Some(err.clone());
+            return Err(err);
         }
         if e.stack.len() >= e.limits.max_depth {
             let chain: Vec<String> = e

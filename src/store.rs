@@ -29,6 +29,14 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "002_backups.surql",
         include_str!("../schema/002_backups.surql"),
     ),
+    (
+        "003_memory.surql",
+        include_str!("../schema/003_memory.surql"),
+    ),
+    (
+        "004_kernel.surql",
+        include_str!("../schema/004_kernel.surql"),
+    ),
 ];
 
 /// The fields of an object row, as backups carry them.
@@ -296,6 +304,9 @@ impl Store {
                  SELECT oid, seq FROM tombstone WHERE seq > $after ORDER BY oid;
                  SELECT VALUE value FROM ONLY meta:seq;
                  SELECT count() AS n FROM object GROUP ALL;
+                 SELECT * OMIT id FROM memory WHERE seq > $after ORDER BY key;
+                 SELECT key, seq FROM memory_tombstone WHERE seq > $after ORDER BY key;
+                 SELECT count() AS n FROM memory GROUP ALL;
                  COMMIT TRANSACTION;"
             );
             let mut res = db
@@ -307,11 +318,18 @@ impl Store {
             let tombstones: Vec<Json> = res.take(2).map_err(db_err)?;
             let seq: Option<i64> = res.take(3).map_err(db_err)?;
             let counts: Vec<Json> = res.take(4).map_err(db_err)?;
+            let memories: Vec<Json> = res.take(5).map_err(db_err)?;
+            let memory_tombstones: Vec<Json> = res.take(6).map_err(db_err)?;
+            let memory_counts: Vec<Json> = res.take(7).map_err(db_err)?;
+            let n = |rows: &[Json]| rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
             Ok(Changes {
                 objects,
                 tombstones,
+                memories,
+                memory_tombstones,
                 seq: seq.unwrap_or(0).max(0) as u64,
-                total_objects: counts.first().and_then(|r| r["n"].as_u64()).unwrap_or(0),
+                total_objects: n(&counts),
+                total_memories: n(&memory_counts),
             })
         })
         .await?
@@ -324,9 +342,42 @@ impl Store {
         let Changes {
             objects,
             tombstones,
+            memories,
+            memory_tombstones,
             seq,
             ..
         } = changes;
+        for chunk in memories.chunks(BATCH) {
+            let rows = Json::Array(chunk.to_vec());
+            self.run(move |db| async move {
+                db.query(
+                    "BEGIN TRANSACTION;
+                     FOR $r IN $rows { UPSERT type::record('memory', $r.key) CONTENT $r RETURN NONE; };
+                     COMMIT TRANSACTION;",
+                )
+                .bind(("rows", rows))
+                .await
+                .and_then(|r| r.check())
+                .map_err(db_err)
+            })
+            .await??;
+        }
+        let memory_tombs = Json::Array(memory_tombstones);
+        self.run(move |db| async move {
+            db.query(
+                "BEGIN TRANSACTION;
+                 FOR $t IN $tombs {
+                     DELETE type::record('memory', $t.key) RETURN NONE;
+                     UPSERT type::record('memory_tombstone', $t.key) CONTENT $t RETURN NONE;
+                 };
+                 COMMIT TRANSACTION;",
+            )
+            .bind(("tombs", memory_tombs))
+            .await
+            .and_then(|r| r.check())
+            .map_err(db_err)
+        })
+        .await??;
         for chunk in objects.chunks(BATCH) {
             let rows = Json::Array(chunk.to_vec());
             self.run(move |db| async move {
@@ -380,6 +431,69 @@ impl Store {
                     name: r["name"].as_str().unwrap_or_default().to_string(),
                 })
                 .collect())
+        })
+        .await?
+    }
+
+    /// How many memory records there are.
+    pub async fn memory_count(&self) -> Result<u64> {
+        self.run(|db| async move {
+            let mut res = db
+                .query("SELECT count() AS n FROM memory GROUP ALL")
+                .await
+                .map_err(db_err)?;
+            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+            Ok(rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0))
+        })
+        .await?
+    }
+
+    /// Records one kernel run (learned or failed).
+    pub async fn record_attempt(&self, attempt: Json) -> Result<()> {
+        self.run(move |db| async move {
+            db.query("CREATE attempt CONTENT $a RETURN NONE")
+                .bind(("a", attempt))
+                .await
+                .and_then(|r| r.check())
+                .map_err(db_err)
+                .map(|_| ())
+        })
+        .await?
+    }
+
+    /// Failed kernel runs of `selector` on `receiver` since `since` (seconds since the epoch).
+    pub async fn recent_failures(
+        &self,
+        receiver: &str,
+        selector: &str,
+        since: i64,
+    ) -> Result<Vec<Json>> {
+        let (receiver, selector) = (receiver.to_string(), selector.to_string());
+        self.run(move |db| async move {
+            let mut res = db
+                .query(
+                    "SELECT stage, reason, at FROM attempt
+                     WHERE receiver = $r AND selector = $s AND ok = false AND at >= $since
+                     ORDER BY at",
+                )
+                .bind(("r", receiver))
+                .bind(("s", selector))
+                .bind(("since", since))
+                .await
+                .map_err(db_err)?;
+            res.take::<Vec<Json>>(0).map_err(db_err)
+        })
+        .await?
+    }
+
+    /// Every object's oid.
+    pub async fn all_oids(&self) -> Result<Vec<String>> {
+        self.run(|db| async move {
+            let mut res = db
+                .query("SELECT VALUE oid FROM object ORDER BY oid")
+                .await
+                .map_err(db_err)?;
+            res.take::<Vec<String>>(0).map_err(db_err)
         })
         .await?
     }
@@ -501,7 +615,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     }
 }
 
-fn db_err(e: surrealdb::Error) -> TelosError {
+pub(crate) fn db_err(e: surrealdb::Error) -> TelosError {
     TelosError::Internal(format!("database: {e}"))
 }
 
@@ -551,10 +665,16 @@ pub struct Changes {
     pub objects: Vec<Json>,
     /// `{oid, seq}` of deleted objects.
     pub tombstones: Vec<Json>,
+    /// Memory records (with their vectors).
+    pub memories: Vec<Json>,
+    /// `{key, seq}` of forgotten memory records.
+    pub memory_tombstones: Vec<Json>,
     /// The sequence number this read is consistent with.
     pub seq: u64,
     /// How many objects the world held at that point.
     pub total_objects: u64,
+    /// How many memory records it held.
+    pub total_memories: u64,
 }
 
 fn commit_rows(objects: &[ObjectState], deleted: &[String], seq: u64) -> (Json, Json) {

@@ -134,6 +134,16 @@ impl World {
         self.cache().len()
     }
 
+    /// Writes memory records and forgets others in one store transaction at the next sequence
+    /// number: memories are part of the world's history, so backups carry them like objects.
+    pub fn commit_memory(&self, add: &[crate::memory::Record], remove: &[u64]) -> Result<u64> {
+        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = self.seq.load(Ordering::SeqCst) + 1;
+        self.store.memory_commit_blocking(add, remove, seq)?;
+        self.seq.store(seq, Ordering::SeqCst);
+        Ok(seq)
+    }
+
     /// Validates a transaction's reads and, if it wrote anything, commits it.
     /// `Err(Stale)` means another chain changed something this one read: run it again.
     fn commit(&self, txn: &Txn) -> Result<Vec<Change>, CommitError> {
@@ -244,6 +254,15 @@ pub struct Txn {
 }
 
 impl Txn {
+    /// The oids this transaction has written or deleted so far.
+    pub fn written(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.dirty.keys().cloned().collect();
+        out.extend(self.deleted.iter().cloned());
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn new(world: Arc<World>) -> Txn {
         Txn {
             world,

@@ -152,6 +152,11 @@ async fn run(
     kind: Kind,
 ) -> Result<Manifest, TelosError> {
     let now = Utc::now();
+    // The index is a cache of the records the backup carries, but a saved index makes the next
+    // start quick; a failure here is logged and does not stop the backup.
+    if let Ok(Err(e)) = telos.memory.send(crate::actors::memory::Save).await {
+        tracing::warn!(error = %e, "saving the memory index before a backup");
+    }
     let result = backup::take(telos.world.store(), &dir, kind, now).await;
     let slot = match kind {
         Kind::Full => "last_full",

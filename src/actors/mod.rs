@@ -6,9 +6,14 @@
 //!   the script threads; a message nobody understands goes to the kernel.
 //! - [`kernel::NoKernel`] is the default answer to such a miss (`does_not_understand`); the
 //!   generative kernel plugs in at the same seam: one [`kernel::Understand`] message to one actor.
+//! - [`persona::PersonaActor`] hosts the models (the embedder) on its own thread.
+//! - [`memory::MemoryActor`] owns the memory records and the vector index over them.
+//! - [`retrievable`] keeps the memories of `Retrievable` objects in step with their changes.
 
 pub mod backup;
 pub mod directory;
 pub mod kernel;
+pub mod memory;
 pub mod object;
 pub mod persona;
+pub mod retrievable;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_json::Value as Json;
 
-use super::kernel::Understand;
+use super::kernel::{Progress, Understand};
 use crate::error::TelosError;
 use crate::exec::Executor;
 use crate::sandbox::{Op, Outcome};
@@ -24,6 +24,8 @@ const MAX_KERNEL_ROUNDS: usize = 3;
 #[rtype(result = "Reply")]
 pub struct Dispatch {
     pub op: Op,
+    /// Where the kernel streams its stages if the operation misses.
+    pub progress: Option<Progress>,
 }
 
 /// The answer to a [`Dispatch`]: the value or error, and what the methods logged on the way.
@@ -88,6 +90,7 @@ impl Handler<Dispatch> for ObjectActor {
         let deleting = matches!(msg.op, Op::Delete);
         let work = async move {
             let mut all_logs = Vec::new();
+            let mut learned: Option<super::kernel::KernelRun> = None;
             for _ in 0..=MAX_KERNEL_ROUNDS {
                 let outcome = match exec.run(&oid, msg.op.clone()).await {
                     Ok(o) => o,
@@ -96,17 +99,39 @@ impl Handler<Dispatch> for ObjectActor {
                 match outcome {
                     Outcome::Done { value, logs } => {
                         all_logs.extend(logs);
+                        if let Some(run) = &learned {
+                            run.emitter.emit(
+                                "answer",
+                                "done",
+                                serde_json::json!({ "value": value }),
+                            );
+                        }
                         return (Ok(value), all_logs);
                     }
                     Outcome::Failed { error, logs } => {
                         all_logs.extend(logs);
+                        if let Some(run) = &learned {
+                            run.emitter.emit(
+                                "answer",
+                                "failed",
+                                serde_json::json!({ "error": error.to_string() }),
+                            );
+                        }
                         return (Err(error), all_logs);
                     }
                     Outcome::Miss { miss, logs } => {
                         all_logs.extend(logs);
-                        let answer = kernel.send(Understand { miss: miss.clone() }).await;
+                        let answer = kernel
+                            .send(Understand {
+                                miss: miss.clone(),
+                                progress: msg.progress.clone(),
+                            })
+                            .await;
                         match answer {
-                            Ok(Ok(())) => continue,
+                            Ok(Ok(run)) => {
+                                learned = Some(run);
+                                continue;
+                            }
                             Ok(Err(e)) => return (Err(e), all_logs),
                             Err(e) => {
                                 return (

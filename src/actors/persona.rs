@@ -1,17 +1,30 @@
 //! `PersonaActor`: hosts the models, off the async threads (a sync actor on its own thread).
 //!
-//! Today it owns the MiniLM embedder, loaded on first use and kept; the persona language models
-//! join it with the generative kernel. Embedding requests that arrive while a batch is being
-//! encoded queue in the mailbox and are encoded together by the next `Embed` the caller sends
-//! (callers batch their own texts).
+//! It owns the MiniLM embedder (loaded on first use and kept) and the persona language models:
+//! each persona (BRICK, ALFRED, BABS, ROBIN) has a backend, a model, a temperature and a token
+//! budget. Local GGUF models are loaded when a persona needs one and the least recently used is
+//! unloaded when the memory budget would be exceeded (the seed's VRAMManager). Callers embed
+//! through an [`EmbedClient`], which micro-batches: requests that arrive within a few
+//! milliseconds of each other (or while a batch is being encoded) share one forward pass.
+//!
+//! One thread serves both kinds of work, so a long generation delays embeddings; on two cores
+//! running both at once would only slow each down.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::config::Settings;
 use crate::embed::{DIMS, EMBEDDER_ID, Embedder};
 use crate::error::TelosError;
+use crate::llm::local::{Local, LocalModel};
+use crate::llm::remote::{Dialect, Remote};
+use crate::llm::scripted::Scripted;
+use crate::llm::{Backend, Generated, Message, PERSONAS, PersonaConfig, prompt_text};
 
 /// Embeds texts; answers one normalised vector per text.
 #[derive(Message)]
@@ -27,6 +40,47 @@ pub struct Embedded {
     pub vectors: Vec<Vec<f32>>,
 }
 
+/// Asks a persona for a reply.
+#[derive(Message)]
+#[rtype(result = "Result<Generated, TelosError>")]
+pub struct Generate {
+    pub persona: String,
+    pub messages: Vec<Message>,
+}
+
+/// The personas, their settings and whether their model is loaded.
+#[derive(Message)]
+#[rtype(result = "Vec<PersonaView>")]
+pub struct ListPersonas;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PersonaView {
+    pub name: String,
+    /// The backend in effect (the server default when the persona names none).
+    pub backend: String,
+    /// The model in effect (for `local`: the GGUF path).
+    pub model: String,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    pub loaded: bool,
+    pub answers: u64,
+}
+
+/// Changes a persona's settings (unloading its old local model is left to the budget).
+#[derive(Message)]
+#[rtype(result = "Result<PersonaView, TelosError>")]
+pub struct SetPersona {
+    pub name: String,
+    pub config: PersonaConfig,
+}
+
+/// Unloads the local model a persona uses. Answers whether one was loaded.
+#[derive(Message)]
+#[rtype(result = "Result<bool, TelosError>")]
+pub struct Unload {
+    pub name: String,
+}
+
 /// What the persona host has loaded.
 #[derive(Message)]
 #[rtype(result = "PersonaStatus")]
@@ -37,7 +91,18 @@ pub struct PersonaStatus {
     pub embedder: &'static str,
     pub embedder_loaded: bool,
     pub embedded_texts: u64,
+    /// Forward passes (batches) run: fewer than requests when micro-batching works.
+    pub batches: u64,
     pub torch_threads: i32,
+    pub default_backend: String,
+    pub loaded_models: Vec<String>,
+    pub loaded_mib: u64,
+    pub budget_mib: u64,
+}
+
+struct Loaded {
+    model: LocalModel,
+    last_used: Instant,
 }
 
 pub struct PersonaActor {
@@ -45,15 +110,33 @@ pub struct PersonaActor {
     threads: i32,
     embedder: Option<Embedder>,
     embedded: u64,
+    batches: u64,
+    settings: Settings,
+    personas: BTreeMap<String, PersonaConfig>,
+    scripted: Option<Scripted>,
+    loaded: BTreeMap<PathBuf, Loaded>,
+    answers: BTreeMap<String, u64>,
 }
 
 impl PersonaActor {
-    pub fn new(models_dir: PathBuf, threads: i32) -> Self {
+    pub fn new(settings: &Settings, scripted: Option<Scripted>) -> Self {
+        let mut personas = settings.personas.clone();
+        for p in PERSONAS {
+            personas
+                .entry(p.to_string())
+                .or_insert_with(|| PersonaConfig::default_for(p));
+        }
         PersonaActor {
-            models_dir,
-            threads,
+            models_dir: settings.models_dir.clone(),
+            threads: settings.torch_threads,
             embedder: None,
             embedded: 0,
+            batches: 0,
+            settings: settings.clone(),
+            personas,
+            scripted,
+            loaded: BTreeMap::new(),
+            answers: BTreeMap::new(),
         }
     }
 
@@ -71,6 +154,129 @@ impl PersonaActor {
         }
         Ok(self.embedder.as_ref().expect("just loaded"))
     }
+
+    fn persona(&self, name: &str) -> Result<(String, PersonaConfig), TelosError> {
+        let key = name.to_uppercase();
+        let cfg = self.personas.get(&key).cloned().ok_or_else(|| {
+            TelosError::NotFound(format!(
+                "no persona {name}: the personas are {}",
+                PERSONAS.join(", ")
+            ))
+        })?;
+        Ok((key, cfg))
+    }
+
+    /// The backend and model in effect for `cfg`.
+    fn effective(&self, cfg: &PersonaConfig) -> (String, String) {
+        let backend = if cfg.backend.is_empty() {
+            self.settings.persona_backend.clone()
+        } else {
+            cfg.backend.clone()
+        };
+        let model = match backend.as_str() {
+            "local" if cfg.model.is_empty() => {
+                self.settings.default_model_path().display().to_string()
+            }
+            "scripted" => self.settings.scripted_personas.clone(),
+            _ => cfg.model.clone(),
+        };
+        (backend, model)
+    }
+
+    fn view(&self, name: &str, cfg: &PersonaConfig) -> PersonaView {
+        let (backend, model) = self.effective(cfg);
+        PersonaView {
+            name: name.to_string(),
+            loaded: backend == "local" && self.loaded.contains_key(&PathBuf::from(&model)),
+            backend,
+            model,
+            temperature: cfg.temperature,
+            max_tokens: cfg.max_tokens,
+            answers: self.answers.get(name).copied().unwrap_or(0),
+        }
+    }
+
+    /// Loads the local model at `path`, unloading the least recently used ones if the budget
+    /// would be exceeded.
+    fn local_model(&mut self, path: PathBuf) -> Result<&LocalModel, TelosError> {
+        if !self.loaded.contains_key(&path) {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let budget = self.settings.model_budget_mib << 20;
+            if size > budget {
+                return Err(TelosError::Unavailable(format!(
+                    "the model {} needs {} MiB, more than the whole model budget of {} MiB (model_budget_mib)",
+                    path.display(),
+                    size >> 20,
+                    budget >> 20
+                )));
+            }
+            while self.loaded.values().map(|l| l.model.bytes()).sum::<u64>() + size > budget {
+                let oldest = self
+                    .loaded
+                    .iter()
+                    .min_by_key(|(_, l)| l.last_used)
+                    .map(|(p, _)| p.clone())
+                    .expect("something is loaded when over budget");
+                tracing::info!(model = %oldest.display(), "unloading a model to stay within the budget");
+                self.loaded.remove(&oldest);
+            }
+            let model =
+                LocalModel::load(&path, self.settings.llm_threads, self.settings.llm_context)
+                    .map_err(|e| TelosError::Unavailable(format!("{e:#}")))?;
+            self.loaded.insert(
+                path.clone(),
+                Loaded {
+                    model,
+                    last_used: Instant::now(),
+                },
+            );
+        }
+        let entry = self.loaded.get_mut(&path).expect("loaded above");
+        entry.last_used = Instant::now();
+        Ok(&entry.model)
+    }
+
+    fn generate(&mut self, persona: &str, messages: &[Message]) -> Result<Generated, TelosError> {
+        let (name, cfg) = self.persona(persona)?;
+        let (backend, model) = self.effective(&cfg);
+        let t = Instant::now();
+        tracing::debug!(persona = %name, %backend, prompt = %prompt_text(messages), "persona asked");
+        let timeout = Duration::from_secs(self.settings.llm_timeout_secs.max(1));
+        let answer = match backend.as_str() {
+            "scripted" => match self.scripted.as_mut() {
+                Some(s) => s.complete(&name, &cfg, messages),
+                None => Err(anyhow::anyhow!(
+                    "persona {name} uses the scripted backend but no scripted_personas file is configured"
+                )),
+            },
+            "ollama" => Remote::new(Dialect::Ollama, &self.settings.ollama_url, "", timeout)
+                .complete(&name, &cfg, messages),
+            "openai" => Remote::new(
+                Dialect::OpenAi,
+                &self.settings.openai_url,
+                &self.settings.openai_api_key,
+                timeout,
+            )
+            .complete(&name, &cfg, messages),
+            _ => {
+                let model = self.local_model(PathBuf::from(&model))?;
+                Local { model }.complete(&name, &cfg, messages)
+            }
+        };
+        let (text, tokens) = answer.map_err(|e| {
+            TelosError::Unavailable(format!("persona {name} ({backend}) failed: {e:#}"))
+        })?;
+        tracing::debug!(persona = %name, %backend, reply = %text, "persona answered");
+        *self.answers.entry(name.clone()).or_default() += 1;
+        Ok(Generated {
+            persona: name,
+            backend,
+            model,
+            text,
+            ms: t.elapsed().as_millis() as u64,
+            tokens,
+        })
+    }
 }
 
 impl Actor for PersonaActor {
@@ -87,11 +293,75 @@ impl Handler<Embed> for PersonaActor {
             .embed(&msg.texts)
             .map_err(|e| TelosError::Internal(format!("embedding failed: {e:#}")))?;
         self.embedded += n;
+        self.batches += 1;
         Ok(Embedded {
             model: EMBEDDER_ID,
             dims: DIMS,
             vectors,
         })
+    }
+}
+
+impl Handler<Generate> for PersonaActor {
+    type Result = Result<Generated, TelosError>;
+
+    fn handle(&mut self, msg: Generate, _: &mut SyncContext<Self>) -> Self::Result {
+        self.generate(&msg.persona, &msg.messages)
+    }
+}
+
+impl Handler<ListPersonas> for PersonaActor {
+    type Result = MessageResult<ListPersonas>;
+
+    fn handle(&mut self, _: ListPersonas, _: &mut SyncContext<Self>) -> Self::Result {
+        MessageResult(self.personas.iter().map(|(n, c)| self.view(n, c)).collect())
+    }
+}
+
+impl Handler<SetPersona> for PersonaActor {
+    type Result = Result<PersonaView, TelosError>;
+
+    fn handle(&mut self, msg: SetPersona, _: &mut SyncContext<Self>) -> Self::Result {
+        let (name, _) = self.persona(&msg.name)?;
+        let c = &msg.config;
+        if !matches!(
+            c.backend.as_str(),
+            "" | "local" | "ollama" | "openai" | "scripted"
+        ) {
+            return Err(TelosError::BadRequest(format!(
+                "backend must be local, ollama, openai or scripted, not {:?}",
+                c.backend
+            )));
+        }
+        if !(0.0..=2.0).contains(&c.temperature) || c.max_tokens == 0 || c.max_tokens > 8192 {
+            return Err(TelosError::BadRequest(
+                "temperature must be within 0..2 and max_tokens within 1..8192".into(),
+            ));
+        }
+        if c.backend == "scripted" && self.scripted.is_none() {
+            return Err(TelosError::BadRequest(
+                "the scripted backend needs the scripted_personas file set at start".into(),
+            ));
+        }
+        self.personas.insert(name.clone(), msg.config.clone());
+        Ok(self.view(&name, &msg.config))
+    }
+}
+
+impl Handler<Unload> for PersonaActor {
+    type Result = Result<bool, TelosError>;
+
+    fn handle(&mut self, msg: Unload, _: &mut SyncContext<Self>) -> Self::Result {
+        let (_, cfg) = self.persona(&msg.name)?;
+        let (backend, model) = self.effective(&cfg);
+        if backend != "local" {
+            return Ok(false);
+        }
+        let was = self.loaded.remove(&PathBuf::from(&model)).is_some();
+        if was {
+            tracing::info!(model, "model unloaded on request");
+        }
+        Ok(was)
     }
 }
 
@@ -103,7 +373,103 @@ impl Handler<Status> for PersonaActor {
             embedder: EMBEDDER_ID,
             embedder_loaded: self.embedder.is_some(),
             embedded_texts: self.embedded,
+            batches: self.batches,
             torch_threads: self.threads,
+            default_backend: self.settings.persona_backend.clone(),
+            loaded_models: self
+                .loaded
+                .keys()
+                .map(|p| p.display().to_string())
+                .collect(),
+            loaded_mib: self.loaded.values().map(|l| l.model.bytes()).sum::<u64>() >> 20,
+            budget_mib: self.settings.model_budget_mib,
         })
+    }
+}
+
+/// How long the batcher waits for more requests after the first one of a batch.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(3);
+/// A batch closes early once it holds this many texts.
+const BATCH_TEXTS: usize = 64;
+
+type EmbedAnswer = Result<Vec<Vec<f32>>, TelosError>;
+type EmbedReply = oneshot::Sender<EmbedAnswer>;
+
+/// The way to embed: a cheap handle that micro-batches concurrent requests into one `Embed`.
+#[derive(Clone)]
+pub struct EmbedClient {
+    tx: mpsc::UnboundedSender<(Vec<String>, EmbedReply)>,
+}
+
+impl EmbedClient {
+    /// Starts the batcher (on the current actix system) in front of `personas`.
+    pub fn start(personas: Addr<PersonaActor>) -> EmbedClient {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<String>, EmbedReply)>();
+        actix::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut n = first.0.len();
+                let mut jobs = vec![first];
+                let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+                while n < BATCH_TEXTS {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(job)) => {
+                            n += job.0.len();
+                            jobs.push(job);
+                        }
+                        _ => break,
+                    }
+                }
+                let texts: Vec<String> = jobs.iter().flat_map(|j| j.0.iter().cloned()).collect();
+                let answer = match personas.send(Embed { texts }).await {
+                    Ok(a) => a,
+                    Err(e) => Err(TelosError::Unavailable(format!(
+                        "the model host is not running: {e}"
+                    ))),
+                };
+                match answer {
+                    Ok(out) => {
+                        let mut vectors = out.vectors.into_iter();
+                        for (texts, reply) in jobs {
+                            let mine: Vec<Vec<f32>> = vectors.by_ref().take(texts.len()).collect();
+                            let _ = reply.send(Ok(mine));
+                        }
+                    }
+                    Err(e) => {
+                        for (_, reply) in jobs {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        EmbedClient { tx }
+    }
+
+    fn submit(&self, texts: Vec<String>) -> Result<oneshot::Receiver<EmbedAnswer>, TelosError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((texts, reply))
+            .map_err(|_| TelosError::Unavailable("the embedder has stopped".into()))?;
+        Ok(rx)
+    }
+
+    /// One normalised vector per text.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, TelosError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rx = self.submit(texts)?;
+        rx.await
+            .map_err(|_| TelosError::Unavailable("the embedder has stopped".into()))?
+    }
+
+    /// [`EmbedClient::embed`] for plain threads (sync actors, blocking tasks).
+    pub fn embed_blocking(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, TelosError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rx = self.submit(texts)?;
+        rx.blocking_recv()
+            .map_err(|_| TelosError::Unavailable("the embedder has stopped".into()))?
     }
 }

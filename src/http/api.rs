@@ -25,7 +25,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/objects/{oid}/slots/{name}", web::put().to(put_slot))
         .route("/objects/{oid}/slots/{name}", web::delete().to(delete_slot))
         .route("/objects/{oid}/methods/{name}", web::get().to(get_method))
-        .route("/memory/embed", web::post().to(embed));
+        .route(
+            "/objects/{oid}/methods/{name}/rollback",
+            web::post().to(rollback_method),
+        )
+        .route("/personas", web::get().to(list_personas))
+        .route("/personas/{name}", web::put().to(set_persona))
+        .route("/personas/{name}/unload", web::post().to(unload_persona))
+        .route("/memory/embed", web::post().to(embed))
+        .route("/memory/search", web::get().to(memory_search))
+        .route("/memory/records", web::get().to(memory_records))
+        .route("/memory/records", web::post().to(memory_remember))
+        .route("/memory/reindex", web::post().to(memory_reindex));
 }
 
 fn value_of(reply: Reply) -> Result<Json, ApiError> {
@@ -175,12 +186,75 @@ async fn get_method(telos: web::Data<Telos>, path: web::Path<(String, String)>) 
             "source": m.source,
             "origin": m.origin,
             "installed_at": m.installed_at,
+            "provenance": m.provenance,
+            "history": m.history,
         }))),
         Some(Slot::Value(_)) => Err(ApiError::bad_request(format!(
             "{oid}.{name} is a value slot, not a method"
         ))),
         None => Err(ApiError::not_found(format!("{oid} has no method {name}"))),
     }
+}
+
+/// `POST /api/objects/{oid}/methods/{name}/rollback`: the previous version becomes current.
+async fn rollback_method(
+    telos: web::Data<Telos>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> ApiResult {
+    authorise(&telos, &req)?;
+    let (oid, name) = path.into_inner();
+    value_of(telos.call(&oid, Op::Rollback { name: name.clone() }).await)?;
+    get_method(telos, web::Path::from((oid, name))).await
+}
+
+fn personas_down(e: actix::MailboxError) -> TelosError {
+    TelosError::Unavailable(format!("the persona host is not running: {e}"))
+}
+
+/// `GET /api/personas`: each persona's backend, model, settings and whether it is loaded.
+async fn list_personas(telos: web::Data<Telos>) -> ApiResult {
+    let list = telos
+        .personas
+        .send(crate::actors::persona::ListPersonas)
+        .await
+        .map_err(personas_down)?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// `PUT /api/personas/{name}` `{"backend", "model", "temperature", "max_tokens"}`.
+async fn set_persona(
+    telos: web::Data<Telos>,
+    req: HttpRequest,
+    name: web::Path<String>,
+    body: web::Json<crate::llm::PersonaConfig>,
+) -> ApiResult {
+    authorise(&telos, &req)?;
+    let view = telos
+        .personas
+        .send(crate::actors::persona::SetPersona {
+            name: name.into_inner(),
+            config: body.into_inner(),
+        })
+        .await
+        .map_err(personas_down)??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// `POST /api/personas/{name}/unload`: frees the persona's local model.
+async fn unload_persona(
+    telos: web::Data<Telos>,
+    req: HttpRequest,
+    name: web::Path<String>,
+) -> ApiResult {
+    authorise(&telos, &req)?;
+    let name = name.into_inner();
+    let unloaded = telos
+        .personas
+        .send(crate::actors::persona::Unload { name: name.clone() })
+        .await
+        .map_err(personas_down)??;
+    Ok(HttpResponse::Ok().json(json!({ "persona": name, "unloaded": unloaded })))
 }
 
 /// Prometheus text: the world, the actors and the backups.
@@ -259,10 +333,132 @@ async fn embed(telos: web::Data<Telos>, body: web::Json<EmbedBody>) -> ApiResult
     if texts.len() > 256 {
         return Err(ApiError::bad_request("at most 256 texts per request"));
     }
-    let out = telos
-        .personas
-        .send(crate::actors::persona::Embed { texts })
+    let vectors = telos.embedder.embed(texts).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "model": crate::embed::EMBEDDER_ID,
+        "dims": crate::embed::DIMS,
+        "vectors": vectors,
+    })))
+}
+
+fn memory_down(e: actix::MailboxError) -> TelosError {
+    TelosError::Unavailable(format!("the memory is not running: {e}"))
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    q: String,
+    k: Option<usize>,
+    kind: Option<String>,
+}
+
+/// `GET /api/memory/search?q=&k=&kind=`: the nearest memories to `q`, closest first.
+async fn memory_search(telos: web::Data<Telos>, query: web::Query<SearchQuery>) -> ApiResult {
+    let SearchQuery { q, k, kind } = query.into_inner();
+    let found = telos
+        .memory
+        .send(crate::actors::memory::Search {
+            query: q,
+            k: k.unwrap_or(5),
+            kind: kind.filter(|k| !k.is_empty()),
+        })
         .await
-        .map_err(|e| TelosError::Unavailable(format!("the persona host is not running: {e}")))??;
-    Ok(HttpResponse::Ok().json(out))
+        .map_err(memory_down)??;
+    Ok(HttpResponse::Ok().json(found))
+}
+
+#[derive(Deserialize)]
+struct RecordsQuery {
+    offset: Option<u64>,
+    limit: Option<u64>,
+    owner: Option<String>,
+}
+
+/// `GET /api/memory/records?offset=&limit=&owner=`: records, newest first, without vectors.
+async fn memory_records(telos: web::Data<Telos>, query: web::Query<RecordsQuery>) -> ApiResult {
+    let RecordsQuery {
+        offset,
+        limit,
+        owner,
+    } = query.into_inner();
+    let limit = limit.unwrap_or(100).min(1000);
+    let offset = offset.unwrap_or(0);
+    let (records, total) = telos
+        .world
+        .store()
+        .memory_page(owner.filter(|o| !o.is_empty()), offset, limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "total": total,
+        "offset": offset,
+        "records": records,
+    })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReindexBody {
+    /// Also re-chunk every Retrievable object (after changes the indexer missed).
+    #[serde(default)]
+    objects: bool,
+}
+
+/// `POST /api/memory/reindex`: rebuilds the index from the stored vectors (nothing is
+/// re-embedded); with `{"objects": true}` first re-chunks every Retrievable object.
+async fn memory_reindex(
+    telos: web::Data<Telos>,
+    req: HttpRequest,
+    body: Option<web::Json<ReindexBody>>,
+) -> ApiResult {
+    crate::http::authorise(&telos, &req)?;
+    let body = body.map(|b| b.into_inner()).unwrap_or_default();
+    let started = std::time::Instant::now();
+    let mut objects = 0;
+    if body.objects {
+        let oids = telos.world.store().all_oids().await?;
+        for oid in oids {
+            if crate::actors::retrievable::reindex(&telos, &oid, false)
+                .await?
+                .is_some()
+            {
+                objects += 1;
+            }
+        }
+    }
+    let records = telos
+        .memory
+        .send(crate::actors::memory::Reindex)
+        .await
+        .map_err(memory_down)??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "records": records,
+        "retrievable_objects": objects,
+        "ms": started.elapsed().as_millis() as u64,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RememberBody {
+    items: Vec<crate::memory::NewMemory>,
+}
+
+/// `POST /api/memory/records` `{"items": [{"text", "kind"?, "prompt"?, "owner"?, "selector"?,
+/// "source"?}]}`: embeds and remembers notes (one batch, one transaction). Answers the keys.
+async fn memory_remember(
+    telos: web::Data<Telos>,
+    req: HttpRequest,
+    body: web::Json<RememberBody>,
+) -> ApiResult {
+    crate::http::authorise(&telos, &req)?;
+    let items = body.into_inner().items;
+    if items.is_empty() || items.len() > 256 {
+        return Err(ApiError::bad_request("give 1 to 256 items"));
+    }
+    let keys = telos
+        .memory
+        .send(crate::actors::memory::Remember { items })
+        .await
+        .map_err(memory_down)??;
+    Ok(HttpResponse::Created().json(json!({ "ids": keys })))
 }

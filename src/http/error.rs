@@ -61,7 +61,9 @@ pub fn status_of(error: &TelosError) -> StatusCode {
     match error {
         TelosError::NotFound(_) => StatusCode::NOT_FOUND,
         TelosError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        TelosError::DoesNotUnderstand { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        TelosError::DoesNotUnderstand { .. } | TelosError::NotLearned { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         TelosError::MethodError(_) => StatusCode::UNPROCESSABLE_ENTITY,
         TelosError::LimitExceeded(_) => StatusCode::UNPROCESSABLE_ENTITY,
         TelosError::Conflict(_) => StatusCode::CONFLICT,
@@ -81,7 +83,10 @@ impl ResponseError for ApiError {
         if matches!(self.error, TelosError::Internal(_)) {
             tracing::error!(error = %self.error, "internal error answered to a client");
         }
-        HttpResponse::build(self.status_code())
-            .json(json!({ "code": self.error.code(), "message": self.error.to_string() }))
+        let mut body = json!({ "code": self.error.code(), "message": self.error.to_string() });
+        if let Some(stage) = self.error.stage() {
+            body["stage"] = json!(stage);
+        }
+        HttpResponse::build(self.status_code()).json(body)
     }
 }

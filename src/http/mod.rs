@@ -14,8 +14,10 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use crate::app::Telos;
 use error::ApiError;
 
-/// The page, embedded so the binary serves it from anywhere.
+/// The page, embedded so the binary serves it from anywhere (no build step, no CDN).
 const INDEX_HTML: &str = include_str!("../../frontend/index.html");
+const APP_JS: &str = include_str!("../../frontend/app.js");
+const STYLE_CSS: &str = include_str!("../../frontend/style.css");
 
 /// Builds the HTTP server over `listener`.
 pub fn server(
@@ -51,6 +53,8 @@ pub fn server(
             .route("/metrics", web::get().to(api::metrics))
             .route("/ws", web::get().to(ws::index))
             .route("/", web::get().to(index))
+            .route("/app.js", web::get().to(app_js))
+            .route("/style.css", web::get().to(style_css))
             .default_service(web::to(not_found))
     })
     .workers(2)
@@ -64,6 +68,18 @@ async fn index() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(INDEX_HTML)
+}
+
+async fn app_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(APP_JS)
+}
+
+async fn style_css() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .body(STYLE_CSS)
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

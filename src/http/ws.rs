@@ -1,12 +1,15 @@
 //! The WebSocket session (`/ws`), the only module that knows `actix-web-actors`.
 //!
 //! Client frames: `send`, `line`, `subscribe`, `unsubscribe`. Server frames: `result`, `error`,
-//! `log`, `changed` (and `stage` once the kernel streams). A bad frame gets an `error` frame and
+//! `log`, `changed`, `stage` (the kernel's progress: to the sender of the message, and to
+//! subscribers of the receiver). A `line` that is not `target.selector(args)` goes to ROBIN,
+//! answered as a `result` with `"persona": "ROBIN"`. A bad frame gets an `error` frame and
 //! the connection stays open. Each connection has a frame size limit, a rate limit and a
 //! heartbeat: the server pings every [`HEARTBEAT_INTERVAL`] and drops a client silent for
 //! [`CLIENT_TIMEOUT`].
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -15,6 +18,7 @@ use actix_web_actors::ws;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
+use crate::actors::kernel::{Progress, StageEvent};
 use crate::actors::object::Reply;
 use crate::app::Telos;
 use crate::error::TelosError;
@@ -52,6 +56,9 @@ enum ClientFrame {
     Line {
         id: Option<Json>,
         text: String,
+        /// The object the person is looking at (context for ROBIN).
+        #[serde(default)]
+        target: Option<String>,
     },
     Subscribe {
         target: String,
@@ -92,8 +99,45 @@ impl RateLimit {
     }
 }
 
+/// Connection ids, so a sender is not sent its own stage events twice.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A frame to write, queued through the session's mailbox so frames keep their order.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Out(Json);
+
+fn with_id(mut frame: Json, id: &Option<Json>) -> Json {
+    if let Some(id) = id {
+        frame["id"] = id.clone();
+    }
+    frame
+}
+
+fn stage_frame(event: &StageEvent) -> Json {
+    json!({
+        "type": "stage",
+        "run": event.run,
+        "target": event.receiver,
+        "selector": event.selector,
+        "stage": event.stage,
+        "status": event.status,
+        "detail": event.detail,
+        "at_ms": event.at_ms,
+    })
+}
+
+fn error_frame(err: &TelosError, id: &Option<Json>) -> Json {
+    let mut frame = json!({ "type": "error", "code": err.code(), "message": err.to_string() });
+    if let Some(stage) = err.stage() {
+        frame["stage"] = json!(stage);
+    }
+    with_id(frame, id)
+}
+
 pub struct WsSession {
     telos: Telos,
+    connection: u64,
     last_heard: Instant,
     subscriptions: HashSet<String>,
     rate: RateLimit,
@@ -106,6 +150,7 @@ impl WsSession {
         let max_frame = telos.settings.max_frame_bytes();
         WsSession {
             telos,
+            connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
             last_heard: Instant::now(),
             subscriptions: HashSet::new(),
             rate,
@@ -118,11 +163,7 @@ impl WsSession {
     }
 
     fn error(ctx: &mut ws::WebsocketContext<Self>, id: Option<&Json>, err: &TelosError) {
-        let mut frame = json!({ "type": "error", "code": err.code(), "message": err.to_string() });
-        if let Some(id) = id {
-            frame["id"] = id.clone();
-        }
-        Self::send_json(ctx, frame);
+        Self::send_json(ctx, error_frame(err, &id.cloned()));
     }
 
     fn handle_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
@@ -165,15 +206,9 @@ impl WsSession {
                 selector,
                 args,
             } => self.dispatch(id, target, selector, args, ctx),
-            ClientFrame::Line { id, text } => match line::parse(&text) {
+            ClientFrame::Line { id, text, target } => match line::parse(&text) {
                 Ok(Some(send)) => self.dispatch(id, send.target, send.selector, send.args, ctx),
-                Ok(None) => Self::error(
-                    ctx,
-                    id.as_ref(),
-                    &TelosError::Unavailable(
-                        "free text goes to ROBIN, and no persona is installed in this server yet; send a message as target.selector(json args)".into(),
-                    ),
-                ),
+                Ok(None) => self.robin(id, text, target, ctx),
                 Err(e) => Self::error(ctx, id.as_ref(), &e),
             },
             ClientFrame::Subscribe { target } => {
@@ -196,27 +231,93 @@ impl WsSession {
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let telos = self.telos.clone();
-        let work = async move { telos.send(&target, &selector, args).await };
-        ctx.spawn(work.into_actor(self).map(move |reply: Reply, _, ctx| {
+        let me = ctx.address();
+        let connection = self.connection;
+        // Stage events and the reply go through the mailbox in the order they happen.
+        actix::spawn(async move {
+            let (sink, mut events) = tokio::sync::mpsc::unbounded_channel();
+            let progress = Progress {
+                origin: connection,
+                sink,
+            };
+            let call = telos.call_with(
+                &target,
+                crate::sandbox::Op::Send { selector, args },
+                Some(progress),
+            );
+            tokio::pin!(call);
+            let reply: Reply = loop {
+                tokio::select! {
+                    reply = &mut call => break reply,
+                    Some(event) = events.recv() => me.do_send(Out(with_id(stage_frame(&event), &id))),
+                }
+            };
+            while let Ok(event) = events.try_recv() {
+                me.do_send(Out(with_id(stage_frame(&event), &id)));
+            }
             for text in &reply.logs {
-                let mut frame = json!({ "type": "log", "text": text });
-                if let Some(id) = &id {
-                    frame["id"] = id.clone();
-                }
-                Self::send_json(ctx, frame);
+                me.do_send(Out(with_id(json!({ "type": "log", "text": text }), &id)));
             }
-            match reply.result {
-                Ok(value) => {
-                    let mut frame = json!({ "type": "result", "value": value });
-                    if let Some(id) = &id {
-                        frame["id"] = id.clone();
-                    }
-                    Self::send_json(ctx, frame);
-                }
-                Err(e) => Self::error(ctx, id.as_ref(), &e),
-            }
-        }));
+            me.do_send(Out(match reply.result {
+                Ok(value) => with_id(json!({ "type": "result", "value": value }), &id),
+                Err(e) => error_frame(&e, &id),
+            }));
+        });
     }
+
+    /// Free text: ROBIN answers, with the object the person looks at as context.
+    fn robin(
+        &mut self,
+        id: Option<Json>,
+        text: String,
+        target: Option<String>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let telos = self.telos.clone();
+        let me = ctx.address();
+        actix::spawn(async move {
+            let about = match &target {
+                Some(oid) => telos.view(oid).await.ok(),
+                None => None,
+            };
+            let answer = telos
+                .personas
+                .send(crate::actors::persona::Generate {
+                    persona: "ROBIN".into(),
+                    messages: crate::kernel::prompts::robin(&text, about.as_ref()),
+                })
+                .await
+                .map_err(|e| {
+                    TelosError::Unavailable(format!("the persona host is not running: {e}"))
+                })
+                .and_then(|r| r);
+            me.do_send(Out(match answer {
+                Ok(g) => with_id(
+                    json!({ "type": "result", "persona": "ROBIN", "value": g.text, "model": g.model }),
+                    &id,
+                ),
+                Err(e) => error_frame(&e, &id),
+            }));
+        });
+    }
+}
+
+impl Handler<Out> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Out, ctx: &mut Self::Context) {
+        Self::send_json(ctx, msg.0);
+    }
+}
+
+impl StreamHandler<StageEvent> for WsSession {
+    fn handle(&mut self, event: StageEvent, ctx: &mut Self::Context) {
+        if event.origin != self.connection && self.subscriptions.contains(&event.receiver) {
+            Self::send_json(ctx, stage_frame(&event));
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
 
 impl Actor for WsSession {
@@ -237,6 +338,17 @@ impl Actor for WsSession {
                 match rx.recv().await {
                     Ok(change) => return Some((change, rx)),
                     // A slow client missed some changes; carry on with the newest.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        ctx.add_stream(stream);
+        let stages = self.telos.stages.subscribe();
+        let stream = futures_util::stream::unfold(stages, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => return Some((event, rx)),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }

@@ -27,6 +27,8 @@ pub fn test_settings(dir: &Path) -> Settings {
         bind: "127.0.0.1:0".into(),
         data_dir: dir.join("data"),
         backup_dir: dir.join("backups"),
+        // No language model in the black-box tests unless a test scripts one: a miss fails fast.
+        persona_backend: "scripted".into(),
         ..Settings::default()
     }
 }
@@ -217,12 +219,22 @@ impl ServerProcess {
     /// Starts `telos serve` on `data_dir` (backups beside it), waiting for its "listening on"
     /// line.
     pub fn start(data_dir: &Path) -> Result<ServerProcess, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_telos"))
-            .arg("serve")
+        Self::start_with(data_dir, &[])
+    }
+
+    /// [`ServerProcess::start`] with more `TELOS_*` (or other) variables.
+    pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Result<ServerProcess, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_telos"));
+        cmd.arg("serve")
             .env("TELOS_BIND", "127.0.0.1:0")
             .env("TELOS_DATA_DIR", data_dir)
             .env("TELOS_BACKUP_DIR", data_dir.with_file_name("backups"))
             .env("TELOS_LOG", "warn")
+            .env("TELOS_PERSONA_BACKEND", "scripted");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -242,6 +254,16 @@ impl ServerProcess {
                 Err(String::from_utf8_lossy(&out.stderr).into_owned())
             }
         }
+    }
+
+    /// Kills the server (SIGKILL) and answers everything it wrote on stderr.
+    pub fn kill9_and_stderr(&mut self) -> String {
+        self.kill9();
+        let mut out = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut out);
+        }
+        out
     }
 
     pub fn kill9(&mut self) {

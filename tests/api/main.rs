@@ -2,5 +2,6 @@
 
 mod backups;
 mod common;
+mod kernel;
 mod memory;
 mod world;

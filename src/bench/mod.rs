@@ -77,6 +77,25 @@ pub async fn cli_backup(server: &str, full: bool, settings: &Settings) -> anyhow
     Ok(())
 }
 
+/// `telos reindex`: asks a running server to rebuild its memory index.
+pub async fn cli_reindex(server: &str, objects: bool, settings: &Settings) -> anyhow::Result<()> {
+    let r = post_json(
+        server,
+        "/api/memory/reindex",
+        json!({ "objects": objects }),
+        settings,
+    )
+    .await?;
+    println!(
+        "memory index rebuilt: {} records ({} Retrievable objects re-chunked) in {} ms",
+        r["records"], r["retrievable_objects"], r["ms"]
+    );
+    Ok(())
+}
+
+pub mod kernel;
+pub mod memory;
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -331,11 +350,10 @@ pub fn run_backup(n: usize) -> anyhow::Result<()> {
         slots.insert("h".to_string(), Slot::Value(json!(version)));
         slots.insert(
             "area".to_string(),
-            Slot::Method(Method {
-                source: "function area(self) { return self.w * self.h; }".into(),
-                origin: "user".into(),
-                installed_at: 0,
-            }),
+            Slot::Method(Method::new(
+                "function area(self) { return self.w * self.h; }",
+                "user",
+            )),
         );
         let mut o = ObjectState::new(format!("b{i:07}"), &["genesis_obj"], slots);
         o.version = version;

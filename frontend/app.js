@@ -1,0 +1,389 @@
+// The TelOS page: chat with objects (and ROBIN), watch the kernel's stages, inspect objects,
+// search memory, administer personas and backups. Plain ES module, no build step; talks to the
+// server over /ws (JSON frames) and /api (REST), both relative to where the page is served.
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const el = (tag, props = {}, ...children) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null) e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
+  return e;
+};
+const json = (v) => JSON.stringify(v);
+const token = () => localStorage.getItem("telos-token") || "";
+
+// ---------- REST ----------
+async function api(method, path, body) {
+  const headers = { "content-type": "application/json" };
+  if (token()) headers.authorization = "Bearer " + token();
+  const res = await fetch("/api" + path, { method, headers, body: body === undefined ? undefined : json(body) });
+  const text = await res.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!res.ok) throw new Error((data && data.message) || res.statusText);
+  return data;
+}
+
+// ---------- syntax highlighting (JavaScript, enough for methods) ----------
+const KEYWORDS = new Set("function return const let var if else for while do break continue new typeof instanceof in of throw try catch finally this null undefined true false switch case default".split(" "));
+function highlight(code) {
+  const pre = el("pre", { class: "code" });
+  const re = /(\/\/[^\n]*|\/\*[\s\S]*?\*\/)|("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`(?:\\.|[^`\\])*`)|(\b\d+(?:\.\d+)?\b)|([A-Za-z_$][\w$]*)/g;
+  let last = 0, m;
+  while ((m = re.exec(code))) {
+    if (m.index > last) pre.append(code.slice(last, m.index));
+    const [t] = m;
+    if (m[1]) pre.append(el("span", { class: "tok-c" }, t));
+    else if (m[2]) pre.append(el("span", { class: "tok-s" }, t));
+    else if (m[3]) pre.append(el("span", { class: "tok-n" }, t));
+    else if (KEYWORDS.has(t)) pre.append(el("span", { class: "tok-k" }, t));
+    else pre.append(t);
+    last = m.index + t.length;
+  }
+  pre.append(code.slice(last));
+  return pre;
+}
+
+// ---------- WebSocket ----------
+const pending = new Map(); // id -> chat entry
+const listeners = new Set(); // frame handlers (inspector live updates, ...)
+let ws = null, wsOpen = false, retry = 500, everConnected = false, seq = 0;
+const outbox = [];
+
+function setConn(text, cls) { const c = $("#conn"); c.textContent = text; c.className = "conn " + cls; }
+
+function connect() {
+  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws" + (token() ? "?token=" + encodeURIComponent(token()) : "");
+  ws = new WebSocket(url);
+  ws.onopen = () => {
+    wsOpen = true; retry = 500;
+    setConn(everConnected ? "reconnected" : "connected", "ok");
+    if (everConnected) systemLine("Reconnected to the server.");
+    everConnected = true;
+    for (const f of subscriptionsFrames()) ws.send(json(f));
+    while (outbox.length) ws.send(outbox.shift());
+  };
+  ws.onclose = () => {
+    if (wsOpen) systemLine("Lost the connection to the server; reconnecting…");
+    wsOpen = false;
+    setConn("reconnecting…", "down");
+    for (const [id, entry] of pending) { entry.fail("the connection closed before the answer came"); pending.delete(id); }
+    setTimeout(connect, retry);
+    retry = Math.min(retry * 2, 5000);
+  };
+  ws.onerror = () => {};
+  ws.onmessage = (e) => {
+    let f;
+    try { f = JSON.parse(e.data); } catch { return; }
+    const entry = f.id !== undefined ? pending.get(f.id) : undefined;
+    if (entry) entry.frame(f);
+    for (const l of listeners) l(f);
+  };
+}
+function wsSend(frame) {
+  const text = json(frame);
+  if (wsOpen) ws.send(text); else outbox.push(text);
+}
+
+// ---------- chat ----------
+const transcript = $("#transcript");
+const history = JSON.parse(localStorage.getItem("telos-history") || "[]");
+let historyAt = history.length;
+
+function scrollDown() { transcript.scrollTop = transcript.scrollHeight; }
+function systemLine(text) {
+  transcript.append(el("div", { class: "entry" }, el("div", { class: "logline" }, text)));
+  scrollDown();
+}
+
+const STAGE_ORDER = ["gate", "recall", "write", "review", "trial", "repair", "install", "learn", "answer"];
+
+function stageBody(f) {
+  const d = f.detail || {};
+  const body = el("div", { class: "body" });
+  if (Array.isArray(d.memories)) {
+    if (!d.memories.length) body.append(el("div", { class: "muted" }, "no similar memories"));
+    for (const m of d.memories) body.append(el("div", {}, el("span", { class: "badge" }, "#" + m.id), " ", el("span", { class: "muted" }, "distance " + Number(m.distance).toFixed(3)), " ", m.text));
+  }
+  if (d.code) body.append(highlight(d.code));
+  if (d.verdict) body.append(el("div", {}, d.verdict + (d.reason ? ": " + d.reason : "")));
+  if ("value" in d) body.append(el("div", {}, "value: " + json(d.value)));
+  if (d.description) body.append(el("div", {}, d.description));
+  if (d.error) body.append(el("div", { class: "answer err" }, d.error));
+  if (d.reuse !== undefined) body.append(el("div", { class: "muted" }, "reusing memory #" + d.reuse));
+  if (d.model) body.append(el("div", { class: "muted" }, "model " + d.model));
+  return body;
+}
+
+function chatEntry(text) {
+  const id = "c" + (++seq);
+  const answer = el("div", { class: "answer" });
+  const spinnerLine = el("div", { class: "pending" }, el("span", { class: "spinner", "aria-hidden": "true" }), "waiting…");
+  const stages = el("div", { class: "stages" });
+  const timeline = el("details", { class: "timeline", open: "" }, el("summary", {}, "kernel stages"), stages);
+  timeline.hidden = true;
+  const logs = el("div");
+  const root = el("div", { class: "entry", "data-id": id }, el("div", { class: "me" }, text), timeline, logs, spinnerLine, answer);
+  transcript.append(root);
+  scrollDown();
+  const started = performance.now();
+  let kernel = false;
+  const tick = setInterval(() => {
+    const s = ((performance.now() - started) / 1000).toFixed(1);
+    spinnerLine.lastChild.textContent = (kernel ? "the kernel is learning… " : "waiting… ") + s + " s";
+  }, 100);
+  const rows = new Map();
+  const done = () => { clearInterval(tick); spinnerLine.remove(); pending.delete(id); scrollDown(); };
+  const entry = {
+    id,
+    frame(f) {
+      if (f.type === "stage") {
+        kernel = true;
+        timeline.hidden = false;
+        const key = f.stage + (f.detail && f.detail.reuse !== undefined ? ":reuse" : "") + (f.stage === "repair" ? ":" + (f.detail.round || 0) : "");
+        let row = rows.get(key);
+        if (!row) {
+          row = el("details", { class: "stage" });
+          rows.set(key, row);
+          stages.append(row);
+        }
+        row.className = "stage " + f.status;
+        const mark = f.status === "done" ? "✓" : f.status === "failed" ? "✗" : "…";
+        row.replaceChildren(
+          el("summary", {}, el("span", { class: "mark" }, mark), f.stage, el("span", { class: "ms" }, f.at_ms + " ms")),
+          stageBody(f));
+        if (f.status === "failed") row.open = true;
+        scrollDown();
+      } else if (f.type === "log") {
+        logs.append(el("div", { class: "logline" }, "log: " + f.text));
+      } else if (f.type === "result") {
+        if (f.persona === "ROBIN") { answer.className = "answer robin"; answer.textContent = f.value; }
+        else { answer.className = "answer ok"; answer.textContent = json(f.value); }
+        if (kernel) timeline.open = false;
+        done();
+      } else if (f.type === "error") {
+        answer.className = "answer err";
+        answer.setAttribute("role", "alert");
+        answer.textContent = f.code + (f.stage ? " (" + f.stage + ")" : "") + ": " + f.message;
+        done();
+      }
+    },
+    fail(message) { answer.className = "answer err"; answer.textContent = "error: " + message; done(); },
+  };
+  pending.set(id, entry);
+  return entry;
+}
+
+function sendLine(text) {
+  const entry = chatEntry(text);
+  const frame = { type: "line", id: entry.id, text };
+  if (inspected) frame.target = inspected;
+  wsSend(frame);
+}
+
+$("#chat-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const input = $("#chat-input");
+  const text = input.value.trim();
+  if (!text) return;
+  if (history[history.length - 1] !== text) history.push(text);
+  localStorage.setItem("telos-history", json(history.slice(-200)));
+  historyAt = history.length;
+  input.value = "";
+  sendLine(text);
+});
+$("#chat-input").addEventListener("keydown", (e) => {
+  if (e.key === "ArrowUp" && historyAt > 0) { historyAt--; e.target.value = history[historyAt]; e.preventDefault(); }
+  else if (e.key === "ArrowDown") {
+    historyAt = Math.min(history.length, historyAt + 1);
+    e.target.value = history[historyAt] || "";
+    e.preventDefault();
+  }
+});
+
+// ---------- views ----------
+function show(view) {
+  for (const b of document.querySelectorAll("nav button")) b.setAttribute("aria-current", b.dataset.view === view ? "page" : "false");
+  for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + view;
+  if (view === "inspector") loadObjects();
+  if (view === "memory") loadMemoryStats();
+  if (view === "admin") loadAdmin();
+  if (view === "chat") $("#chat-input").focus();
+  if (location.hash !== "#" + view) history_replace(view);
+}
+function history_replace(view) { window.history.replaceState(null, "", "#" + view); }
+for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => show(b.dataset.view));
+document.addEventListener("keydown", (e) => {
+  if (e.altKey && ["1", "2", "3", "4"].includes(e.key)) {
+    show(["chat", "inspector", "memory", "admin"][Number(e.key) - 1]);
+    e.preventDefault();
+  }
+});
+
+// ---------- inspector ----------
+let inspected = null;
+let objects = [];
+function subscriptionsFrames() { return inspected ? [{ type: "subscribe", target: inspected }] : []; }
+
+async function loadObjects() {
+  try { objects = await api("GET", "/objects?limit=1000"); } catch (e) { objects = []; }
+  renderObjectList();
+}
+function renderObjectList() {
+  const q = $("#obj-filter").value.trim().toLowerCase();
+  const list = $("#obj-list");
+  list.replaceChildren(...objects
+    .filter((o) => !q || o.oid.toLowerCase().includes(q) || (o.name || "").toLowerCase().includes(q))
+    .map((o) => el("li", {}, el("button", { "data-oid": o.oid, "aria-current": o.oid === inspected ? "true" : "false", onclick: () => inspect(o.oid) },
+      o.name || o.oid, " ", el("span", { class: "muted mono" }, o.oid)))));
+}
+$("#obj-filter").addEventListener("input", renderObjectList);
+
+async function inspect(oid) {
+  if (inspected && inspected !== oid) wsSend({ type: "unsubscribe", target: inspected });
+  if (inspected !== oid) wsSend({ type: "subscribe", target: oid });
+  inspected = oid;
+  renderObjectList();
+  const box = $("#obj-detail");
+  let obj;
+  try { obj = await api("GET", "/objects/" + encodeURIComponent(oid)); }
+  catch (e) { box.replaceChildren(el("p", { class: "answer err" }, e.message)); return; }
+  const chain = el("div", { class: "chain" }, "parents: ",
+    ...(obj.parents || []).flatMap((p, i) => [i ? ", " : "", el("a", { tabindex: "0", role: "link", onclick: () => inspect(p), onkeydown: (e) => { if (e.key === "Enter") inspect(p); } }, p)]));
+  const values = el("tbody");
+  const methods = el("div");
+  for (const [name, value] of Object.entries(obj.slots || {})) {
+    if (value && typeof value === "object" && value.method) methods.append(methodView(oid, name, value.method));
+    else values.append(slotRow(oid, name, value));
+  }
+  const addName = el("input", { "aria-label": "new slot name", placeholder: "slot name" });
+  const addValue = el("input", { "aria-label": "new slot value (JSON)", placeholder: "value as JSON, e.g. 42 or \"text\"" });
+  const addForm = el("form", { class: "row", id: "add-slot" }, addName, addValue, el("button", {}, "Set slot"));
+  addForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    await setSlot(oid, addName.value.trim(), addValue.value);
+  });
+  box.replaceChildren(
+    el("h2", {}, obj.name || oid, " ", el("span", { class: "muted mono" }, oid)),
+    chain,
+    el("p", { class: "row" },
+      el("button", { id: "clone-btn", onclick: async () => { const r = await api("POST", "/objects/" + encodeURIComponent(oid) + "/clone", {}); await loadObjects(); inspect(r.oid); } }, "Clone"),
+      el("button", { id: "delete-btn", onclick: async () => {
+        if (!confirm("Delete " + oid + "? This cannot be undone.")) return;
+        try { await api("DELETE", "/objects/" + encodeURIComponent(oid)); inspected = null; box.replaceChildren(el("p", { class: "muted" }, "Deleted " + oid + ".")); loadObjects(); }
+        catch (e) { box.prepend(el("p", { class: "answer err", role: "alert" }, e.message)); }
+      } }, "Delete")),
+    el("h3", {}, "Slots"),
+    el("table", { id: "slots" }, el("thead", {}, el("tr", {}, el("th", {}, "name"), el("th", {}, "value"), el("th", {}))), values),
+    addForm,
+    el("h3", {}, "Methods"),
+    methods.childNodes.length ? methods : el("p", { class: "muted" }, "No methods of its own."));
+}
+
+async function setSlot(oid, name, text) {
+  let value;
+  try { value = JSON.parse(text); } catch { value = text; }
+  try { await api("PUT", "/objects/" + encodeURIComponent(oid) + "/slots/" + encodeURIComponent(name), { value }); }
+  catch (e) { $("#obj-detail").prepend(el("p", { class: "answer err", role: "alert" }, e.message)); return; }
+  inspect(oid);
+}
+
+function slotRow(oid, name, value) {
+  const cell = el("td", { class: "value" }, json(value));
+  const edit = el("button", { "aria-label": "edit " + name, onclick: () => {
+    const input = el("input", { value: json(value), "aria-label": "value of " + name });
+    const form = el("form", { class: "row" }, input, el("button", {}, "Save"));
+    form.addEventListener("submit", (e) => { e.preventDefault(); setSlot(oid, name, input.value); });
+    cell.replaceChildren(form);
+    input.focus();
+  } }, "Edit");
+  return el("tr", { "data-slot": name }, el("td", { class: "mono" }, name), cell, el("td", {}, edit));
+}
+
+function methodView(oid, name, m) {
+  const more = el("div");
+  const d = el("details", { class: "method", "data-method": name },
+    el("summary", {}, el("span", { class: "mono" }, name), " ", el("span", { class: "badge" }, m.origin || "user")),
+    highlight(m.source), more);
+  d.addEventListener("toggle", async () => {
+    if (!d.open || more.childNodes.length) return;
+    try {
+      const full = await api("GET", "/objects/" + encodeURIComponent(oid) + "/methods/" + encodeURIComponent(name));
+      if (full.provenance) more.append(el("details", {}, el("summary", {}, "provenance"), el("pre", {}, JSON.stringify(full.provenance, null, 2))));
+      const hist = full.history || [];
+      more.append(el("p", { class: "muted" }, hist.length + " earlier version" + (hist.length === 1 ? "" : "s")));
+      for (const v of hist.slice().reverse()) more.append(el("div", { class: "muted" }, new Date(v.installed_at * 1000).toLocaleString() + " · " + v.origin), highlight(v.source));
+      if (hist.length) more.append(el("button", { onclick: async () => { await api("POST", "/objects/" + encodeURIComponent(oid) + "/methods/" + encodeURIComponent(name) + "/rollback", {}); inspect(oid); } }, "Roll back to the previous version"));
+    } catch (e) { more.append(el("p", { class: "answer err" }, e.message)); }
+  });
+  return d;
+}
+
+listeners.add((f) => {
+  if (f.type === "changed" && f.target === inspected) {
+    if (f.deleted) { $("#obj-detail").replaceChildren(el("p", { class: "muted" }, f.target + " was deleted.")); inspected = null; loadObjects(); }
+    else inspect(f.target);
+  }
+});
+
+// ---------- memory ----------
+async function loadMemoryStats() {
+  try {
+    const h = await api("GET", "/health");
+    const m = h.memory || {};
+    $("#mem-stats").textContent = (m.records ?? "?") + " memories · index " + (m.index_at_start || "?") + " · " + (m.unsaved ?? 0) + " unsaved changes · embedder " + (m.embedder || "?");
+  } catch (e) { $("#mem-stats").textContent = "memory status unavailable: " + e.message; }
+}
+$("#mem-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const q = $("#mem-q").value.trim();
+  const out = $("#mem-results");
+  if (!q) return;
+  out.replaceChildren(el("li", { class: "muted" }, el("span", { class: "spinner" }), "searching…"));
+  try {
+    const hits = await api("GET", "/memory/search?k=10&q=" + encodeURIComponent(q));
+    out.replaceChildren(...(hits.length ? hits.map((h) => el("li", { class: "hit" },
+      el("div", {}, el("span", { class: "badge" }, h.kind), " ", h.text),
+      el("div", { class: "d" }, "distance " + Number(h.distance).toFixed(3), h.owner ? " · owner " : "", h.owner ? el("a", { class: "chain", onclick: () => { show("inspector"); inspect(h.owner); } }, h.owner) : "", h.selector ? " · " + h.selector : "")))
+      : [el("li", { class: "muted" }, "No memories yet.")]));
+  } catch (err) { out.replaceChildren(el("li", { class: "answer err" }, err.message)); }
+});
+
+// ---------- admin ----------
+const fmtBytes = (n) => n > 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MiB" : n > 1024 ? (n / 1024).toFixed(1) + " KiB" : n + " B";
+async function loadAdmin() {
+  try {
+    const h = await api("GET", "/health");
+    const facts = [["status", h.status], ["version", h.version], ["uptime", h.uptime_secs + " s"], ["objects", h.objects], ["live actors", h.live_actors],
+      ["sequence", h.seq], ["database", h.database], ["memories", h.memory ? h.memory.records : "—"], ["embedder", h.personas ? (h.personas.embedder_loaded ? "loaded" : "not loaded yet") : "—"],
+      ["models loaded", h.personas ? (h.personas.loaded_models || []).join(", ") || "none" : "—"]];
+    $("#health").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
+  } catch (e) { $("#health").replaceChildren(el("dd", { class: "answer err" }, e.message)); }
+  try {
+    const ps = await api("GET", "/personas");
+    $("#personas tbody").replaceChildren(...ps.map((p) => el("tr", {}, el("td", {}, p.name), el("td", {}, p.backend), el("td", { class: "mono" }, p.model || "—"),
+      el("td", {}, p.loaded ? "yes" : "no"), el("td", {}, p.answers),
+      el("td", {}, p.loaded ? el("button", { onclick: async () => { await api("POST", "/personas/" + p.name + "/unload", {}); loadAdmin(); } }, "Unload") : ""))));
+  } catch (e) { $("#personas tbody").replaceChildren(el("tr", {}, el("td", { class: "answer err" }, e.message))); }
+  try {
+    const bs = await api("GET", "/backups");
+    $("#backups tbody").replaceChildren(...bs.map((b) => el("tr", {}, el("td", { class: "mono" }, b.id), el("td", {}, b.kind), el("td", {}, fmtBytes(b.size || 0)),
+      el("td", {}, b.total_objects ?? ""), el("td", {}, b.verification ? (b.verification.ok ? "ok" : "FAILED") + " · " + new Date(b.verification.at).toLocaleString() : "never"),
+      el("td", {}, el("button", { onclick: async (e) => { e.target.disabled = true; try { await api("POST", "/backups/" + encodeURIComponent(b.id) + "/verify", {}); } finally { loadAdmin(); } } }, "Verify")))));
+  } catch (e) { $("#backups tbody").replaceChildren(el("tr", {}, el("td", { class: "answer err" }, e.message))); }
+}
+for (const [id, kind] of [["#backup-full", "full"], ["#backup-incr", "incremental"]]) {
+  $(id).addEventListener("click", async () => {
+    $("#backup-status").textContent = "running " + kind + " backup…";
+    try { const m = await api("POST", "/backups", { kind }); $("#backup-status").textContent = "backup " + m.id + " written"; }
+    catch (e) { $("#backup-status").textContent = "backup failed: " + e.message; }
+    loadAdmin();
+  });
+}
+
+// ---------- start ----------
+connect();
+show((location.hash || "#chat").slice(1) || "chat");

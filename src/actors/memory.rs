@@ -1,0 +1,365 @@
+//! `MemoryActor`: memory records in the database and the usearch index over them.
+//!
+//! A sync actor (index and database work block). [`MemoryActor::open`] loads the index file; if
+//! that cannot be trusted (missing, corrupt, another embedder or dimension) it rebuilds the index
+//! from the vectors stored with the records — never re-embedding — and says so in the log.
+//! Otherwise a catch-up pass adds records missing from the index and drops keys whose record is
+//! gone. Records are committed before the index changes, so the index can always be rebuilt.
+//! The index is saved every `save_every` changes, on request, and at shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::{Value as Json, json};
+
+use super::persona::EmbedClient;
+use crate::embed::{DIMS, EMBEDDER_ID};
+use crate::error::TelosError;
+use crate::memory::index::VectorIndex;
+use crate::memory::{NewMemory, Record};
+use crate::world::World;
+
+/// Remembers texts: embeds them (one batch), stores the records, indexes them. Answers the keys.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u64>, TelosError>")]
+pub struct Remember {
+    pub items: Vec<NewMemory>,
+}
+
+/// Replaces every memory of `owner` of `kind` with `items` (one transaction). Answers the new keys.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u64>, TelosError>")]
+pub struct Replace {
+    pub owner: String,
+    pub kind: String,
+    pub items: Vec<NewMemory>,
+}
+
+/// The `k` records nearest to `query`, optionally only of one kind.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Found>, TelosError>")]
+pub struct Search {
+    pub query: String,
+    pub k: usize,
+    pub kind: Option<String>,
+}
+
+/// A search result: a record (without its vector) and its cosine distance to the query.
+#[derive(Debug, Clone, Serialize)]
+pub struct Found {
+    /// The record's key.
+    pub id: u64,
+    pub distance: f32,
+    pub kind: String,
+    pub text: String,
+    pub prompt: String,
+    pub owner: String,
+    pub selector: String,
+    pub source: String,
+    pub created: String,
+}
+
+/// Rebuilds the index from the stored vectors and saves it. Answers the record count.
+#[derive(Message)]
+#[rtype(result = "Result<usize, TelosError>")]
+pub struct Reindex;
+
+/// Saves the index now.
+#[derive(Message)]
+#[rtype(result = "Result<(), TelosError>")]
+pub struct Save;
+
+/// Counts and index state, for `/api/health`.
+#[derive(Message)]
+#[rtype(result = "Json")]
+pub struct Stats;
+
+pub struct MemoryActor {
+    world: Arc<World>,
+    embedder: EmbedClient,
+    index: VectorIndex,
+    save_every: usize,
+    /// Texts embedded by this actor since start (a restart must not re-embed anything).
+    embedded: u64,
+    /// What happened to the index file at start.
+    opened: String,
+    /// The last key given out; keys grow with time and are never reused.
+    last_key: u64,
+    last_save: Option<String>,
+}
+
+impl MemoryActor {
+    /// Opens (or rebuilds) the index at `world`'s `data_dir/memory.usearch` and catches up with
+    /// the records. Blocking.
+    pub fn open(
+        world: Arc<World>,
+        embedder: EmbedClient,
+        path: &std::path::Path,
+        save_every: usize,
+    ) -> anyhow::Result<MemoryActor> {
+        let t = Instant::now();
+        let (index, opened) = match VectorIndex::open(path, EMBEDDER_ID, DIMS) {
+            Ok(index) => (index, "loaded".to_string()),
+            Err(reason) => {
+                tracing::warn!(%reason, "memory index unusable: rebuilding it from the stored vectors");
+                (
+                    VectorIndex::empty(path, EMBEDDER_ID, DIMS)?,
+                    format!("rebuilt: {reason}"),
+                )
+            }
+        };
+        let mut actor = MemoryActor {
+            world,
+            embedder,
+            index,
+            save_every: save_every.max(1),
+            embedded: 0,
+            opened,
+            last_key: 0,
+            last_save: None,
+        };
+        let (added, dropped) = actor.catch_up()?;
+        if added > 0 || dropped > 0 || !path.exists() {
+            actor.save()?;
+        }
+        tracing::info!(
+            records = actor.index.len(),
+            added,
+            dropped,
+            ms = t.elapsed().as_millis() as u64,
+            index = %path.display(),
+            "memory index ready"
+        );
+        Ok(actor)
+    }
+
+    /// Adds records missing from the index (from their stored vectors), drops orphan keys.
+    fn catch_up(&mut self) -> Result<(usize, usize), TelosError> {
+        let store = self.world.store();
+        let keys: std::collections::BTreeSet<u64> =
+            store.memory_keys_blocking()?.into_iter().collect();
+        self.last_key = self.last_key.max(keys.last().copied().unwrap_or(0));
+        let missing: Vec<u64> = keys
+            .iter()
+            .filter(|k| !self.index.contains(**k))
+            .copied()
+            .collect();
+        let orphans: Vec<u64> = self.index.keys().difference(&keys).copied().collect();
+        for k in &orphans {
+            self.index.remove(*k)?;
+        }
+        self.index.reserve_more(missing.len())?;
+        for (i, chunk) in missing.chunks(2000).enumerate() {
+            for (key, vector) in store.memory_vectors_blocking(chunk)? {
+                self.index.add(key, &vector)?;
+            }
+            if missing.len() > 10_000 {
+                tracing::info!(
+                    done = (i * 2000 + chunk.len()),
+                    of = missing.len(),
+                    "rebuilding the memory index"
+                );
+            }
+        }
+        Ok((missing.len(), orphans.len()))
+    }
+
+    fn save(&mut self) -> Result<(), TelosError> {
+        self.index.save()?;
+        self.last_save = Some(chrono::Utc::now().to_rfc3339());
+        Ok(())
+    }
+
+    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, TelosError> {
+        let n = texts.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let vectors = self.embedder.embed_blocking(texts)?;
+        self.embedded += n as u64;
+        if vectors.len() != n {
+            return Err(TelosError::Internal(format!(
+                "the embedder answered {} vectors for {n} texts",
+                vectors.len()
+            )));
+        }
+        Ok(vectors)
+    }
+
+    fn next_key(&mut self) -> u64 {
+        let now = chrono::Utc::now().timestamp_micros().max(0) as u64;
+        self.last_key = now.max(self.last_key + 1);
+        self.last_key
+    }
+
+    /// Embeds `items`, then commits them (and the removal of `forget`) and updates the index.
+    fn write(&mut self, items: Vec<NewMemory>, forget: Vec<u64>) -> Result<Vec<u64>, TelosError> {
+        if items.is_empty() && forget.is_empty() {
+            return Ok(Vec::new());
+        }
+        for item in &items {
+            if item.text.trim().is_empty() {
+                return Err(TelosError::BadRequest(
+                    "a memory needs a non-empty text".into(),
+                ));
+            }
+        }
+        let vectors = self.embed(items.iter().map(|i| i.text.clone()).collect())?;
+        let created = chrono::Utc::now().to_rfc3339();
+        let records: Vec<Record> = items
+            .into_iter()
+            .zip(vectors)
+            .map(|(item, vector)| Record {
+                key: self.next_key(),
+                kind: if item.kind.is_empty() {
+                    "note".into()
+                } else {
+                    item.kind
+                },
+                text: item.text,
+                prompt: item.prompt,
+                owner: item.owner,
+                selector: item.selector,
+                source: item.source,
+                embedder: EMBEDDER_ID.into(),
+                created: created.clone(),
+                seq: 0,
+                vector,
+            })
+            .collect();
+        self.world.commit_memory(&records, &forget)?;
+        for k in &forget {
+            self.index.remove(*k)?;
+        }
+        for r in &records {
+            self.index.add(r.key, &r.vector)?;
+        }
+        if self.index.unsaved() >= self.save_every {
+            self.save()?;
+        }
+        Ok(records.iter().map(|r| r.key).collect())
+    }
+}
+
+impl Actor for MemoryActor {
+    type Context = SyncContext<Self>;
+
+    fn stopped(&mut self, _: &mut SyncContext<Self>) {
+        if self.index.unsaved() > 0
+            && let Err(e) = self.save()
+        {
+            tracing::error!(error = %e, "saving the memory index on shutdown");
+        }
+    }
+}
+
+impl Handler<Remember> for MemoryActor {
+    type Result = Result<Vec<u64>, TelosError>;
+
+    fn handle(&mut self, msg: Remember, _: &mut SyncContext<Self>) -> Self::Result {
+        self.write(msg.items, Vec::new())
+    }
+}
+
+impl Handler<Replace> for MemoryActor {
+    type Result = Result<Vec<u64>, TelosError>;
+
+    fn handle(&mut self, msg: Replace, _: &mut SyncContext<Self>) -> Self::Result {
+        let old = self
+            .world
+            .store()
+            .memory_keys_of_blocking(&msg.owner, &msg.kind)?;
+        self.write(msg.items, old)
+    }
+}
+
+impl Handler<Search> for MemoryActor {
+    type Result = Result<Vec<Found>, TelosError>;
+
+    fn handle(&mut self, msg: Search, _: &mut SyncContext<Self>) -> Self::Result {
+        if msg.query.trim().is_empty() {
+            return Err(TelosError::BadRequest("the search query is empty".into()));
+        }
+        let k = msg.k.clamp(1, 100);
+        let query = self.embed(vec![msg.query])?.pop().expect("one vector");
+        // A kind filter is applied after the search: look further so k remain.
+        let want = if msg.kind.is_some() { k * 4 } else { k };
+        let hits = self.index.search(&query, want)?;
+        let keys: Vec<u64> = hits.iter().map(|h| h.key).collect();
+        let mut by_key: HashMap<u64, Record> = self
+            .world
+            .store()
+            .memory_records_blocking(&keys)?
+            .into_iter()
+            .map(|r| (r.key, r))
+            .collect();
+        Ok(hits
+            .iter()
+            .filter_map(|h| {
+                let record = by_key.remove(&h.key)?;
+                if msg.kind.as_ref().is_some_and(|k| *k != record.kind) {
+                    return None;
+                }
+                Some(Found {
+                    id: record.key,
+                    distance: h.distance,
+                    kind: record.kind,
+                    text: record.text,
+                    prompt: record.prompt,
+                    owner: record.owner,
+                    selector: record.selector,
+                    source: record.source,
+                    created: record.created,
+                })
+            })
+            .take(k)
+            .collect())
+    }
+}
+
+impl Handler<Reindex> for MemoryActor {
+    type Result = Result<usize, TelosError>;
+
+    fn handle(&mut self, _: Reindex, _: &mut SyncContext<Self>) -> Self::Result {
+        let t = Instant::now();
+        self.index = VectorIndex::empty(self.index.path(), EMBEDDER_ID, DIMS)?;
+        self.catch_up()?;
+        self.save()?;
+        self.opened = "rebuilt on request".into();
+        tracing::info!(
+            records = self.index.len(),
+            ms = t.elapsed().as_millis() as u64,
+            "memory index rebuilt from the stored vectors"
+        );
+        Ok(self.index.len())
+    }
+}
+
+impl Handler<Save> for MemoryActor {
+    type Result = Result<(), TelosError>;
+
+    fn handle(&mut self, _: Save, _: &mut SyncContext<Self>) -> Self::Result {
+        self.save()
+    }
+}
+
+impl Handler<Stats> for MemoryActor {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut SyncContext<Self>) -> Self::Result {
+        MessageResult(json!({
+            "records": self.index.len(),
+            "unsaved": self.index.unsaved(),
+            "save_every": self.save_every,
+            "embedded_since_start": self.embedded,
+            "index": self.index.path().display().to_string(),
+            "index_at_start": self.opened,
+            "last_save": self.last_save,
+            "embedder": EMBEDDER_ID,
+            "dims": DIMS,
+        }))
+    }
+}

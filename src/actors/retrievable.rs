@@ -1,0 +1,161 @@
+//! Keeps the memories of `Retrievable` objects in step with the objects.
+//!
+//! An object with `Retrievable` in its parent chain is remembered as text chunks (kind
+//! `object`, owner = its oid). The chunks come from its `to_text_chunks` method when its chain
+//! defines one (a JS method answering an array of strings), else from the default: its name and
+//! `purpose` slot (cut by the semantic chunker) and its own methods' sources (cut on statement
+//! boundaries). Every committed change to such an object replaces its chunks; deleting it (or
+//! leaving the trait) forgets them. Changes are read from the world's change announcements and
+//! coalesced, so a burst of writes to one object re-indexes it once.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value as Json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::memory::Replace;
+use crate::app::Telos;
+use crate::error::TelosError;
+use crate::memory::NewMemory;
+use crate::memory::chunker::{code_chunks, semantic_chunks};
+use crate::object::{Slot, ancestors};
+
+/// The trait's oid.
+pub const RETRIEVABLE: &str = "Retrievable";
+/// The method that overrides the default chunks.
+pub const TO_TEXT_CHUNKS: &str = "to_text_chunks";
+
+/// Starts following the world's changes (on the current actix system).
+pub fn start(telos: Telos) {
+    let mut changes = telos.world.subscribe();
+    actix::spawn(async move {
+        loop {
+            let first = match changes.recv().await {
+                Ok(c) => c,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "the Retrievable indexer fell behind: some object changes were not re-indexed (POST /api/memory/reindex with {{\"objects\": true}} catches up)"
+                    );
+                    continue;
+                }
+                Err(RecvError::Closed) => break,
+            };
+            let mut pending = BTreeMap::new();
+            pending.insert(first.oid.clone(), first.deleted);
+            while let Ok(c) = changes.try_recv() {
+                pending.insert(c.oid.clone(), c.deleted);
+            }
+            for (oid, deleted) in pending {
+                if let Err(e) = reindex(&telos, &oid, deleted).await {
+                    tracing::warn!(%oid, error = %e, "re-indexing a Retrievable object failed");
+                }
+            }
+        }
+    });
+}
+
+/// Brings the memories of `oid` up to date. Answers how many chunks it now has in memory
+/// (`None` when it is not Retrievable and had nothing to forget).
+pub async fn reindex(telos: &Telos, oid: &str, deleted: bool) -> Result<Option<usize>, TelosError> {
+    let chunks = if deleted {
+        None
+    } else {
+        chunks_of(telos, oid).await?
+    };
+    let items: Vec<NewMemory> = chunks
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|text| NewMemory {
+            kind: "object".into(),
+            text,
+            owner: oid.to_string(),
+            ..NewMemory::default()
+        })
+        .collect();
+    let n = items.len();
+    telos
+        .memory
+        .send(Replace {
+            owner: oid.to_string(),
+            kind: "object".into(),
+            items,
+        })
+        .await
+        .map_err(|e| TelosError::Unavailable(format!("the memory is not running: {e}")))??;
+    Ok(chunks.map(|_| n))
+}
+
+/// The text chunks of `oid` if it is Retrievable, else `None`.
+async fn chunks_of(telos: &Telos, oid: &str) -> Result<Option<Vec<String>>, TelosError> {
+    let world = telos.world.clone();
+    let id = oid.to_string();
+    let found = tokio::task::spawn_blocking(move || {
+        let Some(obj) = world.get(&id)? else {
+            return Ok(None);
+        };
+        let chain = ancestors(&id, |o| world.get(o))?;
+        if !chain.iter().any(|a| a == RETRIEVABLE) || id == RETRIEVABLE {
+            return Ok(None);
+        }
+        let custom =
+            crate::object::lookup(&id, TO_TEXT_CHUNKS, |o| world.get(o))?.is_some_and(|holder| {
+                matches!(holder.slots.get(TO_TEXT_CHUNKS), Some(Slot::Method(_)))
+            });
+        Ok::<_, TelosError>(Some((obj, custom)))
+    })
+    .await
+    .map_err(TelosError::internal)??;
+    let Some((obj, custom)) = found else {
+        return Ok(None);
+    };
+    if custom {
+        let reply = telos.send(oid, TO_TEXT_CHUNKS, Vec::new()).await;
+        let value = reply.result?;
+        let texts: Vec<String> = match value {
+            Json::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    Json::String(s) => s,
+                    other => other.to_string(),
+                })
+                .filter(|s| !s.trim().is_empty())
+                .collect(),
+            Json::String(s) => vec![s],
+            other => {
+                return Err(TelosError::MethodError(format!(
+                    "{oid}.{TO_TEXT_CHUNKS} must answer an array of strings, not {other}"
+                )));
+            }
+        };
+        return Ok(Some(texts));
+    }
+    // Default: name and purpose as prose, then each own method's source as code.
+    let name = obj.name();
+    let purpose = match obj.slots.get("purpose") {
+        Some(Slot::Value(Json::String(s))) => s.clone(),
+        Some(Slot::Value(v)) if !v.is_null() => v.to_string(),
+        _ => String::new(),
+    };
+    let cfg = telos.settings.chunking();
+    let prose = format!("{name}. {purpose}");
+    let embedder = telos.embedder.clone();
+    // The chunker embeds sentences: a blocking wait on the model host, off the async threads.
+    let mut texts = tokio::task::spawn_blocking(move || {
+        let mut embed = |units: &[String]| -> anyhow::Result<Vec<Vec<f32>>> {
+            Ok(embedder.embed_blocking(units.to_vec())?)
+        };
+        semantic_chunks(&prose, cfg, &mut embed)
+    })
+    .await
+    .map_err(TelosError::internal)??;
+    for (slot, value) in &obj.slots {
+        if let Slot::Method(m) = value {
+            for chunk in code_chunks(&m.source, cfg.max_chars) {
+                texts.push(format!("{name}.{slot}: {chunk}"));
+            }
+        }
+    }
+    Ok(Some(texts))
+}

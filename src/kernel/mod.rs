@@ -1,0 +1,243 @@
+//! The generative kernel's pure parts (no actix): reading a persona's answer as one method,
+//! the static checks of the review stage, and the prompts. The `GenerativeKernel` actor runs
+//! the stages with them.
+
+pub mod prompts;
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::llm::strip_fences;
+
+/// Names a generated method may not use: no modules, no dynamic code, no host escape hatches.
+static FORBIDDEN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"\b(require|import|eval|Function|process|globalThis|fetch|XMLHttpRequest|setTimeout|setInterval|WebAssembly|Deno|Bun)\b",
+    )
+    .expect("valid regex")
+});
+
+/// Where the body of a function that starts at `start` (at or before its `{`) ends: the byte
+/// after the matching `}`, skipping strings, template literals and comments.
+fn body_end(code: &str, start: usize) -> Option<usize> {
+    let b = code.as_bytes();
+    let mut i = start + code[start..].find('{')?;
+    let mut depth = 0i32;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Reads a persona's answer as the method `selector`, in the form the sandbox installs:
+/// `function selector(self, ...) { ... }`. Accepts fenced code, `function selector(...)`,
+/// `selector = function (...)`, arrow functions and method shorthand `selector(self) {...}`.
+pub fn extract_method(answer: &str, selector: &str) -> Result<String, String> {
+    let code = strip_fences(answer);
+    let sel = regex::escape(selector);
+    let unterminated = || format!("the function {selector} is not closed (unbalanced braces)");
+    // function selector(...) { ... }
+    let decl = Regex::new(&format!(r"function\s+{sel}\s*\(")).expect("valid regex");
+    if let Some(m) = decl.find(&code) {
+        let end = body_end(&code, m.start()).ok_or_else(unterminated)?;
+        return Ok(code[m.start()..end].to_string());
+    }
+    // selector = function (...) { ... }   /   selector: function (...) { ... }
+    let assigned = Regex::new(&format!(r"\b{sel}\s*[:=]\s*function\s*\w*\s*\(")).expect("valid");
+    if let Some(m) = assigned.find(&code) {
+        let paren = m.end() - 1;
+        let end = body_end(&code, paren).ok_or_else(unterminated)?;
+        return Ok(format!("function {selector}{}", &code[paren..end]));
+    }
+    // selector = (...) => { ... }   /   selector = (...) => expr
+    let arrow = Regex::new(&format!(r"\b{sel}\s*[:=]\s*\(([^)]*)\)\s*=>\s*")).expect("valid");
+    if let Some(c) = arrow.captures(&code) {
+        let whole = c.get(0).expect("match");
+        let params = c[1].trim().to_string();
+        let rest = &code[whole.end()..];
+        if rest.starts_with('{') {
+            let end = body_end(rest, 0).ok_or_else(unterminated)?;
+            return Ok(format!("function {selector}({params}) {}", &rest[..end]));
+        }
+        let expr = rest
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .trim_end_matches(';');
+        return Ok(format!(
+            "function {selector}({params}) {{ return {expr}; }}"
+        ));
+    }
+    // Method shorthand at the start of a line: selector(self, ...) { ... }
+    let shorthand = Regex::new(&format!(r"(?m)^\s*{sel}\s*\([^)]*\)\s*\{{")).expect("valid");
+    if let Some(m) = shorthand.find(&code) {
+        let start = m.start() + (m.as_str().len() - m.as_str().trim_start().len());
+        let end = body_end(&code, start).ok_or_else(unterminated)?;
+        return Ok(format!("function {}", &code[start..end]));
+    }
+    let other = Regex::new(r"function\s+([A-Za-z_$][\w$]*)\s*\(").expect("valid");
+    match other.captures(&code) {
+        Some(c) => Err(format!(
+            "the answer defines function {}, not {selector}",
+            &c[1]
+        )),
+        None => Err(format!(
+            "the answer holds no function {selector}(self, ...): {}",
+            code.chars().take(200).collect::<String>()
+        )),
+    }
+}
+
+/// The review's static checks on an extracted method: its first parameter is `self` and it
+/// uses none of the forbidden names.
+pub fn static_checks(source: &str, selector: &str) -> Result<(), String> {
+    let head = Regex::new(&format!(
+        r"^function\s+{}\s*\(\s*([A-Za-z_$][\w$]*)?",
+        regex::escape(selector)
+    ))
+    .expect("valid");
+    match head.captures(source).and_then(|c| c.get(1)) {
+        Some(p) if p.as_str() == "self" => {}
+        Some(p) => {
+            return Err(format!(
+                "the first parameter must be self (the receiver), not {}",
+                p.as_str()
+            ));
+        }
+        None => return Err("the method must take self as its first parameter".into()),
+    }
+    if let Some(m) = FORBIDDEN.find(source) {
+        return Err(format!(
+            "uses {}, which methods may not use (no modules, dynamic code, timers or I/O)",
+            m.as_str()
+        ));
+    }
+    Ok(())
+}
+
+/// ALFRED's verdict: `Ok(reason)` for VALID, `Err(reason)` for INVALID. An answer with
+/// neither word counts as VALID (the trial still runs), with the answer kept as the reason.
+pub fn verdict(answer: &str) -> Result<String, String> {
+    let text = answer.trim();
+    let upper = text.to_uppercase();
+    let reason = |word: &str| {
+        let at = upper.find(word).map(|i| i + word.len()).unwrap_or(0);
+        text[at..]
+            .trim_start_matches([':', '.', '-', ',', ' ', '\n'])
+            .trim()
+            .to_string()
+    };
+    let invalid = upper.find("INVALID");
+    let valid = Regex::new(r"\bVALID\b")
+        .expect("valid")
+        .find(&upper)
+        .map(|m| m.start());
+    match (invalid, valid) {
+        (Some(i), Some(v)) if v < i => Ok(reason("VALID")),
+        (Some(_), _) => Err(reason("INVALID")),
+        (None, Some(_)) => Ok(reason("VALID")),
+        (None, None) => Ok(format!("(no clear verdict) {text}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shapes_small_models_write_are_read() {
+        let want = "function area(self, a) { return self.w * a; }";
+        for answer in [
+            "```javascript\nfunction area(self, a) { return self.w * a; }\n```",
+            "Sure! Here it is:\nfunction area(self, a) { return self.w * a; }\nHope it helps.",
+            "area = function(self, a) { return self.w * a; }",
+            "const area = function (self, a) { return self.w * a; };",
+            "area(self, a) { return self.w * a; }",
+        ] {
+            let got = extract_method(answer, "area").unwrap();
+            assert_eq!(
+                got.split_whitespace().collect::<String>(),
+                want.split_whitespace().collect::<String>(),
+                "{answer}"
+            );
+        }
+        assert_eq!(
+            extract_method("const area = (self, a) => self.w * a;", "area").unwrap(),
+            "function area(self, a) { return self.w * a; }"
+        );
+        let nested = "function f(self) { if (1) { return '}'; } /* } */ return 2; } trailing";
+        assert_eq!(
+            extract_method(nested, "f").unwrap(),
+            "function f(self) { if (1) { return '}'; } /* } */ return 2; }"
+        );
+        assert!(
+            extract_method("function other(self) {}", "area")
+                .unwrap_err()
+                .contains("other")
+        );
+        assert!(extract_method("no code here", "area").is_err());
+        assert!(extract_method("function area(self) { return 1;", "area").is_err());
+    }
+
+    #[test]
+    fn static_checks_want_self_and_no_escape_hatches() {
+        assert!(static_checks("function area(self, a) { return 1; }", "area").is_ok());
+        assert!(
+            static_checks("function area(w, h) { return w * h; }", "area")
+                .unwrap_err()
+                .contains("self")
+        );
+        assert!(
+            static_checks("function area(self) { return require('fs'); }", "area")
+                .unwrap_err()
+                .contains("require")
+        );
+    }
+
+    #[test]
+    fn verdicts_are_read() {
+        assert_eq!(
+            verdict("VALID: computes the area").unwrap(),
+            "computes the area"
+        );
+        assert_eq!(
+            verdict("INVALID - it deletes things").unwrap_err(),
+            "it deletes things"
+        );
+        assert!(verdict("The code is INVALID because x").is_err());
+        assert!(verdict("Looks fine to me").is_ok());
+    }
+}

@@ -1,0 +1,57 @@
+//! Long-term memory, as pure cores (no actix): the records kept in the database
+//! ([`records`]), the usearch vector index that caches them ([`index`]), and the semantic
+//! chunker that cuts texts into what gets embedded ([`chunker`]). The `MemoryActor` owns them.
+
+pub mod chunker;
+pub mod index;
+pub mod records;
+
+use serde::{Deserialize, Serialize};
+
+/// One memory: a text, its embedding, and where it came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// The key in the vector index (also the record id); never reused.
+    pub key: u64,
+    /// `method` (learned by the kernel), `object` (a Retrievable's chunk) or `note`.
+    pub kind: String,
+    /// What was embedded.
+    pub text: String,
+    /// The request that led to it (e.g. the selector and arguments of a miss).
+    #[serde(default)]
+    pub prompt: String,
+    /// The oid of the object it belongs to (may be empty).
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub selector: String,
+    /// Method source, for method memories.
+    #[serde(default)]
+    pub source: String,
+    pub embedder: String,
+    /// RFC 3339.
+    pub created: String,
+    #[serde(default)]
+    pub seq: u64,
+    /// The embedding; left out of listings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vector: Vec<f32>,
+}
+
+/// What a caller asks to remember.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMemory {
+    /// Default: `note`.
+    #[serde(default)]
+    pub kind: String,
+    pub text: String,
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub selector: String,
+    #[serde(default)]
+    pub source: String,
+}

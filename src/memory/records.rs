@@ -1,0 +1,158 @@
+//! Memory records in the database: the truth the vector index is rebuilt from.
+//!
+//! Every write is one transaction stamped with the world's global sequence number (through
+//! [`crate::world::World::commit_memory`]), and a forgotten record leaves a tombstone, so backups
+//! carry memories exactly as they carry objects.
+
+use serde_json::Value as Json;
+
+use super::Record;
+use crate::error::{Result, TelosError};
+use crate::store::{Store, db_err};
+
+/// The fields of a memory row without its vector.
+const LIST_FIELDS: &str =
+    "key, kind, text, prompt, owner, selector, source, embedder, created, seq";
+
+fn rows_to_records(rows: Vec<Json>) -> Result<Vec<Record>> {
+    rows.into_iter()
+        .map(|r| {
+            serde_json::from_value(r)
+                .map_err(|e| TelosError::Internal(format!("a memory record is malformed: {e}")))
+        })
+        .collect()
+}
+
+impl Store {
+    /// Writes `add` and deletes (with tombstones) `remove`, in one transaction at `seq`.
+    pub fn memory_commit_blocking(&self, add: &[Record], remove: &[u64], seq: u64) -> Result<()> {
+        let rows: Vec<Json> = add
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.seq = seq;
+                serde_json::to_value(r).expect("a record serialises")
+            })
+            .collect();
+        let gone: Vec<i64> = remove.iter().map(|k| *k as i64).collect();
+        self.block(move |db| async move {
+            db.query(
+                "BEGIN TRANSACTION;
+                 FOR $r IN $rows { CREATE type::record('memory', $r.key) CONTENT $r RETURN NONE; };
+                 FOR $k IN $gone {
+                     DELETE type::record('memory', $k) RETURN NONE;
+                     UPSERT type::record('memory_tombstone', $k) CONTENT { key: $k, seq: $seq } RETURN NONE;
+                 };
+                 UPSERT meta:seq SET value = $seq RETURN NONE;
+                 COMMIT TRANSACTION;",
+            )
+            .bind(("rows", rows))
+            .bind(("gone", gone))
+            .bind(("seq", seq as i64))
+            .await
+            .and_then(|r| r.check())
+            .map(|_| ())
+            .map_err(|e| TelosError::Internal(format!("writing memory records: {e}")))
+        })?
+    }
+
+    /// Every memory key.
+    pub fn memory_keys_blocking(&self) -> Result<Vec<u64>> {
+        self.block(|db| async move {
+            let mut res = db
+                .query("SELECT VALUE key FROM memory")
+                .await
+                .map_err(db_err)?;
+            let keys: Vec<i64> = res.take(0).map_err(db_err)?;
+            Ok(keys.into_iter().map(|k| k as u64).collect())
+        })?
+    }
+
+    /// The keys of the memories of `owner` of `kind`.
+    pub fn memory_keys_of_blocking(&self, owner: &str, kind: &str) -> Result<Vec<u64>> {
+        let (owner, kind) = (owner.to_string(), kind.to_string());
+        self.block(move |db| async move {
+            let mut res = db
+                .query("SELECT VALUE key FROM memory WHERE owner = $owner AND kind = $kind")
+                .bind(("owner", owner))
+                .bind(("kind", kind))
+                .await
+                .map_err(db_err)?;
+            let keys: Vec<i64> = res.take(0).map_err(db_err)?;
+            Ok(keys.into_iter().map(|k| k as u64).collect())
+        })?
+    }
+
+    /// The stored vectors of `keys` (the index is rebuilt from these; nothing is re-embedded).
+    pub fn memory_vectors_blocking(&self, keys: &[u64]) -> Result<Vec<(u64, Vec<f32>)>> {
+        let keys: Vec<i64> = keys.iter().map(|k| *k as i64).collect();
+        self.block(move |db| async move {
+            let mut res = db
+                .query("SELECT key, vector FROM memory WHERE key IN $keys")
+                .bind(("keys", keys))
+                .await
+                .map_err(db_err)?;
+            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| {
+                    let key = r["key"].as_u64().unwrap_or_default();
+                    let v = r["vector"]
+                        .as_array()
+                        .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
+                        .unwrap_or_default();
+                    (key, v)
+                })
+                .collect())
+        })?
+    }
+
+    /// The records of `keys`, without vectors, in no particular order.
+    pub fn memory_records_blocking(&self, keys: &[u64]) -> Result<Vec<Record>> {
+        let keys: Vec<i64> = keys.iter().map(|k| *k as i64).collect();
+        let rows = self.block(move |db| async move {
+            let mut res = db
+                .query(format!(
+                    "SELECT {LIST_FIELDS} FROM memory WHERE key IN $keys"
+                ))
+                .bind(("keys", keys))
+                .await
+                .map_err(db_err)?;
+            res.take::<Vec<Json>>(0).map_err(db_err)
+        })??;
+        rows_to_records(rows)
+    }
+
+    /// One page of records, newest first, optionally of one owner; and the total count.
+    pub async fn memory_page(
+        &self,
+        owner: Option<String>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<Record>, u64)> {
+        let (rows, total) = self
+            .run(move |db| async move {
+                let filter = if owner.is_some() {
+                    "WHERE owner = $owner"
+                } else {
+                    ""
+                };
+                let mut res = db
+                    .query(format!(
+                        "SELECT {LIST_FIELDS} FROM memory {filter} ORDER BY key DESC LIMIT $limit START $offset;
+                         SELECT count() AS n FROM memory {filter} GROUP ALL;"
+                    ))
+                    .bind(("owner", owner.unwrap_or_default()))
+                    .bind(("limit", limit as i64))
+                    .bind(("offset", offset as i64))
+                    .await
+                    .map_err(db_err)?;
+                let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+                let counts: Vec<Json> = res.take(1).map_err(db_err)?;
+                let total = counts.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
+                Ok::<_, TelosError>((rows, total))
+            })
+            .await??;
+        Ok((rows_to_records(rows)?, total))
+    }
+}

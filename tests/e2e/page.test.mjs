@@ -1,0 +1,134 @@
+// The page, end to end: the real server (scripted personas) on port 0, driven in headless
+// Chromium (Debian's /usr/bin/chromium through playwright-core). Screenshots go to
+// build/e2e/ at the repository root.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const bin = process.env.TELOS_BIN || join(process.env.CARGO_TARGET_DIR || join(root, "target"), "debug/telos");
+const shots = join(root, "build/e2e");
+
+/** Starts `telos serve`; resolves with the process and its base URL. */
+function serve(env) {
+  return new Promise((ok, fail) => {
+    const child = spawn(bin, ["serve"], { env: { ...process.env, TELOS_LOG: "warn", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d) => { stderr += d; });
+    const lines = createInterface({ input: child.stdout });
+    lines.once("line", (line) => {
+      const m = /^listening on (http:\/\/\S+)$/.exec(line.trim());
+      if (m) ok({ child, base: m[1] }); else fail(new Error("unexpected first line: " + line + "\n" + stderr));
+    });
+    child.once("exit", (code) => fail(new Error(`telos serve exited with ${code}\n${stderr}`)));
+  });
+}
+const stop = (child) => new Promise((ok) => { child.once("exit", ok); child.kill("SIGTERM"); setTimeout(() => child.kill("SIGKILL"), 8000); });
+
+const line = (persona, match, reply) => JSON.stringify({ persona, match, reply });
+
+test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", { timeout: 240_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "telos-e2e-"));
+  const personas = join(dir, "personas.jsonl");
+  writeFileSync(personas, [
+    line("BRICK", "Selector: area", "```javascript\nfunction area(self, w, h) {\n  return w * h;\n}\n```"),
+    line("ALFRED", ".", "VALID: it only multiplies its arguments"),
+    line("BABS", ".", "Computes the area of a rectangle from its width and height."),
+    line("ROBIN", ".", "Hello! I am ROBIN."),
+  ].join("\n"));
+  const env = { TELOS_BIND: "127.0.0.1:0", TELOS_DATA_DIR: join(dir, "data"), TELOS_BACKUP_DIR: join(dir, "backups"),
+    TELOS_PERSONA_BACKEND: "scripted", TELOS_SCRIPTED_PERSONAS: personas };
+  let server = await serve(env);
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
+  const errors = [];
+  let restarting = false;
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.on("console", (m) => {
+      if (m.type() !== "error") return;
+      // While the server is deliberately down, the browser reports the refused reconnects.
+      if (restarting && /ERR_CONNECTION_REFUSED|WebSocket connection/.test(m.text())) return;
+      errors.push(m.text());
+    });
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(server.base + "/");
+    await page.locator("#conn", { hasText: "connected" }).waitFor();
+
+    // Clone genesis_obj in the inspector and give the clone slots.
+    await page.click("nav button[data-view=inspector]");
+    await page.click("#obj-list button[data-oid=genesis_obj]");
+    await page.locator("#obj-detail h2", { hasText: "genesis_obj" }).waitFor();
+    await page.click("#clone-btn");
+    const heading = page.locator("#obj-detail h2 .mono");
+    await page.waitForFunction(() => { const h = document.querySelector("#obj-detail h2 .mono"); return h && h.textContent !== "genesis_obj"; });
+    const oid = (await heading.textContent()).trim();
+    for (const [name, value] of [["name", '"rectangle"'], ["width", "3"], ["height", "4"]]) {
+      await page.fill("#add-slot input[aria-label='new slot name']", name);
+      await page.fill("#add-slot input[aria-label='new slot value (JSON)']", value);
+      await page.click("#add-slot button");
+      await page.locator(`#slots tr[data-slot=${name}] td.value`, { hasText: value }).waitFor();
+    }
+
+    // Chat: a message and its answer; a bad command and its error.
+    await page.click("nav button[data-view=chat]");
+    const say = async (text) => {
+      await page.fill("#chat-input", text);
+      await page.press("#chat-input", "Enter");
+      const entry = page.locator(".entry", { has: page.locator(".me", { hasText: text }) }).last();
+      await entry.locator(".answer.ok, .answer.err, .answer.robin").waitFor({ timeout: 60_000 });
+      return entry;
+    };
+    let entry = await say(`${oid}.width`);
+    assert.equal((await entry.locator(".answer").textContent()).trim(), "3");
+    entry = await say("nosuchobject.frob(1)");
+    assert.match(await entry.locator(".answer.err").textContent(), /not_found/);
+    entry = await say("hello there");
+    assert.match(await entry.locator(".answer.robin").textContent(), /ROBIN/);
+
+    // A missing method: the kernel's stages stream in, then the answer.
+    entry = await say(`${oid}.area(3, 4)`);
+    assert.equal((await entry.locator(".answer.ok").textContent()).trim(), "12");
+    const stages = await entry.locator(".stage").evaluateAll((rows) => rows.map((r) => r.querySelector("summary").textContent));
+    for (const s of ["recall", "write", "review", "trial", "install", "learn", "answer"]) {
+      assert.ok(stages.some((t) => t.includes(s)), `stage ${s} shown: ${stages}`);
+    }
+    await entry.locator("details.timeline").evaluate((d) => { d.open = true; });
+    await entry.locator(".stage", { hasText: "write" }).evaluate((d) => { d.open = true; });
+    mkdirSync(shots, { recursive: true });
+    await page.screenshot({ path: join(shots, "chat-after-kernel-run.png"), fullPage: true });
+
+    // The inspector shows the slot and the learned method with its provenance.
+    await page.click("nav button[data-view=inspector]");
+    await page.click(`#obj-list button[data-oid="${oid}"]`);
+    await page.locator("#slots tr[data-slot=width] td.value", { hasText: "3" }).waitFor();
+    const method = page.locator("details[data-method=area]");
+    await method.waitFor();
+    await method.locator("summary").click();
+    await method.locator("details summary", { hasText: "provenance" }).waitFor();
+    assert.match(await method.textContent(), /kernel/);
+    await page.screenshot({ path: join(shots, "inspector.png"), fullPage: true });
+
+    // Restart the server on the same port: the page reconnects by itself.
+    const port = new URL(server.base).port;
+    restarting = true;
+    await stop(server.child);
+    await page.locator("#conn", { hasText: "reconnecting" }).waitFor();
+    server = await serve({ ...env, TELOS_BIND: "127.0.0.1:" + port });
+    await page.locator("#conn", { hasText: "reconnected" }).waitFor({ timeout: 30_000 });
+    restarting = false;
+    await page.click("nav button[data-view=chat]");
+    entry = await say(`${oid}.area(2, 5)`);
+    assert.equal((await entry.locator(".answer.ok").textContent()).trim(), "10");
+    assert.deepEqual(errors, [], "no console errors");
+  } finally {
+    await browser.close();
+    await stop(server.child);
+  }
+});
