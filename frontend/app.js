@@ -136,6 +136,7 @@ function chatEntry(text) {
     spinnerLine.lastChild.textContent = (kernel ? "the kernel is learning… " : "waiting… ") + s + " s";
   }, 100);
   const rows = new Map();
+  const begun = new Map(); // stage key -> at_ms of its start
   const done = () => { clearInterval(tick); spinnerLine.remove(); pending.delete(id); scrollDown(); };
   const entry = {
     id,
@@ -152,8 +153,10 @@ function chatEntry(text) {
         }
         row.className = "stage " + f.status;
         const mark = f.status === "done" ? "✓" : f.status === "failed" ? "✗" : "…";
+        if (f.status === "started") begun.set(key, f.at_ms);
+        const took = f.status === "started" ? "" : (f.at_ms - (begun.get(key) ?? f.at_ms)) + " ms";
         row.replaceChildren(
-          el("summary", {}, el("span", { class: "mark" }, mark), f.stage, el("span", { class: "ms" }, f.at_ms + " ms")),
+          el("summary", {}, el("span", { class: "mark" }, mark), f.stage, el("span", { class: "ms" }, took)),
           stageBody(f));
         if (f.status === "failed") row.open = true;
         scrollDown();
