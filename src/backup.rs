@@ -26,6 +26,10 @@ const OBJECTS: &str = "objects.jsonl";
 const TOMBSTONES: &str = "tombstones.jsonl";
 const MEMORIES: &str = "memories.jsonl";
 const MEMORY_TOMBSTONES: &str = "memory_tombstones.jsonl";
+/// The vector index and its sidecar, in full backups (a cache of the records: a restore that
+/// lacks them, or finds them stale, rebuilds the index from the records at start).
+const INDEX: &str = "memory.usearch";
+const INDEX_META: &str = "memory.usearch.meta.json";
 const MANIFEST: &str = "manifest.json";
 const VERIFIED: &str = "verified.json";
 
@@ -115,6 +119,17 @@ pub async fn take(
     kind: Kind,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Manifest> {
+    take_with_index(store, dir, kind, now, None).await
+}
+
+/// [`take`], copying the memory index file at `index` (and its sidecar) into full backups.
+pub async fn take_with_index(
+    store: &Store,
+    dir: &Path,
+    kind: Kind,
+    now: DateTime<Utc>,
+    index: Option<&Path>,
+) -> anyhow::Result<Manifest> {
     let started = Instant::now();
     fs::create_dir_all(dir).with_context(|| format!("creating backup dir {}", dir.display()))?;
     let existing = list(dir)?;
@@ -162,6 +177,16 @@ pub async fn take(
         MEMORY_TOMBSTONES.to_string(),
         write_jsonl(&tmp.join(MEMORY_TOMBSTONES), &changes.memory_tombstones)?,
     );
+    if let (Kind::Full, Some(index)) = (kind, index) {
+        let meta = crate::memory::index::meta_path(index);
+        if index.exists() && meta.exists() {
+            files.insert(INDEX.to_string(), copy_hashed(index, &tmp.join(INDEX))?);
+            files.insert(
+                INDEX_META.to_string(),
+                copy_hashed(&meta, &tmp.join(INDEX_META))?,
+            );
+        }
+    }
     let (parent, prev_id) = match kind {
         Kind::Full => (id.clone(), previous.as_ref().map(|p| p.id.clone())),
         Kind::Incremental => {
@@ -223,6 +248,29 @@ fn write_jsonl(path: &Path, rows: &[Json]) -> anyhow::Result<FileEntry> {
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
+    Ok(FileEntry {
+        sha256: hex::encode(hasher.finalize()),
+        size,
+    })
+}
+
+/// Copies `from` to `to`, answering the copy's sha256 and size.
+fn copy_hashed(from: &Path, to: &Path) -> anyhow::Result<FileEntry> {
+    let mut src = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let mut out = File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+    out.sync_all()?;
     Ok(FileEntry {
         sha256: hex::encode(hasher.finalize()),
         size,
@@ -409,6 +457,14 @@ pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<
         store.apply(changes).await?;
     }
     let last = chain.last().expect("a chain is never empty").clone();
+    // The full's index files, if it has them: the server loads them at start and catches up
+    // with the incrementals' records.
+    let full = &chain[0];
+    if full.files.contains_key(INDEX) && full.files.contains_key(INDEX_META) {
+        fs::create_dir_all(to)?;
+        fs::copy(dir.join(&full.id).join(INDEX), to.join(INDEX))?;
+        fs::copy(dir.join(&full.id).join(INDEX_META), to.join(INDEX_META))?;
+    }
     let count = store.count().await?;
     ensure!(
         count == last.total_objects,
@@ -427,23 +483,64 @@ pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<
     Ok(last)
 }
 
+/// Compares the index restored into `data` (if any) with the restored records. An index that
+/// cannot be opened fails the verification; one that lacks some records is fine (the server
+/// adds them at start), and so is one that still holds forgotten keys (they are dropped).
+async fn index_agreement(data: &Path) -> anyhow::Result<String> {
+    use crate::embed::{DIMS, EMBEDDER_ID};
+    use crate::memory::index::VectorIndex;
+    let path = data.join(INDEX);
+    if !path.exists() {
+        return Ok(
+            "no index file in the backup: the index is rebuilt from the records at start".into(),
+        );
+    }
+    let index = VectorIndex::open(&path, EMBEDDER_ID, DIMS)
+        .map_err(|reason| anyhow::anyhow!("the backed-up memory index is unusable: {reason}"))?;
+    let cfg = StoreConfig {
+        data_dir: data.to_path_buf(),
+        db_url: String::new(),
+        db_user: String::new(),
+        db_pass: String::new(),
+        namespace: "telos".into(),
+        database: "world".into(),
+    };
+    let keys = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u64>> {
+        let store = Store::open_empty(&cfg)?;
+        Ok(store.memory_keys_blocking()?)
+    })
+    .await??;
+    let records: std::collections::BTreeSet<u64> = keys.into_iter().collect();
+    let missing = records.iter().filter(|k| !index.contains(**k)).count();
+    let orphans = index.keys().difference(&records).count();
+    Ok(format!(
+        "the index holds {} of {} records ({missing} added at start, {orphans} forgotten keys dropped)",
+        records.len() - missing,
+        records.len()
+    ))
+}
+
 /// Verifies a backup: its chain's files against their manifests, then a restore into a scratch
-/// directory. The result is recorded beside the backup.
+/// directory, and the restored index against the restored records. The result is recorded
+/// beside the backup.
 pub async fn verify(dir: &Path, id: &str, now: DateTime<Utc>) -> anyhow::Result<Verification> {
     let scratch = std::env::temp_dir().join(format!(
         "telos-verify-{}-{}",
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     ));
-    let result = restore(dir, Some(id), &scratch).await;
+    let result = match restore(dir, Some(id), &scratch).await {
+        Ok(m) => index_agreement(&scratch).await.map(|index| (m, index)),
+        Err(e) => Err(e),
+    };
     let _ = fs::remove_dir_all(&scratch);
     let v = Verification {
         id: id.to_string(),
         ok: result.is_ok(),
         at: now,
         detail: match &result {
-            Ok(m) => format!(
-                "all files match; a restore produced {} objects and {} memory records as recorded",
+            Ok((m, index)) => format!(
+                "all files match; a restore produced {} objects and {} memory records as recorded; {index}",
                 m.total_objects, m.total_memories
             ),
             Err(e) => format!("{e:#}"),

@@ -128,7 +128,7 @@ impl Default for Settings {
             kernel_repair_rounds: 3,
             kernel_max_failures: 3,
             kernel_failure_window_secs: 600,
-            kernel_reuse_distance: 0.35,
+            kernel_reuse_distance: 0.25,
             recall_k: 3,
             torch_threads: 1,
             memory_save_every: 10,

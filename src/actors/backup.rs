@@ -157,7 +157,8 @@ async fn run(
     if let Ok(Err(e)) = telos.memory.send(crate::actors::memory::Save).await {
         tracing::warn!(error = %e, "saving the memory index before a backup");
     }
-    let result = backup::take(telos.world.store(), &dir, kind, now).await;
+    let index = telos.settings.memory_index_path();
+    let result = backup::take_with_index(telos.world.store(), &dir, kind, now, Some(&index)).await;
     let slot = match kind {
         Kind::Full => "last_full",
         Kind::Incremental => "last_incremental",

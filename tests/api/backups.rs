@@ -592,3 +592,95 @@ fn the_schedule_survives_a_restart_and_a_missed_run_happens_once_at_start() {
     let (_, n) = count_backups(&server.base);
     assert_eq!(n, 1, "and not again at the next start");
 }
+
+/// Memories travel with backups: the records in every backup, the index file in fulls; a
+/// verification compares the index with the records; a restored server loads the index and
+/// catches up with memories added after the full.
+#[test]
+fn memories_and_their_index_are_backed_up_verified_and_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backups = dir.path().join("backups");
+    let server = ServerProcess::start(&data).unwrap();
+    let remember = |c: &awc::Client, b: &str, text: &str| {
+        let (c, url) = (c.clone(), format!("{b}/api/memory/records"));
+        let text = text.to_string();
+        async move {
+            let (s, v) = post(&c, url, json!({"items": [{"text": text}]})).await;
+            assert_eq!(s, 201, "{v}");
+        }
+    };
+    actix_web::rt::System::new().block_on(async {
+        let c = client();
+        let b = &server.base;
+        remember(
+            &c,
+            b,
+            "Computes the area of a rectangle from its width and height.",
+        )
+        .await;
+        remember(&c, b, "Greets a person by name.").await;
+        let (s, m) = post(&c, format!("{b}/api/backups"), json!({"kind": "full"})).await;
+        assert_eq!(s, 201, "{m}");
+        assert!(
+            m["files"]["memory.usearch"].is_object(),
+            "the index is in the full: {m}"
+        );
+        assert_eq!(m["total_memories"], 2);
+        remember(&c, b, "Adds up a list of numbers.").await;
+        let (s, m) = post(
+            &c,
+            format!("{b}/api/backups"),
+            json!({"kind": "incremental"}),
+        )
+        .await;
+        assert_eq!(s, 201, "{m}");
+        assert_eq!(m["counts"]["memory"], 1, "{m}");
+        let id = m["id"].as_str().unwrap();
+        let (s, v) = post(&c, format!("{b}/api/backups/{id}/verify"), json!({})).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["ok"], true, "{v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains("3 memory records"),
+            "{v}"
+        );
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("the index holds 2 of 3"),
+            "{v}"
+        );
+    });
+    drop(server);
+    let restored = dir.path().join("restored");
+    let out = cli_restore(&backups, None, &restored);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = ServerProcess::start(&restored).unwrap();
+    actix_web::rt::System::new().block_on(async {
+        let c = client();
+        let b = &server.base;
+        let (_, h) = request(&c, "GET", &format!("{b}/api/health"), None).await;
+        assert_eq!(h["memory"]["records"], 3, "{h}");
+        assert_eq!(h["memory"]["index_at_start"], "loaded", "{h}");
+        assert_eq!(
+            h["personas"]["embedded_texts"], 0,
+            "nothing re-embedded: {h}"
+        );
+        let (_, hits) = request(
+            &c,
+            "GET",
+            &format!("{b}/api/memory/search?q=sum%20of%20numbers&k=1"),
+            None,
+        )
+        .await;
+        assert!(
+            hits[0]["text"].as_str().unwrap().contains("Adds up"),
+            "{hits}"
+        );
+    });
+}
