@@ -423,14 +423,7 @@ pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<
     for m in &chain {
         check_files(dir, m)?;
     }
-    let cfg = StoreConfig {
-        data_dir: to.to_path_buf(),
-        db_url: String::new(),
-        db_user: String::new(),
-        db_pass: String::new(),
-        namespace: "telos".into(),
-        database: "world".into(),
-    };
+    let cfg = StoreConfig::embedded(to.to_path_buf());
     let store = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || Store::open_empty(&cfg)).await??
@@ -497,14 +490,7 @@ async fn index_agreement(data: &Path) -> anyhow::Result<String> {
     }
     let index = VectorIndex::open(&path, EMBEDDER_ID, DIMS)
         .map_err(|reason| anyhow::anyhow!("the backed-up memory index is unusable: {reason}"))?;
-    let cfg = StoreConfig {
-        data_dir: data.to_path_buf(),
-        db_url: String::new(),
-        db_user: String::new(),
-        db_pass: String::new(),
-        namespace: "telos".into(),
-        database: "world".into(),
-    };
+    let cfg = StoreConfig::embedded(data.to_path_buf());
     let keys = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u64>> {
         let store = Store::open_empty(&cfg)?;
         Ok(store.memory_keys_blocking()?)

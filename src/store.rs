@@ -55,6 +55,20 @@ pub struct StoreConfig {
     pub database: String,
 }
 
+impl StoreConfig {
+    /// The embedded database in `data_dir` (restores, verifications, benchmarks).
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            db_url: String::new(),
+            db_user: String::new(),
+            db_pass: String::new(),
+            namespace: "telos".into(),
+            database: "world".into(),
+        }
+    }
+}
+
 /// A handle on the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -347,52 +361,19 @@ impl Store {
             seq,
             ..
         } = changes;
-        for chunk in memories.chunks(BATCH) {
-            let rows = Json::Array(chunk.to_vec());
-            self.run(move |db| async move {
-                db.query(
-                    "BEGIN TRANSACTION;
-                     FOR $r IN $rows { UPSERT type::record('memory', $r.key) CONTENT $r RETURN NONE; };
-                     COMMIT TRANSACTION;",
-                )
-                .bind(("rows", rows))
-                .await
-                .and_then(|r| r.check())
-                .map_err(db_err)
-            })
-            .await??;
-        }
-        let memory_tombs = Json::Array(memory_tombstones);
-        self.run(move |db| async move {
-            db.query(
-                "BEGIN TRANSACTION;
-                 FOR $t IN $tombs {
-                     DELETE type::record('memory', $t.key) RETURN NONE;
-                     UPSERT type::record('memory_tombstone', $t.key) CONTENT $t RETURN NONE;
-                 };
-                 COMMIT TRANSACTION;",
-            )
-            .bind(("tombs", memory_tombs))
-            .await
-            .and_then(|r| r.check())
-            .map_err(db_err)
-        })
-        .await??;
-        for chunk in objects.chunks(BATCH) {
-            let rows = Json::Array(chunk.to_vec());
-            self.run(move |db| async move {
-                db.query(
-                    "BEGIN TRANSACTION;
-                     FOR $o IN $rows { UPSERT type::record('object', $o.oid) CONTENT $o RETURN NONE; };
-                     COMMIT TRANSACTION;",
-                )
-                .bind(("rows", rows))
-                .await
-                .and_then(|r| r.check())
-                .map_err(db_err)
-            })
-            .await??;
-        }
+        self.upsert_batches("memory", "key", memories, BATCH)
+            .await?;
+        self.run_statement(
+            "BEGIN TRANSACTION;
+             FOR $t IN $rows {
+                 DELETE type::record('memory', $t.key) RETURN NONE;
+                 UPSERT type::record('memory_tombstone', $t.key) CONTENT $t RETURN NONE;
+             };
+             COMMIT TRANSACTION;",
+            Json::Array(memory_tombstones),
+        )
+        .await?;
+        self.upsert_batches("object", "oid", objects, BATCH).await?;
         let tombs = Json::Array(tombstones);
         self.run(move |db| async move {
             db.query(
@@ -412,6 +393,40 @@ impl Store {
         })
         .await??;
         Ok(())
+    }
+
+    /// Upserts `rows` into `table` (record id from the field `id_field`), `batch` per transaction.
+    async fn upsert_batches(
+        &self,
+        table: &'static str,
+        id_field: &'static str,
+        rows: Vec<Json>,
+        batch: usize,
+    ) -> Result<()> {
+        let sql = format!(
+            "BEGIN TRANSACTION;
+             FOR $r IN $rows {{ UPSERT type::record('{table}', $r.{id_field}) CONTENT $r RETURN NONE; }};
+             COMMIT TRANSACTION;"
+        );
+        for chunk in rows.chunks(batch) {
+            self.run_statement(&sql, Json::Array(chunk.to_vec()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one statement with `$rows` bound.
+    async fn run_statement(&self, sql: &str, rows: Json) -> Result<()> {
+        let sql = sql.to_string();
+        self.run(move |db| async move {
+            db.query(sql)
+                .bind(("rows", rows))
+                .await
+                .and_then(|r| r.check())
+                .map(|_| ())
+                .map_err(db_err)
+        })
+        .await?
     }
 
     /// One page of the object list, ordered by oid.

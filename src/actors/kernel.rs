@@ -721,7 +721,16 @@ async fn stages(d: &KernelDeps, miss: &Miss, em: &Emitter) -> Result<(), TelosEr
         json!({ "method": miss.selector, "on": miss.receiver }),
     );
 
-    // 7. Learn: BABS describes it; the description is embedded and indexed.
+    // 7. Learn: BABS describes it; the description is embedded and indexed. A reused method is
+    // already in memory (under the receiver it was learned for): nothing new to learn.
+    if let Some(id) = c.reused {
+        em.emit(
+            "learn",
+            "done",
+            json!({ "reused": id, "description": "already remembered as memory #".to_string() + &id.to_string() }),
+        );
+        return Ok(());
+    }
     let t = Instant::now();
     em.emit("learn", "started", json!({ "persona": "BABS" }));
     let learned = async {

@@ -136,8 +136,40 @@ impl MemoryActor {
         Ok(actor)
     }
 
-    /// Adds records missing from the index (from their stored vectors), drops orphan keys.
+    /// Brings the index up to the records: from its sequence number when it knows one (only
+    /// what was written or forgotten since is read), else by comparing every key. Answers
+    /// (added, dropped).
     fn catch_up(&mut self) -> Result<(usize, usize), TelosError> {
+        let since = self.index.seq();
+        if since > 0 {
+            let (written, gone) = self.world.store().memory_changes_since_blocking(since)?;
+            let (mut added, mut dropped) = (0, 0);
+            self.index.reserve_more(written.len())?;
+            for k in gone {
+                if self.index.contains(k) {
+                    self.index.remove(k)?;
+                    dropped += 1;
+                }
+            }
+            for (key, vector, seq) in written {
+                if !self.index.contains(key) {
+                    self.index.add(key, &vector)?;
+                    added += 1;
+                }
+                self.index.set_seq(seq);
+            }
+            self.last_key = self
+                .last_key
+                .max(self.index.keys().last().copied().unwrap_or(0));
+            return Ok((added, dropped));
+        }
+        let result = self.catch_up_all()?;
+        self.index.set_seq(self.world.seq());
+        Ok(result)
+    }
+
+    /// Adds records missing from the index (from their stored vectors), drops orphan keys.
+    fn catch_up_all(&mut self) -> Result<(usize, usize), TelosError> {
         let store = self.world.store();
         let keys: std::collections::BTreeSet<u64> =
             store.memory_keys_blocking()?.into_iter().collect();
@@ -230,7 +262,8 @@ impl MemoryActor {
                 vector,
             })
             .collect();
-        self.world.commit_memory(&records, &forget)?;
+        let seq = self.world.commit_memory(&records, &forget)?;
+        self.index.set_seq(seq);
         for k in &forget {
             self.index.remove(*k)?;
         }

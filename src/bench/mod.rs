@@ -334,14 +334,7 @@ pub fn run_backup(n: usize) -> anyhow::Result<()> {
     use crate::store::{Store, StoreConfig};
     let root = std::env::temp_dir().join(format!("telos-bench-backup-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let cfg = StoreConfig {
-        data_dir: root.join("data"),
-        db_url: String::new(),
-        db_user: String::new(),
-        db_pass: String::new(),
-        namespace: "telos".into(),
-        database: "world".into(),
-    };
+    let cfg = StoreConfig::embedded(root.join("data"));
     let store = Store::open(&cfg)?;
     let make = |i: usize, version: u64| {
         let mut slots = std::collections::BTreeMap::new();

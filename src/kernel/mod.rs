@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use crate::llm::strip_fences;
+use crate::memory::chunker::skip_literal;
 
 /// Names a generated method may not use: no modules, no dynamic code, no host escape hatches.
 static FORBIDDEN: LazyLock<Regex> = LazyLock::new(|| {
@@ -25,28 +26,11 @@ fn body_end(code: &str, start: usize) -> Option<usize> {
     let mut i = start + code[start..].find('{')?;
     let mut depth = 0i32;
     while i < b.len() {
+        if let Some(next) = skip_literal(b, i) {
+            i = next;
+            continue;
+        }
         match b[i] {
-            q @ (b'"' | b'\'' | b'`') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 1;
-            }
             b'{' => depth += 1,
             b'}' => {
                 depth -= 1;

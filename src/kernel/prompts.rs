@@ -101,7 +101,9 @@ nothing else.";
         ctx.call_text()
     ));
     u.push_str(&format!("Selector: {}\n", ctx.selector));
-    u.push_str(&format!("Object: {} (oid {})\n", ctx.name, ctx.oid));
+    // No oid here: the same message to a like object gets the same prompt (and, decoded
+    // greedily, the same method).
+    u.push_str(&format!("Object: {}\n", ctx.name));
     if !ctx.ancestors.is_empty() {
         u.push_str(&format!("Parents: {}\n", ctx.ancestors.join(" -> ")));
     }

@@ -136,6 +136,38 @@ fn split_words(s: &str, max: usize) -> Vec<String> {
     out
 }
 
+/// If a string, template literal or comment of JavaScript starts at byte `i` of `b`, the
+/// index just past it (a line comment ends before its newline).
+pub(crate) fn skip_literal(b: &[u8], i: usize) -> Option<usize> {
+    match b[i] {
+        q @ (b'"' | b'\'' | b'`') => {
+            let mut j = i + 1;
+            while j < b.len() && b[j] != q {
+                if b[j] == b'\\' {
+                    j += 1;
+                }
+                j += 1;
+            }
+            Some((j + 1).min(b.len()))
+        }
+        b'/' if b.get(i + 1) == Some(&b'/') => {
+            let mut j = i;
+            while j < b.len() && b[j] != b'\n' {
+                j += 1;
+            }
+            Some(j)
+        }
+        b'/' if b.get(i + 1) == Some(&b'*') => {
+            let mut j = i + 2;
+            while j + 1 < b.len() && !(b[j] == b'*' && b[j + 1] == b'/') {
+                j += 1;
+            }
+            Some((j + 2).min(b.len()))
+        }
+        _ => None,
+    }
+}
+
 /// Places where JavaScript `code` may be cut: byte offsets just after `;`, `{`, `}` or a
 /// newline outside strings, template literals and comments, each with the brace depth there.
 fn boundaries(code: &str) -> Vec<(usize, i32)> {
@@ -144,29 +176,11 @@ fn boundaries(code: &str) -> Vec<(usize, i32)> {
     let mut depth = 0i32;
     let mut i = 0;
     while i < b.len() {
+        if let Some(next) = skip_literal(b, i) {
+            i = next;
+            continue;
+        }
         match b[i] {
-            q @ (b'"' | b'\'' | b'`') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 1;
-            }
             b'{' | b'(' | b'[' => {
                 depth += 1;
                 if b[i] == b'{' {

@@ -24,6 +24,9 @@ struct Meta {
     embedder: String,
     dims: usize,
     sha256: String,
+    /// The sequence number of the last memory commit the index reflects (0: unknown).
+    #[serde(default)]
+    seq: u64,
     keys: BTreeSet<u64>,
 }
 
@@ -40,6 +43,8 @@ pub struct VectorIndex {
     embedder: String,
     dims: usize,
     keys: BTreeSet<u64>,
+    /// The sequence number of the last memory commit reflected (0: unknown).
+    seq: u64,
     /// Changes since the last save.
     unsaved: usize,
 }
@@ -92,6 +97,7 @@ impl VectorIndex {
             embedder: embedder.to_string(),
             dims,
             keys: BTreeSet::new(),
+            seq: 0,
             unsaved: 0,
         })
     }
@@ -144,6 +150,7 @@ impl VectorIndex {
             embedder: embedder.to_string(),
             dims,
             keys: meta.keys,
+            seq: meta.seq,
             unsaved: 0,
         })
     }
@@ -167,6 +174,16 @@ impl VectorIndex {
     /// The keys the index holds.
     pub fn keys(&self) -> &BTreeSet<u64> {
         &self.keys
+    }
+
+    /// The sequence number of the last memory commit the index reflects (0: unknown, so a
+    /// catch-up must compare every key).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
     }
 
     /// Changes since the last save.
@@ -261,6 +278,7 @@ impl VectorIndex {
             embedder: self.embedder.clone(),
             dims: self.dims,
             sha256: sha256_file(&tmp)?,
+            seq: self.seq,
             keys: self.keys.clone(),
         };
         let meta_file = meta_path(&self.path);

@@ -14,6 +14,13 @@ use crate::store::{Store, db_err};
 const LIST_FIELDS: &str =
     "key, kind, text, prompt, owner, selector, source, embedder, created, seq";
 
+/// Memories written after a sequence number (key, vector, seq), and the keys forgotten.
+pub type MemoryChanges = (Vec<(u64, Vec<f32>, u64)>, Vec<u64>);
+
+fn written_and_gone(written: Vec<(u64, Vec<f32>, u64)>, gone: Vec<i64>) -> MemoryChanges {
+    (written, gone.into_iter().map(|k| k as u64).collect())
+}
+
 fn rows_to_records(rows: Vec<Json>) -> Result<Vec<Record>> {
     rows.into_iter()
         .map(|r| {
@@ -65,6 +72,37 @@ impl Store {
                 .map_err(db_err)?;
             let keys: Vec<i64> = res.take(0).map_err(db_err)?;
             Ok(keys.into_iter().map(|k| k as u64).collect())
+        })?
+    }
+
+    /// What changed after `seq`: records written (key, vector, seq) and keys forgotten.
+    pub fn memory_changes_since_blocking(&self, seq: u64) -> Result<MemoryChanges> {
+        self.block(move |db| async move {
+            let mut res = db
+                .query(
+                    "SELECT key, vector, seq FROM memory WHERE seq > $seq;
+                     SELECT VALUE key FROM memory_tombstone WHERE seq > $seq;",
+                )
+                .bind(("seq", seq as i64))
+                .await
+                .map_err(db_err)?;
+            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+            let gone: Vec<i64> = res.take(1).map_err(db_err)?;
+            let written = rows
+                .into_iter()
+                .map(|r| {
+                    let v = r["vector"]
+                        .as_array()
+                        .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
+                        .unwrap_or_default();
+                    (
+                        r["key"].as_u64().unwrap_or_default(),
+                        v,
+                        r["seq"].as_u64().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            Ok(written_and_gone(written, gone))
         })?
     }
 

@@ -378,6 +378,11 @@ async fn recall_reuse_shared_runs_and_rollback() {
             "function perimeter(self) { return 2 * (self.width + self.height); }",
         ),
         line("BRICK", "Selector: area", GOOD_AREA),
+        line(
+            "BRICK",
+            "Selector: volume",
+            "function volume(self, a, b, c) { return a * b * c; }",
+        ),
     ];
     lines.extend(helpers());
     let app = kernel_app(lines, 0).await;
@@ -435,15 +440,19 @@ async fn recall_reuse_shared_runs_and_rollback() {
     assert_eq!(brick(&after), brick(&before), "BRICK was not asked");
 
     // Two concurrent misses of one selector on one receiver: one run, two answers.
-    let c = app.clone_obj(&proto, json!({"name": "rect c"})).await;
+    let c = app.clone_obj("genesis_obj", json!({"name": "box"})).await;
+    let (_, before) = app.get("/api/personas").await;
     let (x, y) = futures_util::join!(
-        app.send(&c, "area", json!([2, 3])),
-        app.send(&c, "area", json!([4, 4]))
+        app.send(&c, "volume", json!([2, 3, 4])),
+        app.send(&c, "volume", json!([1, 2, 3]))
     );
     assert_eq!(
         (x.1["value"].clone(), y.1["value"].clone()),
-        (json!(6), json!(16))
+        (json!(24), json!(6)),
+        "{x:?} {y:?}"
     );
+    let (_, after) = app.get("/api/personas").await;
+    assert_eq!(brick(&after), brick(&before) + 1, "one generation");
     let (_, records) = app.get(&format!("/api/memory/records?owner={c}")).await;
     assert_eq!(records["total"], 1, "one run remembered once: {records}");
 
