@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/setup.sh
 cargo build --release --locked
-exec ./target/release/telos serve "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/telos" serve "$@"

@@ -118,7 +118,9 @@ nothing else.";
         ));
     }
     if ctx.args.is_empty() {
-        u.push_str("Arguments: none\n\n");
+        u.push_str(
+            "Arguments: none. The function takes only self: read what it needs from self's slots.\n\n",
+        );
     } else {
         u.push_str("Arguments (plain JSON values, passed after self):\n");
         for (i, a) in ctx.args.iter().enumerate() {
