@@ -115,6 +115,22 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     assert.match(await method.textContent(), /kernel/);
     await page.screenshot({ path: join(shots, "inspector.png"), fullPage: true });
 
+    // Memory: the learned method is found by meaning, with its distance and owner.
+    await page.click("nav button[data-view=memory]");
+    await page.locator("#mem-stats", { hasText: "memories" }).waitFor();
+    await page.fill("#mem-q", "area of a rectangle");
+    await page.press("#mem-q", "Enter");
+    const hit = page.locator("#mem-results li.hit").first();
+    await hit.waitFor();
+    assert.match(await hit.textContent(), /distance 0\.\d{3}/);
+    assert.match(await hit.textContent(), new RegExp(oid));
+
+    // Admin: health, the personas and their backends.
+    await page.click("nav button[data-view=admin]");
+    await page.locator("#personas tbody tr", { hasText: "BRICK" }).waitFor();
+    assert.match(await page.locator("#personas tbody").textContent(), /scripted/);
+    await page.locator("#health dd", { hasText: "ok" }).first().waitFor();
+
     // Restart the server on the same port: the page reconnects by itself.
     const port = new URL(server.base).port;
     restarting = true;
