@@ -65,13 +65,7 @@ impl Telos {
                 path,
             ))?),
         };
-        let personas = {
-            let (settings, slot) = (settings.clone(), std::sync::Mutex::new(scripted));
-            SyncArbiter::start(1, move || {
-                let scripted = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                PersonaActor::new(&settings, scripted)
-            })
-        };
+        let personas = start_sync(PersonaActor::new(&settings, scripted));
         let embedder = EmbedClient::start(personas.clone());
         let memory = {
             let (world, embedder) = (world.clone(), embedder.clone());
@@ -81,13 +75,7 @@ impl Telos {
             })
             .await
             .context("opening the memory")??;
-            let slot = std::sync::Mutex::new(Some(actor));
-            SyncArbiter::start(1, move || {
-                slot.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .expect("the memory actor is started once")
-            })
+            start_sync(actor)
         };
         let settings = Arc::new(settings);
         let (stages, _) = tokio::sync::broadcast::channel(1024);
@@ -296,6 +284,21 @@ impl Telos {
             Err(e) => tracing::error!(error = %e, "the memory actor is gone at shutdown"),
         }
     }
+}
+
+/// Starts an already built sync actor on a thread of its own (a one-thread `SyncArbiter`,
+/// whose factory is called once).
+fn start_sync<A>(actor: A) -> Addr<A>
+where
+    A: Actor<Context = SyncContext<A>> + Send,
+{
+    let slot = std::sync::Mutex::new(Some(actor));
+    SyncArbiter::start(1, move || {
+        slot.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("a one-thread arbiter builds its actor once")
+    })
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Reply {

@@ -63,8 +63,8 @@ pub async fn reindex(telos: &Telos, oid: &str, deleted: bool) -> Result<Option<u
     } else {
         chunks_of(telos, oid).await?
     };
+    let retrievable = chunks.is_some();
     let items: Vec<NewMemory> = chunks
-        .clone()
         .unwrap_or_default()
         .into_iter()
         .map(|text| NewMemory {
@@ -84,7 +84,7 @@ pub async fn reindex(telos: &Telos, oid: &str, deleted: bool) -> Result<Option<u
         })
         .await
         .map_err(|e| TelosError::Unavailable(format!("the memory is not running: {e}")))??;
-    Ok(chunks.map(|_| n))
+    Ok(retrievable.then_some(n))
 }
 
 /// The text chunks of `oid` if it is Retrievable, else `None`.

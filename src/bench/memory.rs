@@ -3,7 +3,7 @@
 //! of real MiniLM vectors (of generated sentences); cold start with N records (index load plus
 //! catch-up, nothing re-embedded).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 
@@ -273,6 +273,5 @@ fn cold_start(
         "rebuild from {n} stored vectors (no embedding): {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let _ = Duration::ZERO;
     Ok(())
 }

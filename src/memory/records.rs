@@ -17,8 +17,12 @@ const LIST_FIELDS: &str =
 /// Memories written after a sequence number (key, vector, seq), and the keys forgotten.
 pub type MemoryChanges = (Vec<(u64, Vec<f32>, u64)>, Vec<u64>);
 
-fn written_and_gone(written: Vec<(u64, Vec<f32>, u64)>, gone: Vec<i64>) -> MemoryChanges {
-    (written, gone.into_iter().map(|k| k as u64).collect())
+/// The `vector` field of a memory row.
+fn vector_of(row: &Json) -> Vec<f32> {
+    row["vector"]
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
+        .unwrap_or_default()
 }
 
 fn rows_to_records(rows: Vec<Json>) -> Result<Vec<Record>> {
@@ -91,18 +95,14 @@ impl Store {
             let written = rows
                 .into_iter()
                 .map(|r| {
-                    let v = r["vector"]
-                        .as_array()
-                        .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
-                        .unwrap_or_default();
                     (
                         r["key"].as_u64().unwrap_or_default(),
-                        v,
+                        vector_of(&r),
                         r["seq"].as_u64().unwrap_or_default(),
                     )
                 })
                 .collect();
-            Ok(written_and_gone(written, gone))
+            Ok((written, gone.into_iter().map(|k| k as u64).collect()))
         })?
     }
 
@@ -133,14 +133,7 @@ impl Store {
             let rows: Vec<Json> = res.take(0).map_err(db_err)?;
             Ok(rows
                 .into_iter()
-                .map(|r| {
-                    let key = r["key"].as_u64().unwrap_or_default();
-                    let v = r["vector"]
-                        .as_array()
-                        .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
-                        .unwrap_or_default();
-                    (key, v)
-                })
+                .map(|r| (r["key"].as_u64().unwrap_or_default(), vector_of(&r)))
                 .collect())
         })?
     }
