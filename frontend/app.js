@@ -56,10 +56,12 @@ const outbox = [];
 function setConn(text, cls) { const c = $("#conn"); c.textContent = text; c.className = "conn " + cls; }
 
 function connect() {
-  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws" + (token() ? "?token=" + encodeURIComponent(token()) : "");
+  // The token never goes into the URL (URLs land in logs and history): the first frame carries it.
+  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
   ws = new WebSocket(url);
   ws.onopen = () => {
     wsOpen = true; retry = 500;
+    if (token()) ws.send(json({ type: "auth", token: token() }));
     setConn(everConnected ? "reconnected" : "connected", "ok");
     if (everConnected) systemLine("Reconnected to the server.");
     everConnected = true;
@@ -99,7 +101,7 @@ function systemLine(text) {
   scrollDown();
 }
 
-const STAGE_ORDER = ["gate", "recall", "write", "review", "trial", "repair", "install", "learn", "answer"];
+const STAGE_ORDER = ["gate", "recall", "write", "review", "trial", "repair", "install", "answer", "learn"];
 
 function stageBody(f) {
   const d = f.detail || {};
@@ -137,12 +139,18 @@ function chatEntry(text) {
   }, 100);
   const rows = new Map();
   const begun = new Map(); // stage key -> at_ms of its start
-  const done = () => { clearInterval(tick); spinnerLine.remove(); pending.delete(id); scrollDown(); };
+  // A kernel run remembers what it learned after the answer: its entry keeps listening for the
+  // learn stage until that ends.
+  let finished = false, learning = false;
+  const release = () => { if (finished && !learning) pending.delete(id); };
+  const done = () => { finished = true; clearInterval(tick); spinnerLine.remove(); release(); scrollDown(); };
   const entry = {
     id,
     frame(f) {
       if (f.type === "stage") {
         kernel = true;
+        if (f.stage === "install" && f.status === "done") learning = true;
+        if (f.stage === "learn" && f.status !== "started") { learning = false; setTimeout(release, 0); }
         timeline.hidden = false;
         const key = f.stage + (f.detail && f.detail.reuse !== undefined ? ":reuse" : "") + (f.stage === "repair" ? ":" + (f.detail.round || 0) : "");
         let row = rows.get(key);
@@ -174,7 +182,10 @@ function chatEntry(text) {
         done();
       }
     },
-    fail(message) { answer.className = "answer err"; answer.textContent = "error: " + message; done(); },
+    fail(message) {
+      if (finished) { learning = false; release(); return; }
+      answer.className = "answer err"; answer.textContent = "error: " + message; done();
+    },
   };
   pending.set(id, entry);
   return entry;
@@ -390,3 +401,14 @@ for (const [id, kind] of [["#backup-full", "full"], ["#backup-incr", "incrementa
 // ---------- start ----------
 connect();
 show((location.hash || "#chat").slice(1) || "chat");
+
+// ---------- admin token ----------
+// Kept in this origin's localStorage; sent as "Authorization: Bearer" on REST calls and as the
+// first WebSocket frame. Only needed when the server runs with TELOS_ADMIN_TOKEN.
+$("#token-save").addEventListener("click", () => {
+  const t = $("#token").value.trim();
+  if (t) localStorage.setItem("telos-token", t); else localStorage.removeItem("telos-token");
+  $("#token").value = "";
+  $("#token-status").textContent = t ? "token saved; reconnecting" : "token cleared";
+  if (ws) ws.close();
+});

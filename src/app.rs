@@ -15,7 +15,7 @@ use crate::actors::directory::{Activate, Directory, LiveCount};
 use crate::actors::kernel::{GenerativeKernel, KernelDeps, Progress, StageEvent, Understand};
 use crate::actors::memory::{self, MemoryActor};
 use crate::actors::object::{Dispatch, Reply};
-use crate::actors::persona::{self, EmbedClient, PersonaActor};
+use crate::actors::persona::{EmbedClient, EmbedderActor, PersonaActor, PersonaBoard};
 use crate::config::Settings;
 use crate::error::{Result, TelosError};
 use crate::exec::Executor;
@@ -28,8 +28,10 @@ use crate::world::World;
 #[derive(Clone)]
 pub struct Telos {
     pub world: Arc<World>,
-    /// The model host (embedder now; persona language models later).
+    /// The persona language models (generation).
     pub personas: Addr<PersonaActor>,
+    /// What the personas are doing, readable without waiting for a generation.
+    pub persona_board: PersonaBoard,
     /// Embeds through the model host, micro-batched.
     pub embedder: EmbedClient,
     /// Memory records and the vector index over them.
@@ -58,15 +60,27 @@ impl Telos {
         })
         .await
         .context("opening the store")??;
-        let exec = Executor::start(world.clone(), settings.limits(), settings.script_threads)?;
+        let exec = Executor::start(
+            world.clone(),
+            settings.limits(),
+            settings.script_threads,
+            settings.script_queue,
+        )?;
         let scripted = match settings.scripted_personas.as_str() {
             "" => None,
             path => Some(crate::llm::scripted::Scripted::load(std::path::Path::new(
                 path,
             ))?),
         };
-        let personas = start_sync(PersonaActor::new(&settings, scripted));
-        let embedder = EmbedClient::start(personas.clone());
+        let persona_board = PersonaBoard::new(&settings);
+        let personas = start_sync(PersonaActor::new(
+            &settings,
+            scripted,
+            persona_board.clone(),
+        ));
+        // The embedder has a thread of its own: recall and search never wait for a generation.
+        let embedder =
+            EmbedClient::start(start_sync(EmbedderActor::new(&settings, &persona_board)));
         let memory = {
             let (world, embedder) = (world.clone(), embedder.clone());
             let (path, every) = (settings.memory_index_path(), settings.memory_save_every);
@@ -101,6 +115,7 @@ impl Telos {
         Ok(Telos {
             world,
             personas,
+            persona_board,
             embedder,
             memory,
             stages,
@@ -118,6 +133,14 @@ impl Telos {
 
     /// [`Telos::call`], streaming kernel stages to `progress` if the operation misses.
     pub async fn call_with(&self, target: &str, op: Op, progress: Option<Progress>) -> Reply {
+        if let Op::Send { selector, .. } = &op
+            && let Err(e) = crate::object::validate_selector(selector)
+        {
+            return Reply {
+                result: Err(e),
+                logs: Vec::new(),
+            };
+        }
         if let Op::Send { selector, args } = &op
             && let Some(result) = self.native(target, selector, args).await
         {
@@ -240,7 +263,7 @@ impl Telos {
     pub async fn health(&self) -> Result<Json> {
         let objects = self.world.store().count().await?;
         let live = self.directory.send(LiveCount).await.unwrap_or(0);
-        let personas = self.personas.send(persona::Status).await.ok();
+        let personas = Some(self.persona_board.status());
         let memory = self.memory.send(memory::Stats).await.ok();
         let backups = crate::backup::list(&self.settings.backup_dir).unwrap_or_default();
         let last_of = |kind: crate::backup::Kind| {

@@ -84,10 +84,14 @@ pub struct Manifest {
     /// is rebuilt from the restored records (never re-embedded) when the server starts.
     pub embedder: Option<String>,
     pub duration_ms: u64,
+    /// The identity of the world backed up (empty in backups older than identities).
+    #[serde(default)]
+    pub world: String,
 }
 
 /// How many backups to keep (grandfather-father-son).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Retention {
     pub keep_full: usize,
     pub keep_incremental_days: i64,
@@ -123,7 +127,22 @@ pub async fn take(
 }
 
 /// [`take`], copying the memory index file at `index` (and its sidecar) into full backups.
+/// A failed backup leaves nothing behind (its half-written directory is removed).
 pub async fn take_with_index(
+    store: &Store,
+    dir: &Path,
+    kind: Kind,
+    now: DateTime<Utc>,
+    index: Option<&Path>,
+) -> anyhow::Result<Manifest> {
+    let taken = write_backup(store, dir, kind, now, index).await;
+    if taken.is_err() {
+        remove_leftovers(dir);
+    }
+    taken
+}
+
+async fn write_backup(
     store: &Store,
     dir: &Path,
     kind: Kind,
@@ -133,10 +152,14 @@ pub async fn take_with_index(
     let started = Instant::now();
     fs::create_dir_all(dir).with_context(|| format!("creating backup dir {}", dir.display()))?;
     let existing = list(dir)?;
-    let previous = existing.last().cloned();
+    let world = store.world_id().await?;
+    // Only this world's backups can be built on (a backup dir may hold another world's).
+    let previous = existing.iter().rev().find(|m| m.world == world).cloned();
     let kind = match (kind, &previous) {
         (Kind::Incremental, None) => {
-            tracing::info!("no full backup yet: taking a full backup instead of an incremental");
+            tracing::info!(
+                "no full backup of this world yet: taking a full backup instead of an incremental"
+            );
             Kind::Full
         }
         (k, _) => k,
@@ -218,6 +241,7 @@ pub async fn take_with_index(
         total_memories: changes.total_memories,
         embedder: Some(crate::embed::EMBEDDER_ID.to_string()),
         duration_ms: started.elapsed().as_millis() as u64,
+        world,
     };
     write_atomic(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
     fsync_dir(&tmp)?;
@@ -304,7 +328,19 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<Manifest>> {
         if name.starts_with('.') || !entry.path().join(MANIFEST).exists() {
             continue;
         }
-        out.push(read_manifest(&entry.path())?);
+        // One damaged manifest must not stop every later backup: report it and go on.
+        match read_manifest(&entry.path()) {
+            Ok(m) if m.id == name => out.push(m),
+            Ok(m) => tracing::warn!(
+                dir = %entry.path().display(),
+                id = %m.id,
+                "a backup manifest names another id than its directory: skipped"
+            ),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "an unreadable backup manifest: skipped"
+            ),
+        }
     }
     out.sort_by(|a, b| (a.seq_to, &a.id).cmp(&(b.seq_to, &b.id)));
     Ok(out)
@@ -360,6 +396,9 @@ pub fn check_files(dir: &Path, m: &Manifest) -> anyhow::Result<()> {
 /// The chain that restores to `id` (default: the newest backup): its full, then each
 /// incremental up to `id`, in order.
 pub fn chain(dir: &Path, id: Option<&str>) -> anyhow::Result<Vec<Manifest>> {
+    if let Some(id) = id {
+        validate_id(id)?;
+    }
     let all = list(dir)?;
     let target = match id {
         Some(id) => all
@@ -450,6 +489,14 @@ pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<
         store.apply(changes).await?;
     }
     let last = chain.last().expect("a chain is never empty").clone();
+    ensure!(
+        chain.iter().all(|m| m.world == chain[0].world),
+        "backup {} chains backups of different worlds: it cannot be restored",
+        last.id
+    );
+    if !chain[0].world.is_empty() {
+        store.set_world_id(&chain[0].world).await?;
+    }
     // The full's index files, if it has them: the server loads them at start and catches up
     // with the incrementals' records.
     let full = &chain[0];
@@ -510,6 +557,7 @@ async fn index_agreement(data: &Path) -> anyhow::Result<String> {
 /// directory, and the restored index against the restored records. The result is recorded
 /// beside the backup.
 pub async fn verify(dir: &Path, id: &str, now: DateTime<Utc>) -> anyhow::Result<Verification> {
+    validate_id(id)?;
     let scratch = std::env::temp_dir().join(format!(
         "telos-verify-{}-{}",
         std::process::id(),
@@ -594,6 +642,71 @@ pub fn path_of(dir: &Path, id: &str) -> PathBuf {
     dir.join(id)
 }
 
+/// Checks that `id` is a backup id as [`take`] makes them (`20260101T030000123Z-full`), so it
+/// can never name a path outside the backup directory.
+pub fn validate_id(id: &str) -> anyhow::Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !id.starts_with('-');
+    if !ok {
+        anyhow::bail!(
+            "{:?} is not a backup id (letters, digits, '-' and '_', e.g. 20260101T030000123Z-full)",
+            id.chars().take(80).collect::<String>()
+        );
+    }
+    Ok(())
+}
+
+/// Exchanges two directories in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`): at every
+/// instant each path names a complete directory, so an interrupted restore never leaves the
+/// data directory missing or half-written.
+pub fn exchange_dirs(a: &Path, b: &Path) -> anyhow::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes()).context("a path with a NUL byte")?;
+    let cb = CString::new(b.as_os_str().as_bytes()).context("a path with a NUL byte")?;
+    // SAFETY: both are valid NUL-terminated paths; the call reads them only.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("exchanging {} and {}", a.display(), b.display()));
+    }
+    if let Some(parent) = b.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Removes half-written backups (`.tmp-*`) left by a crash or a failed run.
+pub fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            match fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "removed a half-written backup")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %entry.path().display(), "could not remove a half-written backup")
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,6 +728,31 @@ mod tests {
             total_objects: 0,
             embedder: None,
             duration_ms: 0,
+            world: "w".into(),
+        }
+    }
+
+    #[test]
+    fn backup_ids_cannot_name_other_paths() {
+        for good in [
+            "20260101T030000123Z-full",
+            "20260101T030000123Z-incrx",
+            "a_b-1",
+        ] {
+            assert!(validate_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            "-rf",
+            "x\0y",
+            ".tmp-x",
+            &"a".repeat(65),
+        ] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
         }
     }
 

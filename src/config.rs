@@ -30,8 +30,13 @@ pub struct Settings {
     pub db_pass: String,
     pub db_namespace: String,
     pub db_database: String,
-    /// Required for REST writes and WebSocket when binding to a non-loopback address.
+    /// The admin token: required to bind beyond loopback; with it set, writes, the WebSocket,
+    /// embeddings (and off loopback every read but the health check and the page) need
+    /// `Authorization: Bearer TOKEN`. See SECURITY.md.
     pub admin_token: String,
+    /// Extra host names this server answers to (comma-separated), besides the loopback names
+    /// and the bind address: requests naming any other `Host` are refused (DNS rebinding).
+    pub allowed_hosts: String,
     /// `local`, `ollama`, `openai` or `scripted` (used by the personas).
     pub persona_backend: String,
     /// File of the scripted persona backend (tests only).
@@ -87,6 +92,25 @@ pub struct Settings {
     pub max_call_depth: usize,
     /// Compiled methods cached per script thread.
     pub method_cache: usize,
+    /// Bytes one top-level message may write in all (slot values and sources), KiB.
+    pub max_write_kib: usize,
+    /// Largest single slot value, KiB.
+    pub max_slot_kib: usize,
+    /// Objects one top-level message may create.
+    pub max_objects_per_message: usize,
+    /// Runs of one message whose reads went stale before it gives up (all within wall_time_ms).
+    pub max_reruns: usize,
+    /// Messages that may wait for a script thread before new ones are answered `busy`.
+    pub script_queue: usize,
+    /// Open HTTP/WebSocket connections at most.
+    pub max_connections: usize,
+    /// Messages in flight per WebSocket connection.
+    pub ws_inflight: usize,
+    /// Subscriptions per WebSocket connection.
+    pub ws_subscriptions: usize,
+    /// Kernel runs at once (more wait their turn), and kernel runs started per minute.
+    pub kernel_concurrent_runs: usize,
+    pub kernel_runs_per_minute: usize,
     /// Largest WebSocket frame or REST body, KiB.
     pub max_frame_kib: usize,
     /// WebSocket frames per second allowed per connection (burst: twice this).
@@ -111,6 +135,7 @@ impl Default for Settings {
             db_namespace: "telos".into(),
             db_database: "world".into(),
             admin_token: String::new(),
+            allowed_hosts: String::new(),
             persona_backend: "local".into(),
             scripted_personas: String::new(),
             persona_model: String::new(),
@@ -142,6 +167,16 @@ impl Default for Settings {
             output_kib: 1024,
             max_call_depth: 100,
             method_cache: 4096,
+            max_write_kib: 16 << 10,
+            max_slot_kib: 1024,
+            max_objects_per_message: 1000,
+            max_reruns: 32,
+            script_queue: crate::exec::DEFAULT_QUEUE,
+            max_connections: 4096,
+            ws_inflight: 256,
+            ws_subscriptions: 1024,
+            kernel_concurrent_runs: 1,
+            kernel_runs_per_minute: 30,
             max_frame_kib: 1024,
             ws_rate_per_sec: 500,
             log: "info".into(),
@@ -161,6 +196,7 @@ const ENV: &[&str] = &[
     "db_namespace",
     "db_database",
     "admin_token",
+    "allowed_hosts",
     "persona_backend",
     "scripted_personas",
     "persona_model",
@@ -188,6 +224,16 @@ const ENV: &[&str] = &[
     "output_kib",
     "max_call_depth",
     "method_cache",
+    "max_write_kib",
+    "max_slot_kib",
+    "max_objects_per_message",
+    "max_reruns",
+    "script_queue",
+    "max_connections",
+    "ws_inflight",
+    "ws_subscriptions",
+    "kernel_concurrent_runs",
+    "kernel_runs_per_minute",
     "max_frame_kib",
     "ws_rate_per_sec",
     "log",
@@ -269,6 +315,13 @@ impl Settings {
             output_bytes: self.output_kib << 10,
             max_depth: self.max_call_depth,
             cache_capacity: self.method_cache,
+            budget: crate::world::Budget {
+                write_bytes: self.max_write_kib << 10,
+                slot_bytes: self.max_slot_kib << 10,
+                objects: self.max_objects_per_message,
+                ..crate::world::Budget::default()
+            },
+            max_attempts: self.max_reruns.max(1),
         }
     }
 

@@ -22,16 +22,24 @@ struct Job {
     reply: oneshot::Sender<Outcome>,
 }
 
+/// Operations that may wait for a script thread before new ones are refused as `busy`.
+pub const DEFAULT_QUEUE: usize = 10_000;
+
 /// A handle on the script threads. Cheap to clone; the threads stop when every handle is gone.
 #[derive(Clone)]
 pub struct Executor {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
 }
 
 impl Executor {
-    /// Starts `threads` script threads over `world`.
-    pub fn start(world: Arc<World>, limits: Limits, threads: usize) -> anyhow::Result<Executor> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+    /// Starts `threads` script threads over `world`, with room for `queue` waiting operations.
+    pub fn start(
+        world: Arc<World>,
+        limits: Limits,
+        threads: usize,
+        queue: usize,
+    ) -> anyhow::Result<Executor> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(queue.max(1));
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads.max(1) {
             let queue = queue.clone();
@@ -41,7 +49,7 @@ impl Executor {
                 .name(format!("telos-script-{i}"))
                 .stack_size(SCRIPT_THREAD_STACK)
                 .spawn(move || {
-                    let engine = match Engine::new(world, limits) {
+                    let mut engine = match Engine::new(world.clone(), limits) {
                         Ok(engine) => {
                             let _ = ready_tx.send(Ok(()));
                             engine
@@ -62,6 +70,16 @@ impl Executor {
                         let outcome = engine.run(&job.target, &job.op);
                         // The caller may have gone away (client disconnected): nothing to do.
                         let _ = job.reply.send(outcome);
+                        if engine.spoiled() {
+                            drop(engine);
+                            engine = match Engine::new(world.clone(), limits) {
+                                Ok(e) => e,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "could not replace a script engine; this script thread stops");
+                                    return;
+                                }
+                            };
+                        }
                     }
                 })
                 .context("starting a script thread")?;
@@ -72,16 +90,25 @@ impl Executor {
         Ok(Executor { jobs })
     }
 
+    fn submit(&self, job: Job) -> Result<()> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => TelosError::Unavailable(
+                "busy: too many messages are waiting for a script thread; try again shortly".into(),
+            ),
+            mpsc::TrySendError::Disconnected(_) => {
+                TelosError::Unavailable("the script threads have stopped".into())
+            }
+        })
+    }
+
     /// Runs one top-level operation on `target` and waits for its outcome.
     pub async fn run(&self, target: &str, op: Op) -> Result<Outcome> {
         let (reply, outcome) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                target: target.to_string(),
-                op,
-                reply,
-            })
-            .map_err(|_| TelosError::Unavailable("the script threads have stopped".into()))?;
+        self.submit(Job {
+            target: target.to_string(),
+            op,
+            reply,
+        })?;
         outcome
             .await
             .map_err(|_| TelosError::Internal("a script thread stopped mid-operation".into()))
@@ -90,13 +117,11 @@ impl Executor {
     /// Runs one operation from a plain thread (benchmarks, tools).
     pub fn run_blocking(&self, target: &str, op: Op) -> Result<Outcome> {
         let (reply, outcome) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                target: target.to_string(),
-                op,
-                reply,
-            })
-            .map_err(|_| TelosError::Unavailable("the script threads have stopped".into()))?;
+        self.submit(Job {
+            target: target.to_string(),
+            op,
+            reply,
+        })?;
         outcome
             .blocking_recv()
             .map_err(|_| TelosError::Internal("a script thread stopped mid-operation".into()))

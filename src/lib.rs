@@ -11,12 +11,18 @@
 //! - [`line`]: the chat syntax `target.selector(args)`.
 //! - [`memory`]: memory records, the usearch index over them, the semantic chunker.
 //! - [`embed`]: the MiniLM sentence embedder on libtorch.
-//! - [`kernel`]: the generative kernel's answer parsing, static checks and prompts.
+//! - [`kernel`]: the generative kernel: its stages as a pipeline over four small ports
+//!   (personas, memory, sandbox, facts), the answer parsing, static checks and prompts.
 //! - [`llm`]: the persona language-model backends (llama.cpp, Ollama, OpenAI-compatible, scripted).
 //!
 //! Actors ([`actors`]) own the cores and talk in typed messages:
 //! HTTP/WS → [`app::Telos`] → `Directory` (oid → `ObjectActor`) → `ObjectActor` (one mailbox per
-//! object) → script threads → world → store; a miss goes `ObjectActor` → kernel (`Understand`).
+//! object) → script threads → world → store; a miss goes `ObjectActor` → kernel (`Understand`),
+//! whose pipeline asks `PersonaActor` (generation) and `MemoryActor` (which embeds through
+//! `EmbedderActor`, on a thread of its own so recall never waits for a generation).
+//!
+//! Edges guard themselves: [`http::guard`] checks every request's Host, Origin, content type and
+//! token before any handler runs (see SECURITY.md).
 //!
 //! Edges: [`http`] (REST, WebSocket, the page), [`app`] (the one startup path), [`config`]
 //! (file → env → flags), [`bench`] (printed figures).

@@ -76,6 +76,27 @@ enum Command {
         #[arg(long)]
         backup_dir: Option<PathBuf>,
     },
+    /// Drive WebSocket clients against a running server and report errors, latency and the
+    /// server's memory (ops/soak.sh starts a server and runs this).
+    Soak {
+        /// Server to talk to (default: http:// + TELOS_BIND).
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Milliseconds each client waits between round trips.
+        #[arg(long, default_value_t = 100)]
+        pause_ms: u64,
+        /// The server's process id (its memory is read from /proc).
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Exchange two directories atomically (used by ops/restore.sh to swap a restored data
+    /// directory in: at every instant both paths hold a complete directory).
+    #[command(hide = true)]
+    SwapDirs { a: PathBuf, b: PathBuf },
     /// Measure the server and print the figures.
     Bench {
         /// Messages per in-process measurement.
@@ -94,6 +115,13 @@ enum Command {
         /// persona backend.
         #[arg(long)]
         kernel: bool,
+        /// Instead: the learning benchmark over a families file (e.g. bench/families.json),
+        /// once with recall on and once with recall_k = 0.
+        #[arg(long)]
+        learning: Option<PathBuf>,
+        /// With --learning: only the first N families.
+        #[arg(long)]
+        families: Option<usize>,
     },
 }
 
@@ -145,6 +173,12 @@ fn main() -> ExitCode {
                 .block_on(telos::bench::cli_reindex(&server, objects, &settings))
         }
         Command::Verify { id, backup_dir } => {
+            if let Some(id) = &id
+                && let Err(e) = telos::backup::validate_id(id)
+            {
+                eprintln!("telos: {e:#}");
+                return ExitCode::from(2);
+            }
             let dir = backup_dir.unwrap_or(settings.backup_dir);
             actix_web::rt::System::new().block_on(cli_verify(dir, id))
         }
@@ -162,9 +196,29 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Soak {
+            server,
+            clients,
+            minutes,
+            pause_ms,
+            pid,
+        } => telos::bench::soak::run(telos::bench::soak::Soak {
+            server: server.unwrap_or_else(|| format!("http://{}", settings.bind)),
+            clients,
+            minutes,
+            pause: std::time::Duration::from_millis(pause_ms),
+            pid,
+            token: settings.admin_token.clone(),
+        }),
+        Command::SwapDirs { a, b } => telos::backup::exchange_dirs(&a, &b),
         Command::Bench {
             memory: Some(n), ..
         } => telos::bench::memory::run(&settings.models_dir, n),
+        Command::Bench {
+            learning: Some(file),
+            families,
+            ..
+        } => telos::bench::learning::run(settings, &file, families),
         Command::Bench { kernel: true, .. } => telos::bench::kernel::run(settings),
         Command::Bench {
             backup_objects: Some(n),

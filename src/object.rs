@@ -29,6 +29,78 @@ pub const PRIMORDIAL: [&str; 5] = [
     "Retrievable",
 ];
 
+/// Slots of the manager objects that hold their policy and results: written only by the
+/// server itself (through the admin endpoints), never by a message.
+pub const SYSTEM_SLOTS: [(&str, &[&str]); 1] = [(
+    "backup_manager",
+    &[
+        "schedule",
+        "retention",
+        "last_full",
+        "last_incremental",
+        "last_verify",
+        PARENTS_SLOT,
+    ],
+)];
+
+/// The messages the manager objects answer natively; no slot may shadow them.
+pub const NATIVE_MESSAGES: [(&str, &[&str]); 2] = [
+    (
+        "memory_manager",
+        &["search", "count", "reindex", PARENTS_SLOT],
+    ),
+    ("backup_manager", &["list", "status", "backup", "verify"]),
+];
+
+/// Refuses a message's write to a manager object's policy slot or native message.
+pub fn guard_system_slot(oid: &str, name: &str) -> Result<()> {
+    let listed = |table: &[(&str, &[&str])]| {
+        table
+            .iter()
+            .any(|(o, names)| *o == oid && names.contains(&name))
+    };
+    if listed(&SYSTEM_SLOTS) {
+        return Err(TelosError::Forbidden(format!(
+            "{oid}.{name} is server policy: change it through the admin API (e.g. PUT /api/backups/schedule or /api/backups/retention), not with a message"
+        )));
+    }
+    if listed(&NATIVE_MESSAGES) {
+        return Err(TelosError::Forbidden(format!(
+            "{oid}.{name} is answered by the server itself and cannot be replaced"
+        )));
+    }
+    Ok(())
+}
+
+/// The longest selector accepted.
+pub const MAX_SELECTOR: usize = 128;
+
+/// Checks a selector as given by a client or a method: an identifier (letters, digits, `_`, `$`,
+/// not starting with a digit; a setter ends in `_`), at most [`MAX_SELECTOR`] characters.
+pub fn validate_selector(selector: &str) -> Result<()> {
+    let shown = || selector.chars().take(60).collect::<String>();
+    if selector.is_empty() {
+        return Err(TelosError::BadRequest("the selector is empty".into()));
+    }
+    if selector.len() > MAX_SELECTOR {
+        return Err(TelosError::BadRequest(format!(
+            "the selector {:?}… is longer than {MAX_SELECTOR} characters",
+            shown()
+        )));
+    }
+    let mut chars = selector.chars();
+    let first = chars.next().expect("not empty");
+    let ok = (first.is_ascii_alphabetic() || first == '_' || first == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+    if !ok {
+        return Err(TelosError::BadRequest(format!(
+            "the selector {:?} is not an identifier (letters, digits, _ and $, not starting with a digit)",
+            shown()
+        )));
+    }
+    Ok(())
+}
+
 /// A method: JavaScript source plus what we know about where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Method {

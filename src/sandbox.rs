@@ -40,6 +40,11 @@ pub struct Limits {
     pub max_depth: usize,
     /// Compiled methods kept per script thread.
     pub cache_capacity: usize,
+    /// What one top-level operation may write (bytes, slot size, objects created).
+    pub budget: crate::world::Budget,
+    /// Runs of one operation whose reads went stale before it gives up (all within
+    /// `wall_time`).
+    pub max_attempts: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +56,8 @@ impl Default for Limits {
             output_bytes: 1 << 20,
             max_depth: 100,
             cache_capacity: 4096,
+            budget: crate::world::Budget::default(),
+            max_attempts: 32,
         }
     }
 }
@@ -72,6 +79,12 @@ pub enum Op {
         name: String,
         value: Json,
     },
+    /// Set a value slot as the server itself (the admin endpoints): may write the managers'
+    /// policy slots, which no message may.
+    SystemSet {
+        name: String,
+        value: Json,
+    },
     /// Install (or replace) a method; its source is compiled first.
     SetMethod {
         name: String,
@@ -81,6 +94,13 @@ pub enum Op {
         name: String,
     },
     Delete,
+    /// Send a message that may change nothing (background work such as a Retrievable's
+    /// `to_text_chunks`): any write fails it, nothing is committed, and a miss is an error
+    /// rather than a kernel run.
+    Query {
+        selector: String,
+        args: Vec<Json>,
+    },
     /// Compile a method without installing it (the kernel's review).
     Check {
         name: String,
@@ -107,7 +127,7 @@ pub enum Op {
 impl Op {
     /// Operations that never commit.
     fn is_dry(&self) -> bool {
-        matches!(self, Op::Check { .. } | Op::Trial { .. })
+        matches!(self, Op::Check { .. } | Op::Trial { .. } | Op::Query { .. })
     }
 }
 
@@ -161,6 +181,9 @@ thread_local! {
     static COMPILED: RefCell<Option<LruCache<String, Persistent<Function<'static>>>>> =
         const { RefCell::new(None) };
     static INVOKE: RefCell<Option<Persistent<Function<'static>>>> = const { RefCell::new(None) };
+    /// Deep-freezes a value (the prelude's `harden`): compiled methods are frozen so that no
+    /// state can be kept on a function object from one message to the next.
+    static HARDEN: RefCell<Option<Persistent<Function<'static>>>> = const { RefCell::new(None) };
 }
 
 fn with_exec<R>(f: impl FnOnce(&mut Exec) -> R) -> R {
@@ -211,8 +234,62 @@ const PRELUDE: &str = r#"
     ref(host.clone(target === undefined ? host.current() : idOf(target), encode(slots === undefined ? {} : slots)));
   globalThis.log = (...parts) =>
     host.log(parts.map((p) => typeof p === "string" ? p : encode(p)).join(" "));
-  Object.freeze(globalThis);
-  return (f, oid, argsJson) => encode(f(ref(oid), ...decode(argsJson)));
+  // Lockdown: every built-in reachable from the global object (constructors, prototypes,
+  // JSON, Math, Reflect, accessors included) is frozen, so no message can change what a later
+  // message computes. Methods compiled later are frozen too (see harden below).
+  const seen = new WeakSet();
+  const harden = (root) => {
+    const todo = [root];
+    while (todo.length > 0) {
+      const o = todo.pop();
+      if ((typeof o !== "object" && typeof o !== "function") || o === null || seen.has(o)) continue;
+      seen.add(o);
+      Object.freeze(o);
+      todo.push(Object.getPrototypeOf(o));
+      for (const k of Reflect.ownKeys(o)) {
+        const d = Reflect.getOwnPropertyDescriptor(o, k);
+        if (d === undefined) continue;
+        if ("value" in d) todo.push(d.value);
+        if (d.get) todo.push(d.get);
+        if (d.set) todo.push(d.set);
+      }
+    }
+    return root;
+  };
+  // Freezing a prototype makes its data properties read-only for every object that inherits
+  // them, so `err.message = m` or `obj.toString = f` would throw (the "override mistake").
+  // These common ones become accessors whose setter gives the object an own property.
+  const tame = (proto, key) => {
+    const d = Reflect.getOwnPropertyDescriptor(proto, key);
+    if (d === undefined || !("value" in d) || !d.configurable) return;
+    const value = d.value;
+    Object.defineProperty(proto, key, {
+      get() { return value; },
+      set(v) {
+        if (this === proto) throw new TypeError("built-ins are frozen: " + String(key));
+        Object.defineProperty(this, key, { value: v, writable: true, enumerable: true, configurable: true });
+      },
+      enumerable: d.enumerable,
+      configurable: false,
+    });
+  };
+  const errors = [Error, TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError,
+    typeof AggregateError === "function" ? AggregateError : Error];
+  for (const E of errors) for (const k of ["message", "name", "constructor", "toString"]) tame(E.prototype, k);
+  for (const P of [Object.prototype, Array.prototype, Function.prototype, Promise.prototype])
+    for (const k of ["constructor", "toString", "valueOf", "toLocaleString", "name"]) tame(P, k);
+  // Prototypes reached only through syntax, not through a global name.
+  harden(Object.getPrototypeOf(function* () {}));
+  harden(Object.getPrototypeOf(async function () {}));
+  harden(Object.getPrototypeOf(async function* () {}));
+  harden(Object.getPrototypeOf([][Symbol.iterator]()));
+  harden(Object.getPrototypeOf(""[Symbol.iterator]()));
+  harden(Object.getPrototypeOf(new Map()[Symbol.iterator]()));
+  harden(Object.getPrototypeOf(new Set()[Symbol.iterator]()));
+  harden(Object.getPrototypeOf(/x/[Symbol.matchAll]("")));
+  harden(globalThis);
+  const invoke = (f, oid, argsJson) => encode(f(ref(oid), ...decode(argsJson)));
+  return { invoke, harden };
 })
 "#;
 
@@ -220,6 +297,9 @@ const PRELUDE: &str = r#"
 pub struct Engine {
     world: Arc<World>,
     limits: Limits,
+    /// Jobs were left queued that could not be run or dropped: the thread must make a new
+    /// engine before the next operation.
+    spoiled: Cell<bool>,
     // Field order matters: the context must go before the runtime.
     ctx: Context,
     rt: Runtime,
@@ -239,10 +319,17 @@ impl Engine {
             let prelude: Function = ctx
                 .eval(PRELUDE)
                 .map_err(|e| anyhow::anyhow!("prelude: {e}"))?;
-            let invoke: Function = prelude
+            let exported: Object = prelude
                 .call((host,))
                 .map_err(|e| anyhow::anyhow!("prelude: {e}"))?;
+            let invoke: Function = exported
+                .get("invoke")
+                .map_err(|e| anyhow::anyhow!("prelude: {e}"))?;
+            let harden: Function = exported
+                .get("harden")
+                .map_err(|e| anyhow::anyhow!("prelude: {e}"))?;
             INVOKE.with(|i| *i.borrow_mut() = Some(Persistent::save(&ctx, invoke)));
+            HARDEN.with(|h| *h.borrow_mut() = Some(Persistent::save(&ctx, harden)));
             Ok(())
         })?;
         let capacity = NonZeroUsize::new(limits.cache_capacity.max(1)).expect("max(1)");
@@ -250,6 +337,7 @@ impl Engine {
         Ok(Engine {
             world,
             limits,
+            spoiled: Cell::new(false),
             ctx,
             rt,
         })
@@ -257,9 +345,20 @@ impl Engine {
 
     /// Runs one top-level operation on `target` to its end, committing it if it succeeds.
     pub fn run(&self, target: &str, op: &Op) -> Outcome {
-        const MAX_ATTEMPTS: usize = 32;
-        for attempt in 0..MAX_ATTEMPTS {
-            let (result, exec) = self.attempt(target, op);
+        // One wall-time budget for the whole operation: a re-run never gets a fresh one.
+        let deadline = Instant::now() + self.limits.wall_time;
+        let attempts = self.limits.max_attempts.max(1);
+        for attempt in 0..attempts {
+            if attempt > 0 && Instant::now() >= deadline {
+                return Outcome::Failed {
+                    error: TelosError::LimitExceeded(format!(
+                        "{target}: wall time limit of {} ms used up by {attempt} runs that conflicted with other messages",
+                        self.limits.wall_time.as_millis()
+                    )),
+                    logs: Vec::new(),
+                };
+            }
+            let (result, exec) = self.attempt(target, op, deadline);
             let Exec {
                 txn, logs, miss, ..
             } = exec;
@@ -291,16 +390,36 @@ impl Engine {
         }
         Outcome::Failed {
             error: TelosError::Conflict(format!(
-                "{target}: gave up after {MAX_ATTEMPTS} attempts, other messages kept changing the objects it reads"
+                "{target}: gave up after {attempts} attempts, other messages kept changing the objects it reads"
             )),
             logs: Vec::new(),
         }
     }
 
-    fn attempt(&self, target: &str, op: &Op) -> (Result<Json>, Exec) {
+    /// Whether this engine must be replaced before it runs another operation.
+    pub fn spoiled(&self) -> bool {
+        self.spoiled.get()
+    }
+
+    /// Past the deadline every job is interrupted as soon as it starts; a job that keeps
+    /// queueing others is bounded here, and if some remain the engine is replaced.
+    fn discard_jobs(&self) {
+        for _ in 0..10_000 {
+            if !self.rt.is_job_pending() {
+                return;
+            }
+            let _ = self.rt.execute_pending_job();
+        }
+        if self.rt.is_job_pending() {
+            tracing::warn!("promise jobs outlived their message: replacing the script engine");
+            self.spoiled.set(true);
+        }
+    }
+
+    fn attempt(&self, target: &str, op: &Op, deadline: Instant) -> (Result<Json>, Exec) {
         EXEC.with(|e| {
             *e.borrow_mut() = Some(Exec {
-                txn: Txn::new(self.world.clone()),
+                txn: Txn::with_budget(self.world.clone(), self.limits.budget),
                 limits: self.limits,
                 stack: Vec::new(),
                 logs: Vec::new(),
@@ -311,8 +430,43 @@ impl Engine {
                 stack_base: stack_address(),
             })
         });
-        DEADLINE.with(|d| d.set(Some(Instant::now() + self.limits.wall_time)));
+        DEADLINE.with(|d| d.set(Some(deadline)));
         let result = self.ctx.with(|ctx| run_op(&ctx, target, op));
+        // Promise jobs a method queued belong to its message: they run now, under the same
+        // deadline and transaction, so nothing it started can run during a later message.
+        let mut result = result;
+        // Jobs act for the message's receiver (`self.x = v` in a callback writes it).
+        with_exec(|x| {
+            x.stack
+                .push((target.to_string(), "<promise job>".to_string()))
+        });
+        while self.rt.is_job_pending() {
+            if let Err(e) = self.rt.execute_pending_job() {
+                let message = e.0.with(|ctx| {
+                    let caught = ctx.catch();
+                    caught
+                        .as_exception()
+                        .and_then(|x| x.message())
+                        .unwrap_or_else(|| "an exception".to_string())
+                });
+                if result.is_ok() && with_exec(|x| x.fatal.is_none()) {
+                    result = Err(TelosError::MethodError(format!(
+                        "{target}: a promise job failed: {message}"
+                    )));
+                }
+                if Instant::now() >= deadline {
+                    with_exec(|x| {
+                        x.fatal.get_or_insert(TelosError::LimitExceeded(format!(
+                            "{target}: promise jobs ran past the wall time limit of {} ms",
+                            self.limits.wall_time.as_millis()
+                        )));
+                    });
+                    self.discard_jobs();
+                    break;
+                }
+            }
+        }
+        with_exec(|x| x.stack.pop());
         DEADLINE.with(|d| d.set(None));
         self.rt.run_gc();
         let exec = EXEC.with(|e| e.borrow_mut().take()).expect("set above");
@@ -331,18 +485,37 @@ impl Drop for Engine {
         // Persistent handles must be released while their runtime is alive.
         COMPILED.with(|c| c.borrow_mut().take());
         INVOKE.with(|i| i.borrow_mut().take());
+        HARDEN.with(|h| h.borrow_mut().take());
     }
 }
 
 fn run_op(ctx: &Ctx<'_>, target: &str, op: &Op) -> Result<Json> {
     match op {
         Op::Send { selector, args } => dispatch(ctx, target, selector, args.clone()),
+        Op::Query { selector, args } => {
+            let value = dispatch(ctx, target, selector, args.clone())?;
+            let written = with_exec(|e| e.txn.written());
+            if !written.is_empty() {
+                return Err(TelosError::MethodError(format!(
+                    "{target}.{selector} runs read-only but changed {}",
+                    written.join(", ")
+                )));
+            }
+            Ok(value)
+        }
         Op::Clone { slots } => {
             let oid = with_exec(|e| e.txn.clone_object(target, slots.clone()))?;
             Ok(json!({ "oid": oid }))
         }
         Op::SetValue { name, value } => {
             with_exec(|e| e.txn.set_slot(target, name, Slot::Value(value.clone())))?;
+            Ok(Json::Null)
+        }
+        Op::SystemSet { name, value } => {
+            with_exec(|e| {
+                e.txn.set_system();
+                e.txn.set_slot(target, name, Slot::Value(value.clone()))
+            })?;
             Ok(Json::Null)
         }
         Op::SetMethod { name, source } => {
@@ -547,6 +720,15 @@ fn compile<'js>(ctx: &Ctx<'js>, holder: &str, name: &str, source: &str) -> Resul
             "{file} is not a function: a method is `function {name}(self, ...args) {{ ... }}`"
         )));
     };
+    let harden = HARDEN
+        .with(|h| h.borrow().clone())
+        .expect("engine initialised")
+        .restore(ctx)
+        .map_err(TelosError::internal)?;
+    let _: rquickjs::Value = harden
+        .call((func.clone(),))
+        .catch(ctx)
+        .map_err(|e| compile_error(&file, e))?;
     COMPILED.with(|c| {
         if let Some(c) = c.borrow_mut().as_mut() {
             c.put(key, Persistent::save(ctx, func.clone()));
@@ -685,7 +867,13 @@ fn runtime_error(receiver: &str, name: &str, err: CaughtError<'_>) -> TelosError
 /// Throws `err` into JavaScript, remembering the typed error for the host.
 fn throw(ctx: &Ctx<'_>, err: TelosError) -> rquickjs::Error {
     let message = err.to_string();
-    with_exec(|e| e.pending = Some(err));
+    with_exec(|e| {
+        // A budget, once exceeded, fails the whole message even if a method catches it.
+        if matches!(err, TelosError::LimitExceeded(_)) {
+            e.fatal.get_or_insert(err.clone());
+        }
+        e.pending = Some(err)
+    });
     rquickjs::Exception::throw_message(ctx, &message)
 }
 

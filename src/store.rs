@@ -37,6 +37,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "004_kernel.surql",
         include_str!("../schema/004_kernel.surql"),
     ),
+    (
+        "005_memory_origin.surql",
+        include_str!("../schema/005_memory_origin.surql"),
+    ),
 ];
 
 /// The fields of an object row, as backups carry them.
@@ -114,6 +118,9 @@ pub struct ObjectSummary {
 impl Store {
     /// Opens (and if needed creates and awakens) the world's database.
     pub fn open(cfg: &StoreConfig) -> anyhow::Result<Store> {
+        if cfg.db_url.is_empty() {
+            check_world_expected(&cfg.data_dir)?;
+        }
         let store = Store::open_empty(cfg)?;
         store.awaken()?;
         Ok(store)
@@ -306,6 +313,45 @@ impl Store {
             let v: Option<i64> = res.take(0).map_err(db_err)?;
             Ok(v.unwrap_or(0).max(0) as u64)
         })?
+    }
+
+    /// The world's identity: made once (at the first ask), kept in the database, carried by
+    /// every backup, so that an incremental never chains onto another world's full.
+    pub async fn world_id(&self) -> Result<String> {
+        self.run(|db| async move {
+            let mut res = db
+                .query("SELECT VALUE value FROM ONLY meta:world")
+                .await
+                .map_err(db_err)?;
+            let v: Option<String> = res.take(0).map_err(db_err)?;
+            if let Some(id) = v.filter(|v| !v.is_empty()) {
+                return Ok(id);
+            }
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            db.query("UPSERT meta:world SET value = $v RETURN NONE")
+                .bind(("v", id.clone()))
+                .await
+                .map_err(db_err)?
+                .check()
+                .map_err(db_err)?;
+            Ok(id)
+        })
+        .await?
+    }
+
+    /// Sets the world's identity (a restore keeps the identity of the world it restores).
+    pub async fn set_world_id(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.run(|db| async move {
+            db.query("UPSERT meta:world SET value = $v RETURN NONE")
+                .bind(("v", id))
+                .await
+                .map_err(db_err)?
+                .check()
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await?
     }
 
     /// Every object written and every object deleted after `after` (0: everything), read in
@@ -603,6 +649,47 @@ fn check_not_damaged(dir: &Path) -> anyhow::Result<()> {
              the damaged directory is kept aside",
             dir.display(),
             detail.trim()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses to awaken an empty world where one was expected: the data directory is missing or
+/// has no database, yet beside it lie the remains of a restore (`DATA.restore-*`) or a data
+/// directory moved aside (`DATA.broken-*`). Starting would silently begin a new, empty world.
+pub fn check_world_expected(data_dir: &Path) -> anyhow::Result<()> {
+    if data_dir.join("world").exists() {
+        return Ok(());
+    }
+    let Some(name) = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+    else {
+        return Ok(());
+    };
+    let parent = match data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return Ok(());
+    };
+    let mut found: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with(&format!("{name}.restore-")) || n.starts_with(&format!("{name}.broken-"))
+        })
+        .collect();
+    found.sort();
+    if let Some(last) = found.last() {
+        bail!(
+            "{} holds no world, but {} lies beside it: a restore was interrupted or the data directory was moved aside. \
+             Run ./ops/restore.sh again, or move {} back to {}; to really start an empty world, move it elsewhere first",
+            data_dir.display(),
+            parent.join(last).display(),
+            parent.join(last).display(),
+            data_dir.display()
         );
     }
     Ok(())

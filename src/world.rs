@@ -241,9 +241,65 @@ impl From<TelosError> for CommitError {
     }
 }
 
+/// What one top-level message may write, enforced in Rust whatever the script does.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Bytes of slot values (JSON text) and method sources written, all objects together.
+    pub write_bytes: usize,
+    /// Bytes of one slot value.
+    pub slot_bytes: usize,
+    /// Objects created.
+    pub objects: usize,
+    /// Entries of one `parent*` list.
+    pub parents: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            write_bytes: 16 << 20,
+            slot_bytes: 1 << 20,
+            objects: 1000,
+            parents: 32,
+        }
+    }
+}
+
+/// Counts the bytes of a value's JSON text without building it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of a slot as stored: its JSON text, or its source for a method.
+pub fn slot_bytes(slot: &Slot) -> usize {
+    match slot {
+        Slot::Value(v) => {
+            let mut n = ByteCount(0);
+            let _ = serde_json::to_writer(&mut n, v);
+            n.0
+        }
+        Slot::Method(m) => m.source.len(),
+    }
+}
+
 /// One top-level message's view of the world: what it read, what it wrote.
 pub struct Txn {
     world: Arc<World>,
+    budget: Budget,
+    /// Bytes written so far, against `budget.write_bytes`.
+    written_bytes: usize,
+    /// Objects created so far, against `budget.objects`.
+    created: usize,
+    /// The server's own writes (admin endpoints) may change the managers' policy slots.
+    system: bool,
     /// Version of each object as first read (0 = it did not exist).
     reads: HashMap<String, u64>,
     /// Committed states as first read.
@@ -264,8 +320,17 @@ impl Txn {
     }
 
     pub fn new(world: Arc<World>) -> Txn {
+        Txn::with_budget(world, Budget::default())
+    }
+
+    /// A transaction that may write at most `budget`.
+    pub fn with_budget(world: Arc<World>, budget: Budget) -> Txn {
         Txn {
             world,
+            budget,
+            written_bytes: 0,
+            created: 0,
+            system: false,
             reads: HashMap::new(),
             view: HashMap::new(),
             dirty: HashMap::new(),
@@ -313,9 +378,36 @@ impl Txn {
         Ok(Arc::make_mut(entry))
     }
 
+    /// Lets this transaction write the managers' policy slots (the server's own writes).
+    pub fn set_system(&mut self) {
+        self.system = true;
+    }
+
+    /// Charges `bytes` of one slot write against the budget.
+    fn charge(&mut self, oid: &str, name: &str, bytes: usize) -> Result<()> {
+        if bytes > self.budget.slot_bytes {
+            return Err(TelosError::LimitExceeded(format!(
+                "slot size limit: {oid}.{name} would hold {bytes} bytes, more than {} bytes (max_slot_kib)",
+                self.budget.slot_bytes
+            )));
+        }
+        self.written_bytes += bytes;
+        if self.written_bytes > self.budget.write_bytes {
+            return Err(TelosError::LimitExceeded(format!(
+                "write limit: one message may write at most {} bytes (max_write_kib); this one wrote more",
+                self.budget.write_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// Sets a slot on `oid` (validating its name).
     pub fn set_slot(&mut self, oid: &str, name: &str, slot: Slot) -> Result<()> {
         validate_slot_name(name)?;
+        if !self.system {
+            crate::object::guard_system_slot(oid, name)?;
+        }
+        self.charge(oid, name, slot_bytes(&slot))?;
         if name == crate::object::PARENTS_SLOT {
             self.check_parents(oid, &slot)?;
         }
@@ -334,6 +426,12 @@ impl Txn {
                 "parent* must be a list of {\"$ref\": oid}".into(),
             ));
         };
+        if items.len() > self.budget.parents {
+            return Err(TelosError::LimitExceeded(format!(
+                "parent* may list at most {} parents",
+                self.budget.parents
+            )));
+        }
         for item in items {
             let Some(p) = crate::object::as_ref(item) else {
                 return Err(TelosError::BadRequest(format!(
@@ -352,6 +450,9 @@ impl Txn {
 
     /// Removes a slot from `oid`; missing slots are a `not_found`.
     pub fn remove_slot(&mut self, oid: &str, name: &str) -> Result<()> {
+        if !self.system {
+            crate::object::guard_system_slot(oid, name)?;
+        }
         if !self.require(oid)?.slots.contains_key(name) {
             return Err(TelosError::NotFound(format!("{oid} has no slot {name}")));
         }
@@ -366,11 +467,20 @@ impl Txn {
         slots: serde_json::Map<String, Json>,
     ) -> Result<String> {
         self.require(parent)?;
+        if self.created >= self.budget.objects {
+            return Err(TelosError::LimitExceeded(format!(
+                "object creation limit: one message may create at most {} objects (max_objects_per_message)",
+                self.budget.objects
+            )));
+        }
+        self.created += 1;
         let oid = new_oid();
         let mut obj = ObjectState::new(oid.clone(), &[parent], BTreeMap::new());
         for (name, value) in slots {
             validate_slot_name(&name)?;
-            obj.slots.insert(name, Slot::Value(value));
+            let slot = Slot::Value(value);
+            self.charge(&oid, &name, slot_bytes(&slot))?;
+            obj.slots.insert(name, slot);
         }
         self.view.insert(oid.clone(), None);
         self.dirty.insert(oid.clone(), Arc::new(obj));

@@ -90,6 +90,33 @@ pub struct SetSchedule {
     pub incremental: Option<String>,
 }
 
+/// Answers the retention policy in force.
+#[derive(Message)]
+#[rtype(result = "Retention")]
+pub struct GetRetention;
+
+/// Replaces the retention policy (validated: at least one full backup is always kept).
+#[derive(Message)]
+#[rtype(result = "Result<Retention, TelosError>")]
+pub struct SetRetention(pub Retention);
+
+/// Checks a retention policy a person asked for.
+pub fn check_retention(r: &Retention) -> Result<(), TelosError> {
+    if !(1..=1000).contains(&r.keep_full) {
+        return Err(TelosError::BadRequest(format!(
+            "keep_full must be between 1 and 1000 (got {}): at least one full backup is always kept",
+            r.keep_full
+        )));
+    }
+    if !(1..=3650).contains(&r.keep_incremental_days) {
+        return Err(TelosError::BadRequest(format!(
+            "keep_incremental_days must be between 1 and 3650 (got {})",
+            r.keep_incremental_days
+        )));
+    }
+    Ok(())
+}
+
 pub struct BackupActor {
     telos: Telos,
     dir: PathBuf,
@@ -189,7 +216,7 @@ async fn set_slot(telos: &Telos, name: &str, value: Json) {
     let reply = telos
         .call(
             MANAGER,
-            Op::SetValue {
+            Op::SystemSet {
                 name: name.into(),
                 value,
             },
@@ -219,9 +246,12 @@ impl Actor for BackupActor {
                     ctx.spawn(async move { set_slot(&telos, "schedule", s).await }.into_actor(act));
                 }
             }
-            if let Ok(r) = serde_json::from_value::<Retention>(slots["retention"].clone()) {
-                act.retention = r;
+            match serde_json::from_value::<Retention>(slots["retention"].clone()) {
+                Ok(r) if check_retention(&r).is_ok() => act.retention = r,
+                Ok(r) => tracing::warn!(?r, "backup_manager.retention is out of range: keeping the default policy"),
+                Err(_) => {}
             }
+            crate::backup::remove_leftovers(&act.dir);
             // Missed runs: the schedule fired since the last run (or since it took effect).
             let now = Utc::now();
             let last = |slot: &str| {
@@ -295,6 +325,44 @@ impl Handler<VerifyBackup> for BackupActor {
     }
 }
 
+impl Handler<GetRetention> for BackupActor {
+    type Result = MessageResult<GetRetention>;
+
+    fn handle(&mut self, _: GetRetention, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.retention)
+    }
+}
+
+impl Handler<SetRetention> for BackupActor {
+    type Result = AtomicResponse<Self, Result<Retention, TelosError>>;
+
+    fn handle(&mut self, msg: SetRetention, _: &mut Context<Self>) -> Self::Result {
+        let telos = self.telos.clone();
+        let next = msg.0;
+        let job = async move {
+            check_retention(&next)?;
+            let value = serde_json::to_value(next).map_err(TelosError::internal)?;
+            telos
+                .call(
+                    MANAGER,
+                    Op::SystemSet {
+                        name: "retention".into(),
+                        value,
+                    },
+                )
+                .await
+                .result?;
+            Ok(next)
+        };
+        AtomicResponse::new(Box::pin(job.into_actor(self).map(|res, act, _| {
+            if let Ok(r) = &res {
+                act.retention = *r;
+            }
+            res
+        })))
+    }
+}
+
 impl Handler<GetSchedule> for BackupActor {
     type Result = MessageResult<GetSchedule>;
 
@@ -327,7 +395,7 @@ impl Handler<SetSchedule> for BackupActor {
             telos
                 .call(
                     MANAGER,
-                    Op::SetValue {
+                    Op::SystemSet {
                         name: "schedule".into(),
                         value,
                     },

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use serde::Serialize;
 use serde_json::{Value as Json, json};
 
 use super::persona::EmbedClient;
@@ -47,20 +46,7 @@ pub struct Search {
     pub kind: Option<String>,
 }
 
-/// A search result: a record (without its vector) and its cosine distance to the query.
-#[derive(Debug, Clone, Serialize)]
-pub struct Found {
-    /// The record's key.
-    pub id: u64,
-    pub distance: f32,
-    pub kind: String,
-    pub text: String,
-    pub prompt: String,
-    pub owner: String,
-    pub selector: String,
-    pub source: String,
-    pub created: String,
-}
+pub use crate::memory::Found;
 
 /// Rebuilds the index from the stored vectors and saves it. Answers the record count.
 #[derive(Message)]
@@ -256,6 +242,11 @@ impl MemoryActor {
                 owner: item.owner,
                 selector: item.selector,
                 source: item.source,
+                origin: if item.origin.is_empty() {
+                    crate::memory::ORIGIN_EXTERNAL.into()
+                } else {
+                    item.origin
+                },
                 embedder: EMBEDDER_ID.into(),
                 created: created.clone(),
                 seq: 0,
@@ -345,6 +336,7 @@ impl Handler<Search> for MemoryActor {
                     owner: record.owner,
                     selector: record.selector,
                     source: record.source,
+                    origin: record.origin,
                     created: record.created,
                 })
             })

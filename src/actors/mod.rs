@@ -4,9 +4,11 @@
 //!   and passivating idle ones.
 //! - [`object::ObjectActor`] is one object's mailbox: its top-level messages run one at a time on
 //!   the script threads; a message nobody understands goes to the kernel.
-//! - [`kernel::NoKernel`] is the default answer to such a miss (`does_not_understand`); the
-//!   generative kernel plugs in at the same seam: one [`kernel::Understand`] message to one actor.
-//! - [`persona::PersonaActor`] hosts the models (the embedder) on its own thread.
+//! - [`kernel::GenerativeKernel`] answers such a miss (wiring for [`crate::kernel::pipeline`]);
+//!   [`kernel::NoKernel`] answers `does_not_understand`. Both plug in at one seam: one
+//!   [`kernel::Understand`] message to one actor.
+//! - [`persona::PersonaActor`] hosts the persona language models, and
+//!   [`persona::EmbedderActor`] the MiniLM embedder, each on a thread of its own.
 //! - [`memory::MemoryActor`] owns the memory records and the vector index over them.
 //! - [`retrievable`] keeps the memories of `Retrievable` objects in step with their changes.
 

@@ -14,6 +14,7 @@ use serde_json::Value as Json;
 use super::kernel::{Progress, Understand};
 use crate::error::TelosError;
 use crate::exec::Executor;
+use crate::kernel::Status;
 use crate::sandbox::{Op, Outcome};
 
 /// How many times one message may go to the kernel and come back before we give up.
@@ -100,20 +101,15 @@ impl Handler<Dispatch> for ObjectActor {
                     Outcome::Done { value, logs } => {
                         all_logs.extend(logs);
                         if let Some(run) = &learned {
-                            run.emitter.emit(
-                                "answer",
-                                "done",
-                                serde_json::json!({ "value": value }),
-                            );
+                            run.answer(Status::Done, serde_json::json!({ "value": value }));
                         }
                         return (Ok(value), all_logs);
                     }
                     Outcome::Failed { error, logs } => {
                         all_logs.extend(logs);
                         if let Some(run) = &learned {
-                            run.emitter.emit(
-                                "answer",
-                                "failed",
+                            run.answer(
+                                Status::Failed,
                                 serde_json::json!({ "error": error.to_string() }),
                             );
                         }

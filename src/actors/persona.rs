@@ -1,17 +1,26 @@
-//! `PersonaActor`: hosts the models, off the async threads (a sync actor on its own thread).
+//! The model hosts, each a sync actor on a thread of its own, so that neither waits for the
+//! other:
 //!
-//! It owns the MiniLM embedder (loaded on first use and kept) and the persona language models:
-//! each persona (BRICK, ALFRED, BABS, ROBIN) has a backend, a model, a temperature and a token
-//! budget. Local GGUF models are loaded when a persona needs one and the least recently used is
-//! unloaded when the memory budget would be exceeded (the seed's VRAMManager). Callers embed
-//! through an [`EmbedClient`], which micro-batches: requests that arrive within a few
-//! milliseconds of each other (or while a batch is being encoded) share one forward pass.
+//! - [`EmbedderActor`] owns the MiniLM embedder (loaded on first use and kept). Callers embed
+//!   through an [`EmbedClient`], which micro-batches: requests that arrive within a few
+//!   milliseconds of each other (or while a batch is being encoded) share one forward pass.
+//!   Recall, memory search and chunking therefore never queue behind a generation.
+//! - [`PersonaActor`] owns the persona language models: each persona (BRICK, ALFRED, BABS,
+//!   ROBIN) has a backend, a model, a temperature and a token budget. Local GGUF models are
+//!   loaded when a persona needs one and the least recently used is unloaded when the memory
+//!   budget would be exceeded (the seed's VRAMManager).
 //!
-//! One thread serves both kinds of work, so a long generation delays embeddings; on two cores
-//! running both at once would only slow each down.
+//! Threads on a 2-core machine: llama.cpp uses `llm_threads` (2) for a generation and libtorch
+//! `torch_threads` (1) for an embedding batch; an embedding that arrives during a generation
+//! shares the cores for the few milliseconds it takes rather than waiting seconds for the
+//! generation to end. What the personas are doing is published on a [`PersonaBoard`] that
+//! health checks and listings read without asking the (possibly busy) actor.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -21,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Settings;
 use crate::embed::{DIMS, EMBEDDER_ID, Embedder};
 use crate::error::TelosError;
-use crate::llm::local::{Local, LocalModel};
+use crate::llm::local::LocalModel;
 use crate::llm::remote::{Dialect, Remote};
 use crate::llm::scripted::Scripted;
 use crate::llm::{Backend, Generated, Message, PERSONAS, PersonaConfig, prompt_text};
@@ -46,6 +55,8 @@ pub struct Embedded {
 pub struct Generate {
     pub persona: String,
     pub messages: Vec<Message>,
+    /// Overrides the persona's temperature for this call (the kernel's repair rounds sample).
+    pub temperature: Option<f32>,
 }
 
 /// The personas, their settings and whether their model is loaded.
@@ -98,45 +109,115 @@ pub struct PersonaStatus {
     pub loaded_models: Vec<String>,
     pub loaded_mib: u64,
     pub budget_mib: u64,
+    /// The persona generating right now (none: idle).
+    pub generating: Option<GeneratingView>,
 }
 
-struct Loaded {
-    model: LocalModel,
-    last_used: Instant,
+/// What the embedder has done, shared with readers that must not wait for it.
+#[derive(Debug, Default)]
+pub struct EmbedStats {
+    loaded: AtomicBool,
+    texts: AtomicU64,
+    batches: AtomicU64,
 }
 
-pub struct PersonaActor {
+/// Tokens the local models evaluated, reused (prompt-prefix reuse) and generated, in all.
+#[derive(Debug, Default)]
+pub struct TokenStats {
+    pub prompt: AtomicU64,
+    pub reused: AtomicU64,
+    pub generated: AtomicU64,
+}
+
+/// What the persona host is doing, readable at any time without asking its (busy) actor.
+#[derive(Clone)]
+pub struct PersonaBoard {
+    inner: Arc<Mutex<BoardState>>,
+    embed: Arc<EmbedStats>,
+    tokens: Arc<TokenStats>,
+    torch_threads: i32,
+    default_backend: String,
+    budget_mib: u64,
+}
+
+#[derive(Default)]
+struct BoardState {
+    views: Vec<PersonaView>,
+    loaded_models: Vec<String>,
+    loaded_mib: u64,
+    /// The persona generating right now, and since when.
+    busy: Option<(String, Instant)>,
+}
+
+impl PersonaBoard {
+    pub fn new(settings: &Settings) -> PersonaBoard {
+        PersonaBoard {
+            inner: Arc::default(),
+            embed: Arc::default(),
+            tokens: Arc::default(),
+            torch_threads: settings.torch_threads,
+            default_backend: settings.persona_backend.clone(),
+            budget_mib: settings.model_budget_mib,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BoardState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Token counts of the local models since start.
+    pub fn tokens(&self) -> &TokenStats {
+        &self.tokens
+    }
+
+    /// The personas, their settings and whether their model is loaded.
+    pub fn list(&self) -> Vec<PersonaView> {
+        self.state().views.clone()
+    }
+
+    /// What the model hosts have loaded and done.
+    pub fn status(&self) -> PersonaStatus {
+        let st = self.state();
+        PersonaStatus {
+            embedder: EMBEDDER_ID,
+            embedder_loaded: self.embed.loaded.load(Ordering::Relaxed),
+            embedded_texts: self.embed.texts.load(Ordering::Relaxed),
+            batches: self.embed.batches.load(Ordering::Relaxed),
+            torch_threads: self.torch_threads,
+            default_backend: self.default_backend.clone(),
+            loaded_models: st.loaded_models.clone(),
+            loaded_mib: st.loaded_mib,
+            budget_mib: self.budget_mib,
+            generating: st.busy.as_ref().map(|(p, since)| GeneratingView {
+                persona: p.clone(),
+                ms: since.elapsed().as_millis() as u64,
+            }),
+        }
+    }
+}
+
+/// A generation in progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct GeneratingView {
+    pub persona: String,
+    pub ms: u64,
+}
+
+/// The MiniLM embedder on its own thread.
+pub struct EmbedderActor {
     models_dir: PathBuf,
     threads: i32,
     embedder: Option<Embedder>,
-    embedded: u64,
-    batches: u64,
-    settings: Settings,
-    personas: BTreeMap<String, PersonaConfig>,
-    scripted: Option<Scripted>,
-    loaded: BTreeMap<PathBuf, Loaded>,
-    answers: BTreeMap<String, u64>,
+    stats: Arc<EmbedStats>,
 }
 
-impl PersonaActor {
-    pub fn new(settings: &Settings, scripted: Option<Scripted>) -> Self {
-        let mut personas = settings.personas.clone();
-        for p in PERSONAS {
-            personas
-                .entry(p.to_string())
-                .or_insert_with(|| PersonaConfig::default_for(p));
-        }
-        PersonaActor {
+impl EmbedderActor {
+    pub fn new(settings: &Settings, board: &PersonaBoard) -> Self {
+        EmbedderActor {
             models_dir: settings.models_dir.clone(),
             threads: settings.torch_threads,
             embedder: None,
-            embedded: 0,
-            batches: 0,
-            settings: settings.clone(),
-            personas,
-            scripted,
-            loaded: BTreeMap::new(),
-            answers: BTreeMap::new(),
+            stats: board.embed.clone(),
         }
     }
 
@@ -151,8 +232,82 @@ impl PersonaActor {
                 "MiniLM embedder loaded"
             );
             self.embedder = Some(e);
+            self.stats.loaded.store(true, Ordering::Relaxed);
         }
         Ok(self.embedder.as_ref().expect("just loaded"))
+    }
+}
+
+impl Actor for EmbedderActor {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<Embed> for EmbedderActor {
+    type Result = Result<Embedded, TelosError>;
+
+    fn handle(&mut self, msg: Embed, _: &mut SyncContext<Self>) -> Self::Result {
+        let n = msg.texts.len() as u64;
+        let embedded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.embedder()?
+                .embed(&msg.texts)
+                .map_err(|e| TelosError::Internal(format!("embedding failed: {e:#}")))
+        }))
+        .unwrap_or_else(|_| Err(TelosError::Internal("the embedder panicked".into())))?;
+        self.stats.texts.fetch_add(n, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(Embedded {
+            model: EMBEDDER_ID,
+            dims: DIMS,
+            vectors: embedded,
+        })
+    }
+}
+
+struct Loaded {
+    model: LocalModel,
+    last_used: Instant,
+}
+
+pub struct PersonaActor {
+    board: PersonaBoard,
+    settings: Settings,
+    personas: BTreeMap<String, PersonaConfig>,
+    scripted: Option<Scripted>,
+    loaded: BTreeMap<PathBuf, Loaded>,
+    answers: BTreeMap<String, u64>,
+}
+
+impl PersonaActor {
+    pub fn new(settings: &Settings, scripted: Option<Scripted>, board: PersonaBoard) -> Self {
+        let mut personas = settings.personas.clone();
+        for p in PERSONAS {
+            personas
+                .entry(p.to_string())
+                .or_insert_with(|| PersonaConfig::default_for(p));
+        }
+        let actor = PersonaActor {
+            board,
+            settings: settings.clone(),
+            personas,
+            scripted,
+            loaded: BTreeMap::new(),
+            answers: BTreeMap::new(),
+        };
+        actor.publish();
+        actor
+    }
+
+    /// Shows the current state on the board.
+    fn publish(&self) {
+        let views = self.personas.iter().map(|(n, c)| self.view(n, c)).collect();
+        let mut st = self.board.state();
+        st.views = views;
+        st.loaded_models = self
+            .loaded
+            .keys()
+            .map(|p| p.display().to_string())
+            .collect();
+        st.loaded_mib = self.loaded.values().map(|l| l.model.bytes()).sum::<u64>() >> 20;
     }
 
     fn persona(&self, name: &str) -> Result<(String, PersonaConfig), TelosError> {
@@ -236,12 +391,22 @@ impl PersonaActor {
         Ok(&entry.model)
     }
 
-    fn generate(&mut self, persona: &str, messages: &[Message]) -> Result<Generated, TelosError> {
-        let (name, cfg) = self.persona(persona)?;
+    fn generate(
+        &mut self,
+        persona: &str,
+        messages: &[Message],
+        temperature: Option<f32>,
+    ) -> Result<Generated, TelosError> {
+        let (name, mut cfg) = self.persona(persona)?;
+        if let Some(t) = temperature {
+            cfg.temperature = t.clamp(0.0, 2.0);
+        }
         let (backend, model) = self.effective(&cfg);
         let t = Instant::now();
         tracing::debug!(persona = %name, %backend, prompt = %prompt_text(messages), "persona asked");
         let timeout = Duration::from_secs(self.settings.llm_timeout_secs.max(1));
+        let mut prompt_tokens = None;
+        let mut reused_tokens = None;
         let answer = match backend.as_str() {
             "scripted" => match self.scripted.as_mut() {
                 Some(s) => s.complete(&name, &cfg, messages),
@@ -260,7 +425,20 @@ impl PersonaActor {
             .complete(&name, &cfg, messages),
             _ => {
                 let model = self.local_model(PathBuf::from(&model))?;
-                Local { model }.complete(&name, &cfg, messages)
+                model
+                    .generate(&name, messages, cfg.temperature, cfg.max_tokens)
+                    .map(|run| {
+                        let t = &self.board.tokens;
+                        t.prompt
+                            .fetch_add(u64::from(run.prompt_tokens), Ordering::Relaxed);
+                        t.reused
+                            .fetch_add(u64::from(run.reused_tokens), Ordering::Relaxed);
+                        t.generated
+                            .fetch_add(u64::from(run.generated), Ordering::Relaxed);
+                        prompt_tokens = Some(run.prompt_tokens);
+                        reused_tokens = Some(run.reused_tokens);
+                        (run.text, Some(run.generated))
+                    })
             }
         };
         let (text, tokens) = answer.map_err(|e| {
@@ -275,6 +453,8 @@ impl PersonaActor {
             text,
             ms: t.elapsed().as_millis() as u64,
             tokens,
+            prompt_tokens,
+            reused_tokens,
         })
     }
 }
@@ -283,30 +463,30 @@ impl Actor for PersonaActor {
     type Context = SyncContext<Self>;
 }
 
-impl Handler<Embed> for PersonaActor {
-    type Result = Result<Embedded, TelosError>;
-
-    fn handle(&mut self, msg: Embed, _: &mut SyncContext<Self>) -> Self::Result {
-        let n = msg.texts.len() as u64;
-        let vectors = self
-            .embedder()?
-            .embed(&msg.texts)
-            .map_err(|e| TelosError::Internal(format!("embedding failed: {e:#}")))?;
-        self.embedded += n;
-        self.batches += 1;
-        Ok(Embedded {
-            model: EMBEDDER_ID,
-            dims: DIMS,
-            vectors,
-        })
-    }
-}
-
 impl Handler<Generate> for PersonaActor {
     type Result = Result<Generated, TelosError>;
 
     fn handle(&mut self, msg: Generate, _: &mut SyncContext<Self>) -> Self::Result {
-        self.generate(&msg.persona, &msg.messages)
+        self.board.state().busy = Some((msg.persona.to_uppercase(), Instant::now()));
+        // A backend that panics answers with an error; the host keeps serving.
+        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.generate(&msg.persona, &msg.messages, msg.temperature)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            tracing::error!(persona = %msg.persona, panic = %what, "a persona backend panicked");
+            Err(TelosError::Unavailable(format!(
+                "persona {} failed unexpectedly (its backend panicked: {what})",
+                msg.persona
+            )))
+        });
+        self.board.state().busy = None;
+        self.publish();
+        answer
     }
 }
 
@@ -344,6 +524,7 @@ impl Handler<SetPersona> for PersonaActor {
             ));
         }
         self.personas.insert(name.clone(), msg.config.clone());
+        self.publish();
         Ok(self.view(&name, &msg.config))
     }
 }
@@ -361,6 +542,7 @@ impl Handler<Unload> for PersonaActor {
         if was {
             tracing::info!(model, "model unloaded on request");
         }
+        self.publish();
         Ok(was)
     }
 }
@@ -369,21 +551,7 @@ impl Handler<Status> for PersonaActor {
     type Result = MessageResult<Status>;
 
     fn handle(&mut self, _: Status, _: &mut SyncContext<Self>) -> Self::Result {
-        MessageResult(PersonaStatus {
-            embedder: EMBEDDER_ID,
-            embedder_loaded: self.embedder.is_some(),
-            embedded_texts: self.embedded,
-            batches: self.batches,
-            torch_threads: self.threads,
-            default_backend: self.settings.persona_backend.clone(),
-            loaded_models: self
-                .loaded
-                .keys()
-                .map(|p| p.display().to_string())
-                .collect(),
-            loaded_mib: self.loaded.values().map(|l| l.model.bytes()).sum::<u64>() >> 20,
-            budget_mib: self.settings.model_budget_mib,
-        })
+        MessageResult(self.board.status())
     }
 }
 
@@ -402,8 +570,8 @@ pub struct EmbedClient {
 }
 
 impl EmbedClient {
-    /// Starts the batcher (on the current actix system) in front of `personas`.
-    pub fn start(personas: Addr<PersonaActor>) -> EmbedClient {
+    /// Starts the batcher (on the current actix system) in front of `embedder`.
+    pub fn start(personas: Addr<EmbedderActor>) -> EmbedClient {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<String>, EmbedReply)>();
         actix::spawn(async move {
             while let Some(first) = rx.recv().await {

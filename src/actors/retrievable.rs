@@ -19,11 +19,14 @@ use crate::error::TelosError;
 use crate::memory::NewMemory;
 use crate::memory::chunker::{code_chunks, semantic_chunks};
 use crate::object::{Slot, ancestors};
+use crate::sandbox::{Op, Outcome};
 
 /// The trait's oid.
 pub const RETRIEVABLE: &str = "Retrievable";
 /// The method that overrides the default chunks.
 pub const TO_TEXT_CHUNKS: &str = "to_text_chunks";
+/// Chunks kept of one object's `to_text_chunks` answer (each cut to `chunk_max_chars`).
+const MAX_CUSTOM_CHUNKS: usize = 256;
 
 /// Starts following the world's changes (on the current actix system).
 pub fn start(telos: Telos) {
@@ -111,18 +114,46 @@ async fn chunks_of(telos: &Telos, oid: &str) -> Result<Option<Vec<String>>, Telo
         return Ok(None);
     };
     if custom {
-        let reply = telos.send(oid, TO_TEXT_CHUNKS, Vec::new()).await;
-        let value = reply.result?;
+        // Read-only: a write fails this indexing (and so cannot trigger another), and a miss
+        // inside it does not start a kernel run.
+        let value = match telos
+            .exec
+            .run(
+                oid,
+                Op::Query {
+                    selector: TO_TEXT_CHUNKS.into(),
+                    args: Vec::new(),
+                },
+            )
+            .await?
+        {
+            Outcome::Done { value, .. } => value,
+            Outcome::Failed { error, .. } => return Err(error),
+            Outcome::Miss { miss, .. } => {
+                return Err(TelosError::MethodError(format!(
+                    "{oid}.{TO_TEXT_CHUNKS} sends {} to {}, which nothing understands (no learning during indexing)",
+                    miss.selector, miss.receiver
+                )));
+            }
+        };
+        let max_chars = telos.settings.chunk_max_chars.max(64);
         let texts: Vec<String> = match value {
-            Json::Array(items) => items
-                .into_iter()
-                .map(|v| match v {
-                    Json::String(s) => s,
-                    other => other.to_string(),
-                })
-                .filter(|s| !s.trim().is_empty())
-                .collect(),
-            Json::String(s) => vec![s],
+            Json::Array(items) => {
+                if items.len() > MAX_CUSTOM_CHUNKS {
+                    tracing::warn!(%oid, chunks = items.len(), "to_text_chunks answered too many chunks: keeping the first {MAX_CUSTOM_CHUNKS}");
+                }
+                items
+                    .into_iter()
+                    .take(MAX_CUSTOM_CHUNKS)
+                    .map(|v| match v {
+                        Json::String(s) => s,
+                        other => other.to_string(),
+                    })
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.chars().take(max_chars).collect())
+                    .collect()
+            }
+            Json::String(s) => vec![s.chars().take(max_chars).collect()],
             other => {
                 return Err(TelosError::MethodError(format!(
                     "{oid}.{TO_TEXT_CHUNKS} must answer an array of strings, not {other}"

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::app::Application;
 use crate::config::Settings;
+use crate::kernel::Status;
 use crate::sandbox::Op;
 
 pub fn run(mut settings: Settings) -> anyhow::Result<()> {
@@ -68,19 +69,23 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
             let mut started: BTreeMap<String, u64> = BTreeMap::new();
             let mut took: Vec<(String, u64)> = Vec::new();
             while let Ok(e) = stages.try_recv() {
-                match e.status.as_str() {
-                    "started" => {
-                        started.insert(e.stage.clone(), e.at_ms);
+                match e.status {
+                    Status::Started => {
+                        started.insert(e.stage.as_str().to_string(), e.at_ms);
                     }
                     _ => {
-                        let from = started.remove(&e.stage).unwrap_or(e.at_ms);
+                        let from = started.remove(e.stage.as_str()).unwrap_or(e.at_ms);
                         took.push((
                             format!(
                                 "{}{}",
                                 e.stage,
-                                if e.status == "failed" { "(failed)" } else { "" }
+                                if e.status == Status::Failed {
+                                    "(failed)"
+                                } else {
+                                    ""
+                                }
                             ),
-                            e.at_ms - from,
+                            e.at_ms.saturating_sub(from),
                         ));
                     }
                 }

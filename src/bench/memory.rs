@@ -204,6 +204,7 @@ fn cold_start(
             owner: String::new(),
             selector: String::new(),
             source: String::new(),
+            origin: crate::memory::ORIGIN_EXTERNAL.into(),
             embedder: EMBEDDER_ID.into(),
             created: String::new(),
             seq: 0,

@@ -1,10 +1,9 @@
 //! REST: `/api/health` and the object endpoints of SPEC §10.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
-use super::authorise;
 use super::error::ApiError;
 use crate::actors::object::Reply;
 use crate::app::Telos;
@@ -67,12 +66,7 @@ async fn get_object(telos: web::Data<Telos>, oid: web::Path<String>) -> ApiResul
     Ok(HttpResponse::Ok().json(telos.view(&oid).await?))
 }
 
-async fn delete_object(
-    telos: web::Data<Telos>,
-    req: HttpRequest,
-    oid: web::Path<String>,
-) -> ApiResult {
-    authorise(&telos, &req)?;
+async fn delete_object(telos: web::Data<Telos>, oid: web::Path<String>) -> ApiResult {
     value_of(telos.call(&oid, Op::Delete).await)?;
     Ok(HttpResponse::Ok().json(json!({ "deleted": oid.into_inner() })))
 }
@@ -88,11 +82,9 @@ fn optional_body(body: &web::Bytes) -> Result<Json, ApiError> {
 
 async fn clone_object(
     telos: web::Data<Telos>,
-    req: HttpRequest,
     oid: web::Path<String>,
     body: web::Bytes,
 ) -> ApiResult {
-    authorise(&telos, &req)?;
     let body = optional_body(&body)?;
     let slots = slots_arg(body.get("slots"))?;
     let value = value_of(telos.call(&oid, Op::Clone { slots }).await)?;
@@ -109,11 +101,9 @@ struct SendBody {
 
 async fn send(
     telos: web::Data<Telos>,
-    req: HttpRequest,
     oid: web::Path<String>,
     body: web::Json<SendBody>,
 ) -> ApiResult {
-    authorise(&telos, &req)?;
     let SendBody { selector, args } = body.into_inner();
     let reply = telos.send(&oid, &selector, args).await;
     let logs = reply.logs.clone();
@@ -130,11 +120,9 @@ struct SlotBody {
 
 async fn put_slot(
     telos: web::Data<Telos>,
-    req: HttpRequest,
     path: web::Path<(String, String)>,
     body: web::Json<SlotBody>,
 ) -> ApiResult {
-    authorise(&telos, &req)?;
     let (oid, name) = path.into_inner();
     let op = match body.into_inner() {
         SlotBody {
@@ -161,12 +149,7 @@ async fn put_slot(
     Ok(HttpResponse::Ok().json(json!({ "oid": oid, "slot": name })))
 }
 
-async fn delete_slot(
-    telos: web::Data<Telos>,
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> ApiResult {
-    authorise(&telos, &req)?;
+async fn delete_slot(telos: web::Data<Telos>, path: web::Path<(String, String)>) -> ApiResult {
     let (oid, name) = path.into_inner();
     value_of(
         telos
@@ -197,12 +180,7 @@ async fn get_method(telos: web::Data<Telos>, path: web::Path<(String, String)>) 
 }
 
 /// `POST /api/objects/{oid}/methods/{name}/rollback`: the previous version becomes current.
-async fn rollback_method(
-    telos: web::Data<Telos>,
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-) -> ApiResult {
-    authorise(&telos, &req)?;
+async fn rollback_method(telos: web::Data<Telos>, path: web::Path<(String, String)>) -> ApiResult {
     let (oid, name) = path.into_inner();
     value_of(telos.call(&oid, Op::Rollback { name: name.clone() }).await)?;
     get_method(telos, web::Path::from((oid, name))).await
@@ -214,22 +192,16 @@ fn personas_down(e: actix::MailboxError) -> TelosError {
 
 /// `GET /api/personas`: each persona's backend, model, settings and whether it is loaded.
 async fn list_personas(telos: web::Data<Telos>) -> ApiResult {
-    let list = telos
-        .personas
-        .send(crate::actors::persona::ListPersonas)
-        .await
-        .map_err(personas_down)?;
-    Ok(HttpResponse::Ok().json(list))
+    // From the board: answers at once even while a persona is generating.
+    Ok(HttpResponse::Ok().json(telos.persona_board.list()))
 }
 
 /// `PUT /api/personas/{name}` `{"backend", "model", "temperature", "max_tokens"}`.
 async fn set_persona(
     telos: web::Data<Telos>,
-    req: HttpRequest,
     name: web::Path<String>,
     body: web::Json<crate::llm::PersonaConfig>,
 ) -> ApiResult {
-    authorise(&telos, &req)?;
     let view = telos
         .personas
         .send(crate::actors::persona::SetPersona {
@@ -242,12 +214,7 @@ async fn set_persona(
 }
 
 /// `POST /api/personas/{name}/unload`: frees the persona's local model.
-async fn unload_persona(
-    telos: web::Data<Telos>,
-    req: HttpRequest,
-    name: web::Path<String>,
-) -> ApiResult {
-    authorise(&telos, &req)?;
+async fn unload_persona(telos: web::Data<Telos>, name: web::Path<String>) -> ApiResult {
     let name = name.into_inner();
     let unloaded = telos
         .personas
@@ -315,6 +282,29 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
             "Size of the newest backup of this kind.",
             num(&last["size"]),
         );
+    }
+    let tokens = telos.persona_board.tokens();
+    for (name, help, value) in [
+        (
+            "telos_llm_prompt_tokens_total",
+            "Prompt tokens of local generations.",
+            &tokens.prompt,
+        ),
+        (
+            "telos_llm_prompt_tokens_reused_total",
+            "Prompt tokens not evaluated again thanks to prompt-prefix reuse.",
+            &tokens.reused,
+        ),
+        (
+            "telos_llm_generated_tokens_total",
+            "Tokens generated by local models.",
+            &tokens.generated,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            value.load(std::sync::atomic::Ordering::Relaxed)
+        ));
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
@@ -407,10 +397,8 @@ struct ReindexBody {
 /// re-embedded); with `{"objects": true}` first re-chunks every Retrievable object.
 async fn memory_reindex(
     telos: web::Data<Telos>,
-    req: HttpRequest,
     body: Option<web::Json<ReindexBody>>,
 ) -> ApiResult {
-    crate::http::authorise(&telos, &req)?;
     let body = body.map(|b| b.into_inner()).unwrap_or_default();
     let started = std::time::Instant::now();
     let mut objects = 0;
@@ -445,12 +433,7 @@ struct RememberBody {
 
 /// `POST /api/memory/records` `{"items": [{"text", "kind"?, "prompt"?, "owner"?, "selector"?,
 /// "source"?}]}`: embeds and remembers notes (one batch, one transaction). Answers the keys.
-async fn memory_remember(
-    telos: web::Data<Telos>,
-    req: HttpRequest,
-    body: web::Json<RememberBody>,
-) -> ApiResult {
-    crate::http::authorise(&telos, &req)?;
+async fn memory_remember(telos: web::Data<Telos>, body: web::Json<RememberBody>) -> ApiResult {
     let items = body.into_inner().items;
     if items.is_empty() || items.len() > 256 {
         return Err(ApiError::bad_request("give 1 to 256 items"));

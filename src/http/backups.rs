@@ -1,13 +1,14 @@
 //! REST: `/api/backups` — list, run, verify, schedule.
 
 use actix::Addr;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::authorise;
 use super::error::ApiError;
-use crate::actors::backup::{BackupActor, GetSchedule, RunBackup, SetSchedule, VerifyBackup};
+use crate::actors::backup::{
+    BackupActor, GetRetention, GetSchedule, RunBackup, SetRetention, SetSchedule, VerifyBackup,
+};
 use crate::app::Telos;
 use crate::backup::{self, Kind};
 use crate::error::TelosError;
@@ -19,6 +20,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/backups", web::post().to(run))
         .route("/backups/schedule", web::get().to(get_schedule))
         .route("/backups/schedule", web::put().to(put_schedule))
+        .route("/backups/retention", web::get().to(get_retention))
+        .route("/backups/retention", web::put().to(put_retention))
         .route("/backups/{id}/verify", web::post().to(verify));
 }
 
@@ -48,13 +51,7 @@ struct RunBody {
     kind: String,
 }
 
-async fn run(
-    telos: web::Data<Telos>,
-    backups: web::Data<Addr<BackupActor>>,
-    req: HttpRequest,
-    body: web::Json<RunBody>,
-) -> ApiResult {
-    authorise(&telos, &req)?;
+async fn run(backups: web::Data<Addr<BackupActor>>, body: web::Json<RunBody>) -> ApiResult {
     let kind: Kind = body
         .kind
         .parse()
@@ -63,17 +60,11 @@ async fn run(
     Ok(HttpResponse::Created().json(manifest))
 }
 
-async fn verify(
-    telos: web::Data<Telos>,
-    backups: web::Data<Addr<BackupActor>>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> ApiResult {
-    authorise(&telos, &req)?;
+async fn verify(backups: web::Data<Addr<BackupActor>>, id: web::Path<String>) -> ApiResult {
+    let id = id.into_inner();
+    backup::validate_id(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let v = backups
-        .send(VerifyBackup {
-            id: Some(id.into_inner()),
-        })
+        .send(VerifyBackup { id: Some(id) })
         .await
         .map_err(mailbox)??;
     Ok(HttpResponse::Ok().json(v))
@@ -92,16 +83,30 @@ struct ScheduleBody {
 }
 
 async fn put_schedule(
-    telos: web::Data<Telos>,
     backups: web::Data<Addr<BackupActor>>,
-    req: HttpRequest,
     body: web::Json<ScheduleBody>,
 ) -> ApiResult {
-    authorise(&telos, &req)?;
     let ScheduleBody { full, incremental } = body.into_inner();
     let s = backups
         .send(SetSchedule { full, incremental })
         .await
         .map_err(mailbox)??;
     Ok(HttpResponse::Ok().json(s))
+}
+
+async fn get_retention(backups: web::Data<Addr<BackupActor>>) -> ApiResult {
+    let r = backups.send(GetRetention).await.map_err(mailbox)?;
+    Ok(HttpResponse::Ok().json(r))
+}
+
+/// `PUT /api/backups/retention` `{"keep_full": 4, "keep_incremental_days": 14}`.
+async fn put_retention(
+    backups: web::Data<Addr<BackupActor>>,
+    body: web::Json<backup::Retention>,
+) -> ApiResult {
+    let r = backups
+        .send(SetRetention(body.into_inner()))
+        .await
+        .map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(r))
 }

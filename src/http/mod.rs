@@ -4,6 +4,7 @@
 pub mod api;
 pub mod backups;
 pub mod error;
+pub mod guard;
 pub mod ws;
 
 use std::net::TcpListener;
@@ -26,10 +27,17 @@ pub fn server(
     listener: TcpListener,
 ) -> anyhow::Result<Server> {
     let max_body = telos.settings.max_frame_bytes();
+    let boundary = web::Data::new(guard::Boundary::new(
+        &telos.settings,
+        listener.local_addr()?,
+    ));
+    let max_connections = telos.settings.max_connections;
     let data = web::Data::new(telos);
     let backups = web::Data::new(backups);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(guard::enforce))
+            .app_data(boundary.clone())
             .app_data(data.clone())
             .app_data(backups.clone())
             .app_data(
@@ -58,6 +66,8 @@ pub fn server(
             .default_service(web::to(not_found))
     })
     .workers(2)
+    // Per worker: two workers hold at most twice this many connections.
+    .max_connections(max_connections.div_ceil(2).max(1))
     .shutdown_timeout(5)
     .listen(listener)?
     .run();
@@ -88,30 +98,4 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
         req.method(),
         req.path()
     )))
-}
-
-/// Checks the admin token (when one is configured) on a request that changes the world.
-pub fn authorise(telos: &Telos, req: &HttpRequest) -> Result<(), ApiError> {
-    let token = &telos.settings.admin_token;
-    if token.is_empty() {
-        return Ok(());
-    }
-    let given = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string)
-        .or_else(|| {
-            web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
-                .ok()
-                .and_then(|q| q.get("token").cloned())
-        });
-    if given.as_deref() == Some(token.as_str()) {
-        Ok(())
-    } else {
-        Err(ApiError::from(crate::error::TelosError::Forbidden(
-            "this server requires the admin token (Authorization: Bearer TOKEN)".into(),
-        )))
-    }
 }

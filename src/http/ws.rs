@@ -9,7 +9,8 @@
 //! [`CLIENT_TIMEOUT`].
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -18,6 +19,8 @@ use actix_web_actors::ws;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
+use super::error::ApiError;
+use super::guard::Boundary;
 use crate::actors::kernel::{Progress, StageEvent};
 use crate::actors::object::Reply;
 use crate::app::Telos;
@@ -27,18 +30,32 @@ use crate::world::Change;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The codec's own cap; frames between the configured limit and this get an error frame.
-const HARD_FRAME_LIMIT: usize = 64 << 20;
+/// A client that must authenticate has this long to send its `auth` frame.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open WebSocket sessions, against `max_connections`.
+static OPEN_SESSIONS: AtomicUsize = AtomicUsize::new(0);
 
 pub async fn index(
     req: HttpRequest,
     stream: web::Payload,
     telos: web::Data<Telos>,
+    boundary: web::Data<Boundary>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    super::authorise(&telos, &req)?;
-    let session = WsSession::new(telos.get_ref().clone());
+    if OPEN_SESSIONS.load(Ordering::Relaxed) >= telos.settings.max_connections {
+        return Err(ApiError::from(TelosError::Unavailable(
+            "too many WebSocket connections are open; try again later".into(),
+        ))
+        .into());
+    }
+    // With a token, the handshake either carries it in a header or the first frame must.
+    let authed = boundary.authorised(&req);
+    let session = WsSession::new(telos.get_ref().clone(), boundary.into_inner(), authed);
+    // The codec refuses larger frames before buffering them (the connection is closed with
+    // 1009); frames between the configured limit and twice it get an error frame.
+    let codec_limit = telos.settings.max_frame_bytes().saturating_mul(2);
     ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(HARD_FRAME_LIMIT)
+        .frame_size(codec_limit)
         .start()
 }
 
@@ -65,6 +82,13 @@ enum ClientFrame {
     },
     Unsubscribe {
         target: String,
+    },
+    /// The admin token, when the handshake did not carry it (browsers cannot set headers on a
+    /// WebSocket handshake).
+    Auth {
+        #[serde(default)]
+        id: Option<Json>,
+        token: String,
     },
 }
 
@@ -99,6 +123,15 @@ impl RateLimit {
     }
 }
 
+/// One message in flight on a connection; dropping it frees the slot.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Connection ids, so a sender is not sent its own stage events twice.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
@@ -120,7 +153,7 @@ fn stage_frame(event: &StageEvent) -> Json {
         "run": event.run,
         "target": event.receiver,
         "selector": event.selector,
-        "stage": event.stage,
+        "stage": event.stage.as_str(),
         "status": event.status,
         "detail": event.detail,
         "at_ms": event.at_ms,
@@ -137,24 +170,32 @@ fn error_frame(err: &TelosError, id: &Option<Json>) -> Json {
 
 pub struct WsSession {
     telos: Telos,
+    boundary: Arc<Boundary>,
+    /// False until the client has shown the admin token (always true without one).
+    authed: bool,
     connection: u64,
     last_heard: Instant,
     subscriptions: HashSet<String>,
     rate: RateLimit,
     max_frame: usize,
+    /// Messages sent on this connection and not answered yet, against `ws_inflight`.
+    inflight: Arc<AtomicUsize>,
 }
 
 impl WsSession {
-    fn new(telos: Telos) -> Self {
+    fn new(telos: Telos, boundary: Arc<Boundary>, authed: bool) -> Self {
         let rate = RateLimit::new(telos.settings.ws_rate_per_sec);
         let max_frame = telos.settings.max_frame_bytes();
         WsSession {
+            authed: authed || !boundary.has_token(),
+            boundary,
             telos,
             connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
             last_heard: Instant::now(),
             subscriptions: HashSet::new(),
             rate,
             max_frame,
+            inflight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -194,12 +235,35 @@ impl WsSession {
             Ok(f) => f,
             Err(e) => {
                 let err = TelosError::BadRequest(format!(
-                    "bad frame: {e}; expected type send, line, subscribe or unsubscribe"
+                    "bad frame: {e}; expected type send, line, subscribe, unsubscribe or auth"
                 ));
                 return Self::error(ctx, id.as_ref(), &err);
             }
         };
+        if let ClientFrame::Auth { id, token } = &frame {
+            if self.boundary.token_matches(token) {
+                self.authed = true;
+                Self::send_json(ctx, with_id(json!({ "type": "authed" }), id));
+            } else {
+                let err = TelosError::Forbidden("wrong admin token".into());
+                Self::error(ctx, id.as_ref(), &err);
+                ctx.close(Some(ws::CloseCode::Policy.into()));
+                ctx.stop();
+            }
+            return;
+        }
+        if !self.authed {
+            let err = TelosError::Forbidden(
+                "this server requires the admin token: send {\"type\":\"auth\",\"token\":…} first"
+                    .into(),
+            );
+            Self::error(ctx, id.as_ref(), &err);
+            ctx.close(Some(ws::CloseCode::Policy.into()));
+            ctx.stop();
+            return;
+        }
         match frame {
+            ClientFrame::Auth { .. } => unreachable!("handled above"),
             ClientFrame::Send {
                 id,
                 target,
@@ -212,6 +276,18 @@ impl WsSession {
                 Err(e) => Self::error(ctx, id.as_ref(), &e),
             },
             ClientFrame::Subscribe { target } => {
+                if let Err(e) = crate::object::validate_oid(&target) {
+                    return Self::error(ctx, None, &e);
+                }
+                if !self.subscriptions.contains(&target)
+                    && self.subscriptions.len() >= self.telos.settings.ws_subscriptions
+                {
+                    let err = TelosError::RateLimited(format!(
+                        "at most {} subscriptions per connection; unsubscribe from some first",
+                        self.telos.settings.ws_subscriptions
+                    ));
+                    return Self::error(ctx, None, &err);
+                }
                 self.subscriptions.insert(target.clone());
                 Self::send_json(ctx, json!({ "type": "subscribed", "target": target }));
             }
@@ -222,6 +298,20 @@ impl WsSession {
         }
     }
 
+    /// Takes one in-flight slot, or answers `rate_limited` when the connection has too many.
+    fn reserve(&self, id: Option<&Json>, ctx: &mut ws::WebsocketContext<Self>) -> Option<InFlight> {
+        let limit = self.telos.settings.ws_inflight.max(1);
+        if self.inflight.fetch_add(1, Ordering::SeqCst) >= limit {
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+            let err = TelosError::RateLimited(format!(
+                "{limit} messages are already waiting for answers on this connection; wait for some"
+            ));
+            Self::error(ctx, id, &err);
+            return None;
+        }
+        Some(InFlight(self.inflight.clone()))
+    }
+
     fn dispatch(
         &mut self,
         id: Option<Json>,
@@ -230,6 +320,9 @@ impl WsSession {
         args: Vec<Json>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
+        let Some(slot) = self.reserve(id.as_ref(), ctx) else {
+            return;
+        };
         let telos = self.telos.clone();
         let me = ctx.address();
         let connection = self.connection;
@@ -262,6 +355,15 @@ impl WsSession {
                 Ok(value) => with_id(json!({ "type": "result", "value": value }), &id),
                 Err(e) => error_frame(&e, &id),
             }));
+            drop(slot);
+            // The kernel remembers what it learned after the answer: its `learn` stage still
+            // reaches the sender, until the run lets go of its progress channel.
+            while let Some(event) = events.recv().await {
+                if !me.connected() {
+                    break;
+                }
+                me.do_send(Out(with_id(stage_frame(&event), &id)));
+            }
         });
     }
 
@@ -273,6 +375,9 @@ impl WsSession {
         target: Option<String>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
+        let Some(slot) = self.reserve(id.as_ref(), ctx) else {
+            return;
+        };
         let telos = self.telos.clone();
         let me = ctx.address();
         actix::spawn(async move {
@@ -285,12 +390,14 @@ impl WsSession {
                 .send(crate::actors::persona::Generate {
                     persona: "ROBIN".into(),
                     messages: crate::kernel::prompts::robin(&text, about.as_ref()),
+                    temperature: None,
                 })
                 .await
                 .map_err(|e| {
                     TelosError::Unavailable(format!("the persona host is not running: {e}"))
                 })
                 .and_then(|r| r);
+            drop(slot);
             me.do_send(Out(match answer {
                 Ok(g) => with_id(
                     json!({ "type": "result", "persona": "ROBIN", "value": g.text, "model": g.model }),
@@ -312,7 +419,10 @@ impl Handler<Out> for WsSession {
 
 impl StreamHandler<StageEvent> for WsSession {
     fn handle(&mut self, event: StageEvent, ctx: &mut Self::Context) {
-        if event.origin != self.connection && self.subscriptions.contains(&event.receiver) {
+        if self.authed
+            && event.origin != self.connection
+            && self.subscriptions.contains(&event.receiver)
+        {
             Self::send_json(ctx, stage_frame(&event));
         }
     }
@@ -324,6 +434,14 @@ impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        OPEN_SESSIONS.fetch_add(1, Ordering::Relaxed);
+        ctx.run_later(AUTH_TIMEOUT, |act, ctx| {
+            if !act.authed {
+                tracing::debug!("websocket client did not authenticate in time");
+                ctx.close(Some(ws::CloseCode::Policy.into()));
+                ctx.stop();
+            }
+        });
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.last_heard.elapsed() > CLIENT_TIMEOUT {
                 tracing::debug!("websocket client timed out");
@@ -356,11 +474,15 @@ impl Actor for WsSession {
         });
         ctx.add_stream(stream);
     }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        OPEN_SESSIONS.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl StreamHandler<Change> for WsSession {
     fn handle(&mut self, change: Change, ctx: &mut Self::Context) {
-        if self.subscriptions.contains(&change.oid) {
+        if self.authed && self.subscriptions.contains(&change.oid) {
             Self::send_json(
                 ctx,
                 json!({
@@ -402,6 +524,17 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 &TelosError::BadRequest("fragmented frames are not supported".into()),
             ),
             Ok(ws::Message::Nop) => {}
+            Err(ws::ProtocolError::Overflow) => {
+                tracing::debug!("websocket frame over the codec limit; closing");
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Size,
+                    description: Some(format!(
+                        "frame larger than {} bytes",
+                        self.max_frame.saturating_mul(2)
+                    )),
+                }));
+                ctx.stop();
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "websocket protocol error; closing");
                 ctx.stop();

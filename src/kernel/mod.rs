@@ -2,7 +2,71 @@
 //! the static checks of the review stage, and the prompts. The `GenerativeKernel` actor runs
 //! the stages with them.
 
+pub mod pipeline;
 pub mod prompts;
+
+/// A stage of a kernel run, as streamed in `stage` frames and named in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Gate,
+    Recall,
+    Write,
+    Review,
+    Trial,
+    Repair,
+    Install,
+    Answer,
+    Learn,
+}
+
+impl Stage {
+    /// Every stage, in the order a run usually shows them.
+    pub const ALL: [Stage; 9] = [
+        Stage::Gate,
+        Stage::Recall,
+        Stage::Write,
+        Stage::Review,
+        Stage::Trial,
+        Stage::Repair,
+        Stage::Install,
+        Stage::Answer,
+        Stage::Learn,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Gate => "gate",
+            Stage::Recall => "recall",
+            Stage::Write => "write",
+            Stage::Review => "review",
+            Stage::Trial => "trial",
+            Stage::Repair => "repair",
+            Stage::Install => "install",
+            Stage::Answer => "answer",
+            Stage::Learn => "learn",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a stage is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Started,
+    Done,
+    Failed,
+}
 
 use std::sync::LazyLock;
 
@@ -132,28 +196,35 @@ pub fn static_checks(source: &str, selector: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// ALFRED's verdict: `Ok(reason)` for VALID, `Err(reason)` for INVALID. An answer with
-/// neither word counts as VALID (the trial still runs), with the answer kept as the reason.
+/// ALFRED's verdict: `Ok(reason)` for VALID, `Err(reason)` otherwise. Fails closed: only an
+/// explicit VALID (before any INVALID) passes; an answer with neither word is a refusal. The
+/// answer is read by regex on the original text, never by byte offsets into a case-changed copy
+/// (whose length can differ for some letters).
 pub fn verdict(answer: &str) -> Result<String, String> {
+    static WORD: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"(?i)\b(in)?valid\b").expect("valid regex"));
     let text = answer.trim();
-    let upper = text.to_uppercase();
-    let reason = |word: &str| {
-        let at = upper.find(word).map(|i| i + word.len()).unwrap_or(0);
-        text[at..]
-            .trim_start_matches([':', '.', '-', ',', ' ', '\n'])
-            .trim()
-            .to_string()
+    let Some(m) = WORD.find(text) else {
+        let shown: String = text.chars().take(200).collect();
+        return Err(format!(
+            "no clear verdict (neither VALID nor INVALID): {shown}"
+        ));
     };
-    let invalid = upper.find("INVALID");
-    let valid = Regex::new(r"\bVALID\b")
-        .expect("valid")
-        .find(&upper)
-        .map(|m| m.start());
-    match (invalid, valid) {
-        (Some(i), Some(v)) if v < i => Ok(reason("VALID")),
-        (Some(_), _) => Err(reason("INVALID")),
-        (None, Some(_)) => Ok(reason("VALID")),
-        (None, None) => Ok(format!("(no clear verdict) {text}")),
+    let reason = text[m.end()..]
+        .trim_start_matches([':', '.', '-', ',', ' ', '\n', '*'])
+        .trim();
+    let reason: String = reason.chars().take(300).collect();
+    let invalid = m
+        .as_str()
+        .get(..2)
+        .is_some_and(|p| p.eq_ignore_ascii_case("in"));
+    // "not valid", "isn't valid": a negated VALID is a refusal too.
+    let before = text[..m.start()].trim_end().to_lowercase();
+    let negated = before.ends_with("not") || before.ends_with("n't") || before.ends_with("n’t");
+    if invalid || negated {
+        Err(reason)
+    } else {
+        Ok(reason)
     }
 }
 
@@ -222,6 +293,23 @@ mod tests {
             "it deletes things"
         );
         assert!(verdict("The code is INVALID because x").is_err());
-        assert!(verdict("Looks fine to me").is_ok());
+        // Fails closed: no verdict is a refusal.
+        assert!(verdict("Looks fine to me").is_err());
+        assert!(verdict("This is not valid: it writes files").is_err());
+        assert!(verdict("It isn't VALID").is_err());
+        assert!(verdict("").is_err());
+        // Letters whose upper case is longer than their lower case (ß → SS, ŉ → ʼN) and
+        // mixed scripts never panic.
+        for answer in [
+            "ßßßß valid",
+            "ŉŉŉ INVALID: ﬃ",
+            "İİİ VALID – ok ǰ",
+            "VALİD",
+            "\u{10FFFF}valid",
+        ] {
+            let _ = verdict(answer);
+        }
+        assert!(verdict("ßßßß VALID: fine").is_ok());
+        assert_eq!(verdict("ŉŉŉ INVALID: ﬃ").unwrap_err(), "ﬃ");
     }
 }

@@ -33,6 +33,8 @@ pub struct Feedback {
     pub code: String,
     pub stage: String,
     pub error: String,
+    /// Which repair round this feedback opens (1, 2, ...): every round's prompt differs.
+    pub round: usize,
 }
 
 fn type_of(v: &Json) -> &'static str {
@@ -53,17 +55,28 @@ impl ReceiverContext {
         format!("{}.{}({})", self.name, self.selector, args.join(", "))
     }
 
-    /// The recall query: the selector with its context (receiver name, slot names, arg types).
-    pub fn recall_query(&self) -> String {
+    /// The shape of the situation, without names: the selector, the argument types and the
+    /// receiver's slot names (sorted). Two messages with the same situation can share a method.
+    pub fn situation(&self) -> String {
         let types: Vec<&str> = self.args.iter().map(type_of).collect();
-        let slots: Vec<&str> = self.values.iter().map(|(n, _)| n.as_str()).collect();
+        let mut slots: Vec<&str> = self
+            .values
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| *n != "name")
+            .collect();
+        slots.sort_unstable();
         format!(
-            "{}.{}({}) on an object with slots {}",
-            self.name,
+            "{}({}) on an object with slots {}",
             self.selector,
             types.join(", "),
             slots.join(", ")
         )
+    }
+
+    /// The recall query: the receiver's name and the situation.
+    pub fn recall_query(&self) -> String {
+        format!("{}.{}", self.name, self.situation())
     }
 }
 
@@ -85,44 +98,79 @@ pub fn short(text: &str, max: usize) -> String {
     format!("{cut}…")
 }
 
-/// BRICK's task: write the method.
+/// BRICK's fixed instructions. They come first in every BRICK prompt and never change, so a
+/// local backend can keep them evaluated between calls (prompt-prefix reuse).
+const BRICK_SYSTEM: &str = "You are BRICK, the builder of TelOS, a live world of prototype \
+objects. You write one JavaScript method at a time. Answer with the code of exactly one \
+function and nothing else.
+
+How methods work:
+- A method is function NAME(self, a, b) { ... }. self is the object that received the message; \
+a, b, ... are the message's arguments.
+- Read a slot by its own name: self.width. Write one: self.count = 5. Call another method of the \
+object: self.describe().
+- Plain JavaScript only: no require, import, fetch, timers, eval or globals.
+- Return a JSON value (number, string, boolean, array, object or null).
+
+Example 1. The object has the slots self.price = 10 and self.qty = 3.
+Message: order.total()
+function total(self) {
+  return self.price * self.qty;
+}
+
+Example 2. The object has the slot self.items = [1, 2].
+Message: list.add(5)
+function add(self, a) {
+  self.items = self.items.concat([a]);
+  return self.items.length;
+}";
+
+/// Failed attempts of this selector in earlier runs, shown to BRICK as mistakes not to repeat.
+#[derive(Debug, Clone)]
+pub struct PastFailure {
+    pub stage: String,
+    pub reason: String,
+}
+
+/// BRICK's task: write the method. The fixed instructions come first, then what this world
+/// remembers, then the receiver, then the message, then (in a repair) what went wrong.
 pub fn brick(
     ctx: &ReceiverContext,
     examples: &[Example],
+    past: &[PastFailure],
     feedback: Option<&Feedback>,
 ) -> Vec<Message> {
-    let system = "You are BRICK, the builder of TelOS, a live world of prototype objects. \
-You write one JavaScript method at a time. Answer with the code of exactly one function and \
-nothing else.";
     let mut u = String::new();
-    u.push_str(&format!(
-        "Write the method `{}` so that this message works: {}\n\n",
-        ctx.selector,
-        ctx.call_text()
-    ));
-    u.push_str(&format!("Selector: {}\n", ctx.selector));
-    // No oid here: the same message to a like object gets the same prompt (and, decoded
-    // greedily, the same method).
-    u.push_str(&format!("Object: {}\n", ctx.name));
-    if !ctx.ancestors.is_empty() {
-        u.push_str(&format!("Parents: {}\n", ctx.ancestors.join(" -> ")));
+    if !examples.is_empty() {
+        u.push_str("Methods written before in this world (examples):\n");
+        for e in examples {
+            u.push_str(&format!("// {}\n{}\n", e.description, e.source));
+        }
+        u.push('\n');
     }
-    u.push_str("Slots:\n");
+    let parents = if ctx.ancestors.is_empty() {
+        String::new()
+    } else {
+        format!(" (parents: {})", ctx.ancestors.join(" -> "))
+    };
+    u.push_str(&format!(
+        "The object {}{parents} has these slots:\n",
+        ctx.name
+    ));
     for (name, value) in &ctx.values {
-        u.push_str(&format!("- {name}: {value}\n"));
+        u.push_str(&format!("- self.{name} = {value}\n"));
     }
     if !ctx.methods.is_empty() {
         u.push_str(&format!(
-            "Methods it already understands: {}\n",
+            "It already understands these methods: {}\n",
             ctx.methods.join(", ")
         ));
     }
+    u.push_str(&format!("\nMessage: {}\n", ctx.call_text()));
     if ctx.args.is_empty() {
-        u.push_str(
-            "Arguments: none. The function takes only self: read what it needs from self's slots.\n\n",
-        );
+        u.push_str("There are no arguments: read what the method needs from the slots above.\n");
     } else {
-        u.push_str("Arguments (plain JSON values, passed after self):\n");
+        u.push_str("Arguments:\n");
         for (i, a) in ctx.args.iter().enumerate() {
             u.push_str(&format!(
                 "- {} = {} ({})\n",
@@ -131,46 +179,115 @@ nothing else.";
                 type_of(a)
             ));
         }
-        u.push('\n');
     }
     u.push_str(&format!(
-        "Rules:\n\
-- Write exactly one function: function {}(self{}) {{ ... }}\n\
-- Read slots with self.slot, write them with self.slot = value; call methods with self.other(...) or send(oid, \"selector\", ...args).\n\
-- A slot that does not exist reads as undefined: do not assume it exists.\n\
-- Plain JavaScript only: no require, import, fetch, timers, eval or globals.\n\
-- Return a JSON value (number, string, boolean, array, object or null).\n",
+        "Write: function {}(self{}) {{ ... }}\n",
         ctx.selector,
         (0..ctx.args.len())
             .map(|i| format!(", {}", param_name(i)))
             .collect::<String>()
     ));
-    if !examples.is_empty() {
-        u.push_str("\nExamples of methods written before in this world:\n");
-        for e in examples {
-            u.push_str(&format!("// {}\n{}\n", e.description, e.source));
+    if !past.is_empty() {
+        u.push_str("\nEarlier attempts at this message failed; do not repeat these mistakes:\n");
+        for f in past {
+            u.push_str(&format!(
+                "- at the {} stage: {}\n",
+                f.stage,
+                short(&f.reason, 300)
+            ));
         }
     }
     if let Some(f) = feedback {
         u.push_str(&format!(
-            "\nYour previous attempt failed at the {} stage with this error:\n{}\nThe code was:\n{}\nFix it.\n",
-            f.stage, f.error, f.code
+            "\nAttempt {} failed at the {} stage.\nThe code was:\n{}\nThe error: {}\n",
+            f.round,
+            f.stage,
+            f.code,
+            short(&f.error, 600)
         ));
+        if let Some(line) = failing_line(&f.code, &ctx.selector, &f.error) {
+            u.push_str(&format!("The failing line: {line}\n"));
+        }
+        for hint in hints(ctx, &f.code, &f.error) {
+            u.push_str(&format!("Hint: {hint}\n"));
+        }
+        u.push_str("Write a corrected, different method.\n");
     }
-    vec![Message::system(system), Message::user(u)]
+    vec![Message::system(BRICK_SYSTEM), Message::user(u)]
 }
 
-/// ALFRED's task: review the method.
-pub fn alfred(ctx: &ReceiverContext, source: &str) -> Vec<Message> {
+/// The line of `code` a sandbox error points at (`receiver.selector:LINE:COL`), if any.
+pub fn failing_line(code: &str, selector: &str, error: &str) -> Option<String> {
+    let re = regex::Regex::new(&format!(r"\.{}:(\d+):\d+", regex::escape(selector))).ok()?;
+    let line: usize = re.captures(error)?.get(1)?.as_str().parse().ok()?;
+    let text = code.lines().nth(line.checked_sub(1)?)?.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+/// What a small model should try differently, read from the error and the code.
+pub fn hints(ctx: &ReceiverContext, code: &str, error: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let slots: Vec<String> = ctx
+        .values
+        .iter()
+        .map(|(n, _)| format!("self.{n}"))
+        .collect();
+    let lower = error.to_lowercase();
+    if code.contains("self.slot") && !ctx.values.iter().any(|(n, _)| n == "slot") {
+        out.push(format!(
+            "self.slot is not a slot of this object; read the slots by their names: {}",
+            slots.join(", ")
+        ));
+    }
+    if lower.contains("of undefined") || lower.contains("undefined is not") {
+        out.push(format!(
+            "something you read is undefined; the slots that exist are exactly: {}",
+            slots.join(", ")
+        ));
+    }
+    if let Some(c) = regex::Regex::new(r"'?([A-Za-z_$][\w$]*)'? is not defined")
+        .ok()
+        .and_then(|re| re.captures(error))
+    {
+        let name = &c[1];
+        if ctx.values.iter().any(|(n, _)| n == name) {
+            out.push(format!("{name} is a slot: write self.{name}"));
+        } else {
+            out.push(format!(
+                "{name} does not exist: declare it with const, or use a slot"
+            ));
+        }
+    }
+    if lower.contains("not a function") {
+        out.push(format!(
+            "only these methods exist: {}; compute the rest yourself",
+            if ctx.methods.is_empty() {
+                "none".to_string()
+            } else {
+                ctx.methods.join(", ")
+            }
+        ));
+    }
+    if lower.contains("same code") {
+        out.push("write the method another way than before".into());
+    }
+    out
+}
+
+/// ALFRED's task: a short verdict on a method that already passed the static checks and its
+/// trial, knowing what the trial returned.
+pub fn alfred(ctx: &ReceiverContext, source: &str, trial: &Json) -> Vec<Message> {
     let system = "You are ALFRED, the careful reviewer of TelOS. You check new methods for safety \
-and fitness. Answer VALID or INVALID on the first line, then one short reason.";
+and fitness. Answer with one line: VALID: reason, or INVALID: reason.";
     let user = format!(
-        "Object {} will get this method for the message {}:\n\n{}\n\nIs it safe (no I/O, no \
-escape from the sandbox, only changes its own object) and does it do what the selector `{}` \
-asks? Answer VALID or INVALID, then one short reason.",
+        "Object {} will get this method for the message {}:\n\n{}\n\nTried on a copy of the \
+object, it returned: {}\n\nIs it safe (no I/O, no escape from the sandbox, only changes its own \
+object) and does the result fit what the selector `{}` asks? One line: VALID: reason, or \
+INVALID: reason.",
         ctx.name,
         ctx.call_text(),
         source,
+        short(&trial.to_string(), 300),
         ctx.selector
     );
     vec![Message::system(system), Message::user(user)]
@@ -235,34 +352,79 @@ mod tests {
     #[test]
     fn brick_gets_the_context_examples_and_the_last_error() {
         let examples = [Example {
-            description: "rectangle.perimeter: adds the sides".into(),
+            description: "perimeter(): adds the sides".into(),
             source: "function perimeter(self) { return 2 * (self.width + self.height); }".into(),
         }];
         let fb = Feedback {
-            code: "function area(self, a) { return x; }".into(),
+            code: "function area(self, a) {\n  return x;\n}".into(),
             stage: "trial".into(),
-            error: "ReferenceError: x is not defined".into(),
+            error: "o1.area: x is not defined\n    at area (o1.area:2:10)".into(),
+            round: 1,
         };
-        let m = brick(&ctx(), &examples, Some(&fb));
+        let past = [PastFailure {
+            stage: "trial".into(),
+            reason: "returned NaN".into(),
+        }];
+        let m = brick(&ctx(), &examples, &past, Some(&fb));
         let u = &m[1].content;
         for needle in [
-            "Selector: area",
             "rectangle.area(2)",
-            "- width: 3",
+            "- self.width = 3",
             "proto -> genesis_obj",
             "function area(self, a)",
             "function perimeter(self)",
-            "ReferenceError: x is not defined",
+            "x is not defined",
+            "The failing line: return x;",
+            "returned NaN",
+            "Attempt 1",
         ] {
             assert!(u.contains(needle), "{needle} missing from:\n{u}");
         }
+        assert!(!m[0].content.contains("self.slot"), "{}", m[0].content);
         assert_eq!(
             ctx().recall_query(),
-            "rectangle.area(number) on an object with slots width, height"
+            "rectangle.area(number) on an object with slots height, width"
         );
         assert_eq!(
             one_line("\n  Computes the area.\nMore."),
             "Computes the area."
         );
+    }
+
+    #[test]
+    fn the_instructions_come_first_and_stay_the_same() {
+        let a = brick(&ctx(), &[], &[], None);
+        let mut other = ctx();
+        other.selector = "volume".into();
+        let b = brick(&other, &[], &[], None);
+        assert_eq!(a[0], b[0]);
+        assert!(a[0].content.contains("self.price * self.qty"));
+    }
+
+    #[test]
+    fn every_repair_round_asks_differently() {
+        let fb = |round| Feedback {
+            code: "function area(self) { return self.slot.width; }".into(),
+            stage: "trial".into(),
+            error: "o1.area: cannot read property 'width' of undefined".into(),
+            round,
+        };
+        let one = brick(&ctx(), &[], &[], Some(&fb(1)));
+        let two = brick(&ctx(), &[], &[], Some(&fb(2)));
+        assert_ne!(one, two);
+        let u = &one[1].content;
+        assert!(u.contains("self.slot is not a slot"), "{u}");
+        assert!(u.contains("self.width, self.height"), "{u}");
+    }
+
+    #[test]
+    fn the_same_shape_is_the_same_situation_whatever_the_names() {
+        let mut other = ctx();
+        other.name = "crate".into();
+        other.values.reverse();
+        other.values.push(("name".into(), "\"crate\"".into()));
+        assert_eq!(ctx().situation(), other.situation());
+        other.args = vec![json!("2")];
+        assert_ne!(ctx().situation(), other.situation());
     }
 }

@@ -4,20 +4,23 @@
 //! 0, else top-k/top-p/temperature sampling. llama.cpp's OpenMP threads must not spin on a busy
 //! 2-core machine: `main` sets `OMP_WAIT_POLICY=passive` before any thread starts.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow, bail};
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
 
-use super::{Backend, Message, PersonaConfig};
+use super::Message;
 
 /// The default model's file name in the models directory (put there by ops/setup-models.sh).
 pub const DEFAULT_MODEL_FILE: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
@@ -38,13 +41,49 @@ fn backend() -> anyhow::Result<&'static LlamaBackend> {
         .map_err(|e| anyhow!("llama.cpp could not start: {e}"))
 }
 
-/// One loaded GGUF model.
+/// One loaded GGUF model, with one context per caller (persona) kept for prompt-prefix reuse:
+/// each persona's fixed instructions stay evaluated between its calls.
 pub struct LocalModel {
+    // Field order matters: the cached contexts refer to the model and must be dropped first.
+    cache: Mutex<HashMap<String, Cached>>,
     model: LlamaModel,
     path: PathBuf,
     bytes: u64,
     threads: i32,
     n_ctx: u32,
+}
+
+/// A llama.cpp context and the tokens its KV cache holds, in order.
+struct Cached {
+    ctx: LlamaContext<'static>,
+    tokens: Vec<LlamaToken>,
+}
+
+// SAFETY: a llama.cpp context may be used from any thread, one at a time; `Cached` lives behind
+// the model's mutex, so only one thread ever touches it at once.
+unsafe impl Send for Cached {}
+
+/// What one local generation did.
+#[derive(Debug, Clone)]
+pub struct LocalRun {
+    pub text: String,
+    pub generated: u32,
+    /// Tokens of the prompt.
+    pub prompt_tokens: u32,
+    /// Prompt tokens whose evaluation was reused from the previous call (not evaluated again).
+    pub reused_tokens: u32,
+}
+
+/// How many leading tokens `a` and `b` share.
+pub fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Of a prompt of `prompt_len` tokens sharing `common` leading tokens with what the cache
+/// holds, how many to keep: never the whole prompt, since the last prompt token must be
+/// evaluated again to get the logits the first new token is sampled from.
+pub fn reusable(common: usize, prompt_len: usize) -> usize {
+    common.min(prompt_len.saturating_sub(1))
 }
 
 impl LocalModel {
@@ -67,6 +106,7 @@ impl LocalModel {
             "language model loaded"
         );
         Ok(LocalModel {
+            cache: Mutex::new(HashMap::new()),
             model,
             path: path.to_path_buf(),
             bytes,
@@ -84,13 +124,30 @@ impl LocalModel {
         self.bytes
     }
 
-    /// The assistant's reply to `messages` and the number of tokens generated.
+    fn new_context(&self) -> anyhow::Result<LlamaContext<'static>> {
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(self.n_ctx))
+            .with_n_batch(self.n_ctx)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads);
+        let ctx = self
+            .model
+            .new_context(backend()?, params)
+            .map_err(|e| anyhow!("creating a llama.cpp context: {e}"))?;
+        // SAFETY: the context only borrows the model to keep it alive; `LocalModel` owns both
+        // and drops the cached context (declared first) before the model.
+        Ok(unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) })
+    }
+
+    /// The assistant's reply to `messages`. The prompt's longest common prefix with the
+    /// previous call of the same `caller` is not evaluated again: only the new suffix is.
     pub fn generate(
         &self,
+        caller: &str,
         messages: &[Message],
         temperature: f32,
         max_tokens: u32,
-    ) -> anyhow::Result<(String, u32)> {
+    ) -> anyhow::Result<LocalRun> {
         let template = self
             .model
             .chat_template(None)
@@ -107,29 +164,68 @@ impl LocalModel {
         let vocab = self.model.vocab();
         let tokens = vocab.tokenize(prompt.as_bytes(), false, true);
         let budget = max_tokens.max(1) as usize;
-        if tokens.len() + budget > self.n_ctx as usize {
+        if tokens.is_empty() || tokens.len() + budget > self.n_ctx as usize {
             bail!(
                 "the prompt is {} tokens; with {budget} to generate it does not fit the context of {}",
                 tokens.len(),
                 self.n_ctx
             );
         }
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(self.n_ctx))
-            .with_n_batch(self.n_ctx)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
-        let mut ctx = self
-            .model
-            .new_context(backend()?, params)
-            .map_err(|e| anyhow!("creating a llama.cpp context: {e}"))?;
-        let mut batch = LlamaBatch::new(tokens.len().max(16), 1);
-        let last = tokens.len() as i32 - 1;
-        for (i, t) in tokens.iter().enumerate() {
-            batch.add(*t, i as i32, &[0], i as i32 == last)?;
+        let mut guard = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = match guard.remove(caller) {
+            Some(c) => c,
+            None => Cached {
+                ctx: self.new_context()?,
+                tokens: Vec::new(),
+            },
+        };
+        let mut keep = reusable(common_prefix(&cached.tokens, &tokens), tokens.len());
+        if keep < cached.tokens.len() {
+            // Drop the KV cells after the divergence point; a model whose memory cannot be
+            // cut part-way starts over.
+            let cut = cached
+                .ctx
+                .clear_kv_cache_seq(Some(0), Some(keep as u32), None)
+                .unwrap_or(false);
+            if !cut {
+                cached.ctx.clear_kv_cache();
+                keep = 0;
+            }
+            cached.tokens.truncate(keep);
         }
-        ctx.decode(&mut batch)
+        let result = self.decode(&mut cached, &tokens, keep, temperature, budget);
+        match result {
+            Ok(run) => {
+                guard.insert(caller.to_string(), cached);
+                Ok(run)
+            }
+            // After a failure the cache's contents are unknown: start the next call afresh.
+            Err(e) => Err(e),
+        }
+    }
+
+    fn decode(
+        &self,
+        cached: &mut Cached,
+        tokens: &[LlamaToken],
+        keep: usize,
+        temperature: f32,
+        budget: usize,
+    ) -> anyhow::Result<LocalRun> {
+        let vocab = self.model.vocab();
+        let suffix = &tokens[keep..];
+        let mut batch = LlamaBatch::new(suffix.len().max(16), 1);
+        let last = tokens.len() - 1;
+        for (i, t) in suffix.iter().enumerate() {
+            let pos = keep + i;
+            batch.add(*t, pos as i32, &[0], pos == last)?;
+        }
+        cached
+            .ctx
+            .decode(&mut batch)
             .map_err(|e| anyhow!("evaluating the prompt: {e}"))?;
+        cached.tokens.truncate(keep);
+        cached.tokens.extend_from_slice(suffix);
         let mut sampler = if temperature <= 0.0 {
             LlamaSampler::greedy()
         } else {
@@ -144,7 +240,7 @@ impl LocalModel {
         let mut pos = tokens.len() as i32;
         let mut generated = 0u32;
         while (generated as usize) < budget {
-            let token = sampler.sample(&ctx, batch.n_tokens() - 1);
+            let token = sampler.sample(&cached.ctx, batch.n_tokens() - 1);
             if vocab.is_eog(token) {
                 break;
             }
@@ -153,10 +249,24 @@ impl LocalModel {
             batch.clear();
             batch.add(token, pos, &[0], true)?;
             pos += 1;
-            ctx.decode(&mut batch)
+            cached
+                .ctx
+                .decode(&mut batch)
                 .map_err(|e| anyhow!("generating: {e}"))?;
+            cached.tokens.push(token);
         }
-        Ok((String::from_utf8_lossy(&out).into_owned(), generated))
+        tracing::debug!(
+            prompt = tokens.len(),
+            reused = keep,
+            generated,
+            "local generation"
+        );
+        Ok(LocalRun {
+            text: String::from_utf8_lossy(&out).into_owned(),
+            generated,
+            prompt_tokens: tokens.len() as u32,
+            reused_tokens: keep as u32,
+        })
     }
 }
 
@@ -164,21 +274,21 @@ fn rand_seed() -> u32 {
     (uuid::Uuid::new_v4().as_u128() & 0xffff_ffff) as u32
 }
 
-/// A persona backend over a shared, loaded model.
-pub struct Local<'a> {
-    pub model: &'a LocalModel,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Backend for Local<'_> {
-    fn complete(
-        &mut self,
-        _persona: &str,
-        cfg: &PersonaConfig,
-        messages: &[Message],
-    ) -> anyhow::Result<(String, Option<u32>)> {
-        let (text, n) = self
-            .model
-            .generate(messages, cfg.temperature, cfg.max_tokens)?;
-        Ok((text, Some(n)))
+    #[test]
+    fn only_the_new_suffix_is_evaluated() {
+        let cached = [1, 2, 3, 4, 5, 6];
+        // Same instructions, another task: the shared prefix is kept.
+        assert_eq!(reusable(common_prefix(&cached, &[1, 2, 3, 9, 9]), 5), 3);
+        // The same prompt again: all but its last token (which gives the logits) is kept.
+        assert_eq!(reusable(common_prefix(&cached, &[1, 2, 3]), 3), 2);
+        assert_eq!(reusable(common_prefix(&cached, &cached), 6), 5);
+        // Nothing in common, or nothing cached.
+        assert_eq!(reusable(common_prefix(&cached, &[7, 8]), 2), 0);
+        assert_eq!(reusable(common_prefix(&[], &[1, 2]), 2), 0);
+        assert_eq!(reusable(0, 0), 0);
     }
 }

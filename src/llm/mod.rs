@@ -102,6 +102,10 @@ pub struct Generated {
     pub ms: u64,
     /// Tokens generated, when the backend says.
     pub tokens: Option<u32>,
+    /// Tokens of the prompt, and how many of them were reused from the previous call instead
+    /// of evaluated again (local backend: prompt-prefix reuse).
+    pub prompt_tokens: Option<u32>,
+    pub reused_tokens: Option<u32>,
 }
 
 /// A generation request to one backend.

@@ -20,10 +20,13 @@ struct Line {
     #[serde(rename = "match")]
     pattern: String,
     reply: String,
+    /// Panic instead of answering: tests that a failing backend cannot wedge the server.
+    #[serde(default)]
+    panic: bool,
 }
 
 pub struct Scripted {
-    rules: Vec<(String, Regex, String)>,
+    rules: Vec<(String, Regex, String, bool)>,
 }
 
 impl Scripted {
@@ -42,7 +45,7 @@ impl Scripted {
             let l: Line = serde_json::from_str(line).with_context(|| format!("line {}", i + 1))?;
             let re = Regex::new(&l.pattern)
                 .with_context(|| format!("line {}: bad regex {:?}", i + 1, l.pattern))?;
-            rules.push((l.persona.to_uppercase(), re, l.reply));
+            rules.push((l.persona.to_uppercase(), re, l.reply, l.panic));
         }
         Ok(Scripted { rules })
     }
@@ -57,8 +60,9 @@ impl Backend for Scripted {
     ) -> anyhow::Result<(String, Option<u32>)> {
         let prompt = prompt_text(messages);
         let persona = persona.to_uppercase();
-        for (p, re, reply) in &self.rules {
+        for (p, re, reply, panic) in &self.rules {
             if *p == persona && re.is_match(&prompt) {
+                assert!(!panic, "the scripted backend panics for {persona}, as told");
                 return Ok((reply.clone(), None));
             }
         }

@@ -28,6 +28,10 @@ pub struct Record {
     /// Method source, for method memories.
     #[serde(default)]
     pub source: String,
+    /// Who wrote it: `kernel` (learned, tested, with provenance) or `external` (posted over
+    /// REST, or older than origins). Only `kernel` methods are ever reused as code.
+    #[serde(default)]
+    pub origin: String,
     pub embedder: String,
     /// RFC 3339.
     pub created: String,
@@ -36,6 +40,23 @@ pub struct Record {
     /// The embedding; left out of listings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vector: Vec<f32>,
+}
+
+/// A search result: a record (without its vector) and its cosine distance to the query.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Found {
+    /// The record's key.
+    pub id: u64,
+    pub distance: f32,
+    pub kind: String,
+    pub text: String,
+    pub prompt: String,
+    pub owner: String,
+    pub selector: String,
+    pub source: String,
+    /// `kernel` or `external` (see [`crate::memory::Record::origin`]).
+    pub origin: String,
+    pub created: String,
 }
 
 /// What a caller asks to remember.
@@ -54,4 +75,13 @@ pub struct NewMemory {
     pub selector: String,
     #[serde(default)]
     pub source: String,
+    /// Set by the server, never by a client: `kernel` for what the kernel learned; empty means
+    /// `external`.
+    #[serde(skip_deserializing)]
+    pub origin: String,
 }
+
+/// The origin of memories the kernel learned (the only ones reused as code).
+pub const ORIGIN_KERNEL: &str = "kernel";
+/// The origin of everything else (posted over REST, chunks of objects, older records).
+pub const ORIGIN_EXTERNAL: &str = "external";

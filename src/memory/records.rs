@@ -12,7 +12,7 @@ use crate::store::{Store, db_err};
 
 /// The fields of a memory row without its vector.
 const LIST_FIELDS: &str =
-    "key, kind, text, prompt, owner, selector, source, embedder, created, seq";
+    "key, kind, text, prompt, owner, selector, source, origin, embedder, created, seq";
 
 /// Memories written after a sequence number (key, vector, seq), and the keys forgotten.
 pub type MemoryChanges = (Vec<(u64, Vec<f32>, u64)>, Vec<u64>);

@@ -151,6 +151,25 @@ impl TestApp {
     pub async fn ws(&self) -> Ws {
         Ws::connect(&self.base).await
     }
+
+    /// Waits until `owner` has at least `n` memory records (learning happens after the
+    /// answer; indexing after the change).
+    pub async fn wait_for_memories(&self, owner: &str, n: u64) -> Json {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, records) = self
+                .get(&format!("/api/memory/records?owner={owner}"))
+                .await;
+            if records["total"].as_u64().is_some_and(|t| t >= n) {
+                return records;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{owner} never got {n} memories: {records}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 pub struct Ws {
@@ -167,6 +186,22 @@ impl Ws {
             .await
             .expect("websocket connects");
         Ws { framed }
+    }
+
+    pub fn from_framed(framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>) -> Ws {
+        Ws { framed }
+    }
+
+    /// Whether the server closes the connection (within 30 s), skipping frames before that.
+    pub async fn closed(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.framed.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) => return true,
+                Ok(Some(Ok(awc::ws::Frame::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
     }
 
     pub async fn send_text(&mut self, text: String) {
@@ -190,6 +225,19 @@ impl Ws {
                 .expect("valid frame");
             if let awc::ws::Frame::Text(bytes) = frame {
                 return serde_json::from_slice(&bytes).expect("JSON frame");
+            }
+        }
+    }
+
+    /// Collects frames until one satisfies `done` (included).
+    pub async fn until(&mut self, done: impl Fn(&Json) -> bool) -> Vec<Json> {
+        let mut frames = Vec::new();
+        loop {
+            let f = self.next().await;
+            let last = done(&f);
+            frames.push(f);
+            if last {
+                return frames;
             }
         }
     }

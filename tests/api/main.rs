@@ -4,4 +4,5 @@ mod backups;
 mod common;
 mod kernel;
 mod memory;
+mod security;
 mod world;

@@ -38,7 +38,7 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
   const dir = mkdtempSync(join(tmpdir(), "telos-e2e-"));
   const personas = join(dir, "personas.jsonl");
   writeFileSync(personas, [
-    line("BRICK", "Selector: area", "```javascript\nfunction area(self, w, h) {\n  return w * h;\n}\n```"),
+    line("BRICK", "Write: function area", "```javascript\nfunction area(self, w, h) {\n  return w * h;\n}\n```"),
     line("ALFRED", ".", "VALID: it only multiplies its arguments"),
     line("BABS", ".", "Computes the area of a rectangle from its width and height."),
     line("ROBIN", ".", "Hello! I am ROBIN."),
@@ -95,6 +95,8 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     // A missing method: the kernel's stages stream in, then the answer.
     entry = await say(`${oid}.area(3, 4)`);
     assert.equal((await entry.locator(".answer.ok").textContent()).trim(), "12");
+    // Learning happens right after the answer; its stage still shows up in the timeline.
+    await entry.locator(".stage.done", { hasText: "learn" }).waitFor();
     const stages = await entry.locator(".stage").evaluateAll((rows) => rows.map((r) => r.querySelector("summary").textContent));
     for (const s of ["recall", "write", "review", "trial", "install", "learn", "answer"]) {
       assert.ok(stages.some((t) => t.includes(s)), `stage ${s} shown: ${stages}`);
