@@ -83,7 +83,7 @@ async fn drive(soak: Soak) -> anyhow::Result<()> {
             while Instant::now() < end {
                 i += 1;
                 // Alternate a read and a committed write.
-                let frame = if i % 2 == 0 {
+                let frame = if i.is_multiple_of(2) {
                     json!({"type": "send", "id": i, "target": target, "selector": "w", "args": []})
                 } else {
                     json!({"type": "send", "id": i, "target": target, "selector": "h_", "args": [i % 100]})

@@ -1343,10 +1343,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(key, 1);
-        let r = x.remembered.lock().unwrap();
-        assert_eq!(r[0].origin, ORIGIN_KERNEL);
-        assert_eq!(r[0].prompt, "area() on an object with slots height, width");
-        assert!(r[0].text.starts_with("area() on an object"));
+        {
+            let r = x.remembered.lock().unwrap();
+            assert_eq!(r[0].origin, ORIGIN_KERNEL);
+            assert_eq!(r[0].prompt, "area() on an object with slots height, width");
+            assert!(r[0].text.starts_with("area() on an object"));
+        }
         assert_eq!(stages(&mut rx), ["learn:started", "learn:done"]);
         // Failing every time: an error, and nothing is taken back.
         let x = Fake {

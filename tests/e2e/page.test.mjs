@@ -96,7 +96,7 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     entry = await say(`${oid}.area(3, 4)`);
     assert.equal((await entry.locator(".answer.ok").textContent()).trim(), "12");
     // Learning happens right after the answer; its stage still shows up in the timeline.
-    await entry.locator(".stage.done", { hasText: "learn" }).waitFor();
+    await entry.locator(".stage.done", { hasText: "learn" }).waitFor({ state: "attached" });
     const stages = await entry.locator(".stage").evaluateAll((rows) => rows.map((r) => r.querySelector("summary").textContent));
     for (const s of ["recall", "write", "review", "trial", "install", "learn", "answer"]) {
       assert.ok(stages.some((t) => t.includes(s)), `stage ${s} shown: ${stages}`);
