@@ -78,6 +78,9 @@ impl Telos {
             scripted,
             persona_board.clone(),
         ));
+        if settings.llm_preload {
+            personas.do_send(crate::actors::persona::Warm);
+        }
         // The embedder has a thread of its own: recall and search never wait for a generation.
         let embedder =
             EmbedClient::start(start_sync(EmbedderActor::new(&settings, &persona_board)));

@@ -52,6 +52,9 @@ pub struct Settings {
     pub llm_context: u32,
     /// Memory the loaded local models may use together, MiB; the least recently used is unloaded.
     pub model_budget_mib: u64,
+    /// Load the personas' local model at start and evaluate their fixed instructions, so the
+    /// first miss does not wait for either (about 10 s on two cores).
+    pub llm_preload: bool,
     /// Base URL of the Ollama server (`ollama` backend).
     pub ollama_url: String,
     /// Base URL of the OpenAI-compatible server (`openai` backend), and its key.
@@ -146,6 +149,7 @@ impl Default for Settings {
             llm_threads: 2,
             llm_context: 4096,
             model_budget_mib: 4096,
+            llm_preload: true,
             ollama_url: "http://127.0.0.1:11434".into(),
             openai_url: String::new(),
             openai_api_key: String::new(),
@@ -203,6 +207,7 @@ const ENV: &[&str] = &[
     "llm_threads",
     "llm_context",
     "model_budget_mib",
+    "llm_preload",
     "ollama_url",
     "openai_url",
     "openai_api_key",
@@ -374,6 +379,11 @@ fn env_value(key: &str, value: &str, var: &str) -> anyhow::Result<toml::Value> {
                 .parse()
                 .with_context(|| format!("{var} must be a number, got {value:?}"))?,
         ),
+        "boolean" => toml::Value::Boolean(match value.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            _ => bail!("{var} must be true or false, got {value:?}"),
+        }),
         _ => toml::Value::String(value.to_string()),
     })
 }
@@ -397,5 +407,10 @@ mod tests {
             toml::Value::String("127.0.0.1:0".into())
         );
         assert!(env_value("heap_mib", "lots", "X").is_err());
+        assert_eq!(
+            env_value("llm_preload", "0", "X").unwrap(),
+            toml::Value::Boolean(false)
+        );
+        assert!(env_value("llm_preload", "maybe", "X").is_err());
     }
 }

@@ -43,6 +43,8 @@ pub mod memory;
 pub mod object;
 pub mod sandbox;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod world;
 
 pub use app::{Application, Telos};

@@ -59,6 +59,21 @@ pub fn parse(line: &str) -> Result<Option<SendLine>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mangled_lines_never_panic() {
+        let mut fuzz = crate::testing::Fuzz(0x11ee_5eed);
+        let seeds = [
+            "genesis_obj.greet(\"Ada\")",
+            "o1.area(3, 4)",
+            "x.y({\"a\": [1, 2, {\"b\": null}]})",
+            "memory_manager.search(\"area\", 3)",
+        ];
+        for i in 0..3_000 {
+            let line = fuzz.mangle(seeds[i % seeds.len()]);
+            let _ = parse(&line);
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -59,6 +59,12 @@ pub struct Generate {
     pub temperature: Option<f32>,
 }
 
+/// Loads the local model of the personas that use one and evaluates their fixed instructions,
+/// so that the first message nobody understands does not pay for either.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Warm;
+
 /// The personas, their settings and whether their model is loaded.
 #[derive(Message)]
 #[rtype(result = "Vec<PersonaView>")]
@@ -426,7 +432,13 @@ impl PersonaActor {
             _ => {
                 let model = self.local_model(PathBuf::from(&model))?;
                 model
-                    .generate(&name, messages, cfg.temperature, cfg.max_tokens)
+                    .generate(
+                        &name,
+                        messages,
+                        cfg.temperature,
+                        cfg.max_tokens,
+                        matches!(name.as_str(), "ALFRED" | "BABS"),
+                    )
                     .map(|run| {
                         let t = &self.board.tokens;
                         t.prompt
@@ -487,6 +499,50 @@ impl Handler<Generate> for PersonaActor {
         self.board.state().busy = None;
         self.publish();
         answer
+    }
+}
+
+impl Handler<Warm> for PersonaActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Warm, _: &mut SyncContext<Self>) -> Self::Result {
+        let t = Instant::now();
+        for (persona, system) in crate::kernel::prompts::fixed_instructions() {
+            let Ok((name, cfg)) = self.persona(persona) else {
+                continue;
+            };
+            let (backend, model) = self.effective(&cfg);
+            if backend != "local" {
+                continue;
+            }
+            self.board.state().busy = Some((format!("{name} (warming up)"), Instant::now()));
+            let warmed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let model = self.local_model(PathBuf::from(&model))?;
+                model
+                    .generate(
+                        &name,
+                        &[Message::system(system), Message::user("")],
+                        0.0,
+                        1,
+                        true,
+                    )
+                    .map_err(|e| TelosError::Unavailable(format!("{e:#}")))
+            }));
+            self.board.state().busy = None;
+            match warmed {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(persona = %name, error = %e, "warming up the local model failed; it loads on first use");
+                    break;
+                }
+                Err(_) => {
+                    tracing::error!(persona = %name, "warming up the local model panicked");
+                    break;
+                }
+            }
+        }
+        self.publish();
+        tracing::info!(ms = t.elapsed().as_millis() as u64, "personas warmed up");
     }
 }
 

@@ -208,6 +208,9 @@ fn pass(mut settings: Settings, families: &[Family], label: &str) -> anyhow::Res
         let app = Application::build(settings).await?;
         let telos = app.telos().clone();
         let server = actix_web::rt::spawn(app.run_until_stopped());
+        // As a running server would be: the model loaded and the fixed instructions evaluated
+        // (the start-up warm-up runs first; this waits for it).
+        let _ = telos.personas.send(crate::actors::persona::Warm).await;
         let mut runs = Vec::new();
         for family in &families {
             for (position, member) in family.members.iter().enumerate() {

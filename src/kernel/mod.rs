@@ -230,6 +230,25 @@ pub fn verdict(answer: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mangled_persona_answers_never_panic() {
+        let mut fuzz = crate::testing::Fuzz(0xa1f_12ed);
+        let seeds = [
+            "```javascript\nfunction area(self, a) { return self.w * a; }\n```",
+            "area = (self) => { return `x${self.y}`; }",
+            "VALID: it computes the area of ß and ŉ",
+            "INVALID - it writes /* } */ files",
+            "area(self) { if (a) { return '}'; } }",
+        ];
+        for i in 0..3_000 {
+            let answer = fuzz.mangle(seeds[i % seeds.len()]);
+            let _ = verdict(&answer);
+            if let Ok(source) = extract_method(&answer, "area") {
+                let _ = static_checks(&source, "area");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -193,6 +193,9 @@ impl Config {
     }
 }
 
+/// Recalled methods shown to BRICK as examples.
+pub const MAX_EXAMPLES: usize = 2;
+
 /// BRICK decodes greedily on the first round; repairs sample, so that a repeated prompt cannot
 /// bring back the same answer.
 pub const REPAIR_TEMPERATURE: f32 = 0.6;
@@ -756,11 +759,18 @@ pub async fn run<X: Personas + Memory + Sandbox + Facts>(
     let ctx = x.context(miss).await?;
     let mut timings = Timings::default();
     let recalled = recall(x, cfg, miss, &ctx, &mut timings, em).await?;
+    // At most two examples, each named by its situation: every token of them is evaluated on
+    // every call, and small models copy the nearest example anyway.
     let examples: Vec<Example> = recalled
         .iter()
         .filter(|m| !m.source.is_empty())
+        .take(MAX_EXAMPLES)
         .map(|m| Example {
-            description: m.text.clone(),
+            description: if m.prompt.is_empty() {
+                prompts::short(&m.text, 80)
+            } else {
+                m.prompt.clone()
+            },
             source: m.source.clone(),
         })
         .collect();
@@ -1161,9 +1171,9 @@ mod tests {
                 "install:done",
             ]
         );
-        // ALFRED judged what the trial returned.
+        // ALFRED judged a method that had run without error.
         let alfred = x.asked("ALFRED");
-        assert!(alfred[0].0.contains("it returned: 12"), "{}", alfred[0].0);
+        assert!(alfred[0].0.contains("without error"), "{}", alfred[0].0);
         let installed = x.installed.lock().unwrap();
         assert_eq!(installed[0].origin, "kernel");
         assert_eq!(installed[0].provenance.as_ref().unwrap()["trial"], 12);

@@ -100,7 +100,7 @@ pub fn short(text: &str, max: usize) -> String {
 
 /// BRICK's fixed instructions. They come first in every BRICK prompt and never change, so a
 /// local backend can keep them evaluated between calls (prompt-prefix reuse).
-const BRICK_SYSTEM: &str = "You are BRICK, the builder of TelOS, a live world of prototype \
+pub const BRICK_SYSTEM: &str = "You are BRICK, the builder of TelOS, a live world of prototype \
 objects. You write one JavaScript method at a time. Answer with the code of exactly one \
 function and nothing else.
 
@@ -274,21 +274,32 @@ pub fn hints(ctx: &ReceiverContext, code: &str, error: &str) -> Vec<String> {
     out
 }
 
+/// ALFRED's fixed instructions (first in every ALFRED prompt).
+pub const ALFRED_SYSTEM: &str = "You are ALFRED, the careful reviewer of TelOS. You look for \
+concrete problems in a new method that already ran once without error. Answer VALID unless you \
+find one: it reaches outside its object (I/O, globals, eval, timers), it changes other objects, \
+or it clearly computes something else than its name asks. Short, simple code is fine, and any \
+answer value (also false, 0 or an empty list) can be right. Answer with one line: VALID: why, \
+or INVALID: the concrete problem.";
+
+/// The fixed part of each persona's prompts, for warming a local model up at start.
+pub fn fixed_instructions() -> [(&'static str, &'static str); 2] {
+    [("BRICK", BRICK_SYSTEM), ("ALFRED", ALFRED_SYSTEM)]
+}
+
 /// ALFRED's task: a short verdict on a method that already passed the static checks and its
 /// trial, knowing what the trial returned.
 pub fn alfred(ctx: &ReceiverContext, source: &str, trial: &Json) -> Vec<Message> {
-    let system = "You are ALFRED, the careful reviewer of TelOS. You check new methods for safety \
-and fitness. Answer with one line: VALID: reason, or INVALID: reason.";
+    // Everything fixed is in the system message (kept evaluated between calls by a local
+    // backend); the task itself is short, since every token of it is evaluated each time.
+    let system = ALFRED_SYSTEM;
+    // The trial's value is not shown: a small reviewer reads `false` or `0` as a failure of
+    // the method. A method that threw never gets here (the trial runs first).
+    let _ = trial;
     let user = format!(
-        "Object {} will get this method for the message {}:\n\n{}\n\nTried on a copy of the \
-object, it returned: {}\n\nIs it safe (no I/O, no escape from the sandbox, only changes its own \
-object) and does the result fit what the selector `{}` asks? One line: VALID: reason, or \
-INVALID: reason.",
-        ctx.name,
+        "Message: {}\n{}\nIt ran once on a copy of the object without error.",
         ctx.call_text(),
         source,
-        short(&trial.to_string(), 300),
-        ctx.selector
     );
     vec![Message::system(system), Message::user(user)]
 }

@@ -141,12 +141,15 @@ impl LocalModel {
 
     /// The assistant's reply to `messages`. The prompt's longest common prefix with the
     /// previous call of the same `caller` is not evaluated again: only the new suffix is.
+    /// `one_line`: the answer ends at the first line break after some text (verdicts and
+    /// descriptions), so no tokens are spent on what would be thrown away.
     pub fn generate(
         &self,
         caller: &str,
         messages: &[Message],
         temperature: f32,
         max_tokens: u32,
+        one_line: bool,
     ) -> anyhow::Result<LocalRun> {
         let template = self
             .model
@@ -193,7 +196,7 @@ impl LocalModel {
             }
             cached.tokens.truncate(keep);
         }
-        let result = self.decode(&mut cached, &tokens, keep, temperature, budget);
+        let result = self.decode(&mut cached, &tokens, keep, temperature, budget, one_line);
         match result {
             Ok(run) => {
                 guard.insert(caller.to_string(), cached);
@@ -211,6 +214,7 @@ impl LocalModel {
         keep: usize,
         temperature: f32,
         budget: usize,
+        one_line: bool,
     ) -> anyhow::Result<LocalRun> {
         let vocab = self.model.vocab();
         let suffix = &tokens[keep..];
@@ -220,10 +224,13 @@ impl LocalModel {
             let pos = keep + i;
             batch.add(*t, pos as i32, &[0], pos == last)?;
         }
+        let t = Instant::now();
         cached
             .ctx
             .decode(&mut batch)
             .map_err(|e| anyhow!("evaluating the prompt: {e}"))?;
+        let prompt_ms = t.elapsed().as_millis() as u64;
+        let t = Instant::now();
         cached.tokens.truncate(keep);
         cached.tokens.extend_from_slice(suffix);
         let mut sampler = if temperature <= 0.0 {
@@ -244,7 +251,14 @@ impl LocalModel {
             if vocab.is_eog(token) {
                 break;
             }
-            out.extend(vocab.token_to_piece(token, false, None));
+            let piece = vocab.token_to_piece(token, false, None);
+            if one_line
+                && piece.contains(&b'\n')
+                && out.iter().any(|b: &u8| !b.is_ascii_whitespace())
+            {
+                break;
+            }
+            out.extend(piece);
             generated += 1;
             batch.clear();
             batch.add(token, pos, &[0], true)?;
@@ -258,7 +272,9 @@ impl LocalModel {
         tracing::debug!(
             prompt = tokens.len(),
             reused = keep,
+            prompt_ms,
             generated,
+            generate_ms = t.elapsed().as_millis() as u64,
             "local generation"
         );
         Ok(LocalRun {

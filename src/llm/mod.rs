@@ -80,7 +80,8 @@ impl PersonaConfig {
     pub fn default_for(name: &str) -> PersonaConfig {
         let (temperature, max_tokens) = match name {
             "BRICK" => (0.0, 512),
-            "ALFRED" => (0.0, 48),
+            // A verdict is one short line: VALID or INVALID and a few words.
+            "ALFRED" => (0.0, 24),
             "BABS" => (0.2, 64),
             _ => (0.7, 256),
         };

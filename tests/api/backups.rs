@@ -684,3 +684,73 @@ fn memories_and_their_index_are_backed_up_verified_and_restored() {
         );
     });
 }
+
+/// `ops/restore.sh` killed (with everything it started) at many points: every time, the data
+/// directory starts, holding the whole world, the old one or the restored one.
+#[test]
+fn restore_sh_killed_at_any_point_leaves_a_complete_world() {
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backups = dir.path().join("backups");
+    let server = ServerProcess::start(&data).unwrap();
+    let sys = actix_web::rt::System::new();
+    let count = |base: &str| {
+        let base = base.to_string();
+        sys.block_on(async move {
+            let (_, h) = request(&client(), "GET", &format!("{base}/api/health"), None).await;
+            h["objects"].as_u64().unwrap()
+        })
+    };
+    sys.block_on(async {
+        let c = client();
+        let b = &server.base;
+        for i in 0..40 {
+            post(
+                &c,
+                format!("{b}/api/objects/genesis_obj/clone"),
+                json!({"slots": {"i": i, "pad": "p".repeat(500)}}),
+            )
+            .await;
+        }
+        let (s, _) = post(&c, format!("{b}/api/backups"), json!({"kind": "full"})).await;
+        assert_eq!(s, 201);
+        for i in 0..10 {
+            post(
+                &c,
+                format!("{b}/api/objects/genesis_obj/clone"),
+                json!({"slots": {"later": i}}),
+            )
+            .await;
+        }
+    });
+    let (restored, old) = (45, 55);
+    assert_eq!(count(&server.base), old);
+    drop(server);
+    for delay_ms in [0u64, 30, 80, 150, 250, 400, 600, 900, 1300, 2000, 4000] {
+        let mut restore = Command::new("ops/restore.sh");
+        restore
+            .env("TELOS_BIN", env!("CARGO_BIN_EXE_telos"))
+            .env("TELOS_DATA_DIR", &data)
+            .env("TELOS_BACKUP_DIR", &backups)
+            .env("TELOS_LOG", "warn")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
+        let mut child = restore.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signals the process group the child leads (the script and what it started).
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
+        let server = ServerProcess::start(&data).unwrap_or_else(|e| {
+            panic!("killed after {delay_ms} ms: the world does not start: {e}")
+        });
+        let n = count(&server.base);
+        assert!(
+            n == old || n == restored,
+            "killed after {delay_ms} ms: {n} objects, neither the old world ({old}) nor the restored one ({restored})"
+        );
+        drop(server);
+    }
+}
