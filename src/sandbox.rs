@@ -926,6 +926,17 @@ fn host_object<'js>(ctx: &Ctx<'js>) -> rquickjs::Result<Object<'js>> {
                         )),
                     ));
                 }
+                // A value over the slot limit is refused before it is parsed at all.
+                let limit = with_exec(|e| e.limits.budget.slot_bytes);
+                if value.len() > limit {
+                    return Err(throw(
+                        &ctx,
+                        TelosError::LimitExceeded(format!(
+                            "slot size limit: {oid}.{name} would hold {} bytes, more than {limit} bytes (max_slot_kib)",
+                            value.len()
+                        )),
+                    ));
+                }
                 let value = parse_json(&ctx, &value)?;
                 with_exec(|e| e.txn.set_slot(&oid, &name, Slot::Value(value)))
                     .map_err(|e| throw(&ctx, e))

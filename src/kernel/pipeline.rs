@@ -414,6 +414,25 @@ pub async fn reuse<S: Sandbox, F: Facts>(
     None
 }
 
+/// Asks `persona`; a persona that cannot answer fails `stage` (reported, not retried).
+async fn ask<P: Personas>(
+    personas: &P,
+    persona: &str,
+    messages: Vec<Message>,
+    temperature: Option<f32>,
+    stage: Stage,
+    miss: &Miss,
+    em: &Emitter,
+) -> Result<Generated, TelosError> {
+    personas
+        .ask(persona, messages, temperature)
+        .await
+        .map_err(|e| {
+            em.emit(stage, Status::Failed, json!({ "error": e }));
+            fail(miss, stage, format!("{persona} could not answer: {e}"))
+        })
+}
+
 /// What BRICK wrote, read as one method.
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -441,17 +460,16 @@ pub async fn write<P: Personas>(
     let messages = prompts::brick(ctx, examples, past, feedback);
     prompts_seen.push(prompt_text(&messages));
     let temperature = feedback.map(|_| REPAIR_TEMPERATURE);
-    let answer = match personas.ask("BRICK", messages, temperature).await {
-        Ok(a) => a,
-        Err(e) => {
-            em.emit(Stage::Write, Status::Failed, json!({ "error": e }));
-            return Err(fail(
-                miss,
-                Stage::Write,
-                format!("BRICK could not answer: {e}"),
-            ));
-        }
-    };
+    let answer = ask(
+        personas,
+        "BRICK",
+        messages,
+        temperature,
+        Stage::Write,
+        miss,
+        em,
+    )
+    .await?;
     timings.add(Stage::Write, t);
     let source = match extract_method(&answer.text, &miss.selector) {
         Ok(s) => s,
@@ -569,20 +587,8 @@ pub async fn review_verdict<P: Personas>(
     em: &Emitter,
 ) -> Result<Result<String, RoundFailure>, TelosError> {
     let t = Instant::now();
-    let review = match personas
-        .ask("ALFRED", prompts::alfred(ctx, source, value), None)
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            em.emit(Stage::Review, Status::Failed, json!({ "error": e }));
-            return Err(fail(
-                miss,
-                Stage::Review,
-                format!("ALFRED could not answer: {e}"),
-            ));
-        }
-    };
+    let messages = prompts::alfred(ctx, source, value);
+    let review = ask(personas, "ALFRED", messages, None, Stage::Review, miss, em).await?;
     timings.add(Stage::Review, t);
     match verdict(&review.text) {
         Ok(reason) => {
