@@ -304,6 +304,16 @@ impl Telos {
 impl Telos {
     /// Saves what is kept in memory only (the vector index) before the process exits.
     pub async fn shutdown(&self) {
+        // A generation in flight (e.g. a learn stage after its answer) ends before the process
+        // does: the persona actor answers this only after the work queued before it.
+        let drained = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            self.personas.send(crate::actors::persona::Status),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!("a generation was still running at shutdown");
+        }
         match self.memory.send(memory::Save).await {
             Ok(Ok(())) => tracing::info!("memory index saved"),
             Ok(Err(e)) => tracing::error!(error = %e, "saving the memory index at shutdown"),

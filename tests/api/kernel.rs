@@ -660,4 +660,8 @@ async fn the_real_local_model_learns_methods_that_read_slots() {
     let reused = brick["reused_tokens"].as_u64().unwrap();
     let prompt = brick["prompt_tokens"].as_u64().unwrap();
     assert!(reused > 100 && reused < prompt, "{m}");
+    // Learning goes on after the answer: let it finish, so that no generation is running when
+    // the test process exits.
+    app.wait_for_memories(&cuboid, 1).await;
+    app.wait_for_memories(&person, 1).await;
 }
