@@ -14,11 +14,7 @@ use crate::kernel::Status;
 use crate::sandbox::Op;
 
 pub fn run(mut settings: Settings) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("telos-bench-kernel-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    settings.data_dir = dir.clone();
-    settings.db_url.clear();
-    settings.bind = "127.0.0.1:0".into();
+    let dir = super::scratch_world(&mut settings, "telos-bench-kernel");
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         let telos = app.telos().clone();

@@ -190,15 +190,8 @@ fn report(on: &[Run], off: &[Run], recall_k: usize) {
 
 /// Runs every family once in a fresh world.
 fn pass(mut settings: Settings, families: &[Family], label: &str) -> anyhow::Result<Vec<Run>> {
-    let dir = std::env::temp_dir().join(format!(
-        "telos-bench-learning-{}-{}",
-        std::process::id(),
-        settings.recall_k
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    settings.data_dir = dir.clone();
-    settings.db_url.clear();
-    settings.bind = "127.0.0.1:0".into();
+    let name = format!("telos-bench-learning-k{}", settings.recall_k);
+    let dir = super::scratch_world(&mut settings, &name);
     // A benchmark measures learning, not the guard rails around it.
     settings.kernel_runs_per_minute = 0;
     settings.kernel_max_failures = 0;

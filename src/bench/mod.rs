@@ -125,14 +125,21 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
-/// Runs every measurement and prints one line per figure.
-pub fn run(mut settings: Settings, sends: usize, round_trips: usize) -> anyhow::Result<()> {
-    raise_fd_limit();
-    let dir = std::env::temp_dir().join(format!("telos-bench-{}", std::process::id()));
+/// Points `settings` at a fresh embedded world in a temporary directory named after `name`,
+/// listening on a free loopback port; answers the directory (removed by the caller).
+pub(crate) fn scratch_world(settings: &mut Settings, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     settings.data_dir = dir.clone();
     settings.db_url.clear();
     settings.bind = "127.0.0.1:0".into();
+    dir
+}
+
+/// Runs every measurement and prints one line per figure.
+pub fn run(mut settings: Settings, sends: usize, round_trips: usize) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let dir = scratch_world(&mut settings, "telos-bench");
     settings.wall_time_ms = 120_000;
     settings.ws_rate_per_sec = 100_000;
     let result = actix_web::rt::System::new().block_on(async move {
