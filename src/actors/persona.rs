@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Settings;
 use crate::embed::{DIMS, EMBEDDER_ID, Embedder};
 use crate::error::TelosError;
-use crate::llm::local::LocalModel;
+use crate::llm::local::{LocalModel, Stop};
 use crate::llm::remote::{Dialect, Remote};
 use crate::llm::scripted::Scripted;
 use crate::llm::{Backend, Generated, Message, PERSONAS, PersonaConfig, prompt_text};
@@ -437,7 +437,11 @@ impl PersonaActor {
                         messages,
                         cfg.temperature,
                         cfg.max_tokens,
-                        matches!(name.as_str(), "ALFRED" | "BABS"),
+                        match name.as_str() {
+                            "ALFRED" | "BABS" => Stop::Line,
+                            "BRICK" => Stop::Function,
+                            _ => Stop::EndOfText,
+                        },
                     )
                     .map(|run| {
                         let t = &self.board.tokens;
@@ -524,7 +528,7 @@ impl Handler<Warm> for PersonaActor {
                         &[Message::system(system), Message::user("")],
                         0.0,
                         1,
-                        true,
+                        Stop::Line,
                     )
                     .map_err(|e| TelosError::Unavailable(format!("{e:#}")))
             }));

@@ -7,7 +7,9 @@
 //! measures reuse. The whole file runs twice, in two fresh worlds: with recall on
 //! (`recall_k` as configured) and with `recall_k = 0`, then prints pass rates and median times.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -52,6 +54,19 @@ struct Run {
     reused: bool,
     time: Duration,
     detail: String,
+    /// Milliseconds per stage (started → done/failed, summed over repair rounds).
+    stage_ms: BTreeMap<&'static str, u64>,
+    /// Prompt tokens BRICK and ALFRED evaluated (not reused from the previous call), summed.
+    new_tokens: u64,
+    /// Prompt tokens reused from the previous call's cache, summed.
+    reused_tokens: u64,
+}
+
+/// Latencies of operator requests issued while the kernel was working.
+#[derive(Default)]
+struct Probes {
+    search: Vec<Duration>,
+    health: Vec<Duration>,
 }
 
 /// Whether `got` is the expected answer (numbers within a relative 1e-3).
@@ -77,6 +92,22 @@ fn median(mut xs: Vec<Duration>) -> Option<Duration> {
     }
     xs.sort();
     Some(xs[xs.len() / 2])
+}
+
+/// The `p`th percentile (nearest rank) of `xs`.
+fn percentile(xs: &[Duration], p: f64) -> Option<Duration> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut xs = xs.to_vec();
+    xs.sort();
+    let rank = ((p / 100.0) * xs.len() as f64).ceil() as usize;
+    Some(xs[rank.clamp(1, xs.len()) - 1])
+}
+
+fn millis(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -107,12 +138,64 @@ pub fn run(settings: Settings, file: &Path, limit: Option<usize>) -> anyhow::Res
     let recall_k = settings.recall_k.max(1);
     let mut with = settings.clone();
     with.recall_k = recall_k;
-    let on = pass(with, &families, "memory on")?;
+    let (on, probes) = pass(with, &families, "memory on")?;
     let mut without = settings;
     without.recall_k = 0;
-    let off = pass(without, &families, "memory off")?;
+    let (off, _) = pass(without, &families, "memory off")?;
     report(&on, &off, recall_k);
+    report_stages(&on);
+    report_probes(&probes);
     Ok(())
+}
+
+/// Where a miss's time goes (memory on, every member that was generated).
+fn report_stages(on: &[Run]) {
+    let misses: Vec<&Run> = on.iter().filter(|r| !r.reused).collect();
+    if misses.is_empty() {
+        return;
+    }
+    println!(
+        "\nwhere a miss's time goes (memory on, {} misses, medians):",
+        misses.len()
+    );
+    for stage in Stage::ALL {
+        let times: Vec<Duration> = misses
+            .iter()
+            .filter_map(|r| r.stage_ms.get(stage.as_str()))
+            .map(|ms| Duration::from_millis(*ms))
+            .collect();
+        if !times.is_empty() {
+            println!(
+                "  {:<8} {} (in {} runs)",
+                stage.as_str(),
+                secs(median(times.clone())),
+                times.len()
+            );
+        }
+    }
+    let mut new: Vec<u64> = misses.iter().map(|r| r.new_tokens).collect();
+    let mut reused: Vec<u64> = misses.iter().map(|r| r.reused_tokens).collect();
+    new.sort();
+    reused.sort();
+    println!(
+        "  prompt tokens per miss: {} evaluated, {} reused from the cache (medians)",
+        new[new.len() / 2],
+        reused[reused.len() / 2]
+    );
+}
+
+fn report_probes(probes: &Probes) {
+    println!(
+        "\noperator requests while the kernel worked (memory on): memory search p50 {} p99 {} max {} ({} requests); health p50 {} p99 {} max {} ({} requests)",
+        millis(percentile(&probes.search, 50.0)),
+        millis(percentile(&probes.search, 99.0)),
+        millis(percentile(&probes.search, 100.0)),
+        probes.search.len(),
+        millis(percentile(&probes.health, 50.0)),
+        millis(percentile(&probes.health, 99.0)),
+        millis(percentile(&probes.health, 100.0)),
+        probes.health.len(),
+    );
 }
 
 fn report(on: &[Run], off: &[Run], recall_k: usize) {
@@ -188,8 +271,13 @@ fn report(on: &[Run], off: &[Run], recall_k: usize) {
     }
 }
 
-/// Runs every family once in a fresh world.
-fn pass(mut settings: Settings, families: &[Family], label: &str) -> anyhow::Result<Vec<Run>> {
+/// Runs every family once in a fresh world. While each member is sent, a prober issues a memory
+/// search and a health request every 250 ms and records how long they took.
+fn pass(
+    mut settings: Settings,
+    families: &[Family],
+    label: &str,
+) -> anyhow::Result<(Vec<Run>, Probes)> {
     let name = format!("telos-bench-learning-k{}", settings.recall_k);
     let dir = super::scratch_world(&mut settings, &name);
     // A benchmark measures learning, not the guard rails around it.
@@ -204,6 +292,8 @@ fn pass(mut settings: Settings, families: &[Family], label: &str) -> anyhow::Res
         // As a running server would be: the model loaded and the fixed instructions evaluated
         // (the start-up warm-up runs first; this waits for it).
         let _ = telos.personas.send(crate::actors::persona::Warm).await;
+        let probes = Arc::new(Mutex::new(Probes::default()));
+        let prober = actix_web::rt::spawn(probe(telos.clone(), probes.clone()));
         let mut runs = Vec::new();
         for family in &families {
             for (position, member) in family.members.iter().enumerate() {
@@ -217,11 +307,41 @@ fn pass(mut settings: Settings, families: &[Family], label: &str) -> anyhow::Res
                 }
             }
         }
+        prober.abort();
         server.abort();
-        Ok::<_, anyhow::Error>(runs)
+        let probes = std::mem::take(&mut *probes.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok::<_, anyhow::Error>((runs, probes))
     });
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// What an operator does while objects learn: searches memory and reads health.
+async fn probe(telos: Telos, probes: Arc<Mutex<Probes>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let t = Instant::now();
+        let searched = telos
+            .memory
+            .send(crate::actors::memory::Search {
+                query: "the area of a rectangle from its width and height".into(),
+                k: 3,
+                kind: None,
+            })
+            .await;
+        let search = t.elapsed();
+        let t = Instant::now();
+        let health = telos.health().await;
+        let health_time = t.elapsed();
+        let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(searched, Ok(Ok(_))) {
+            p.search.push(search);
+        }
+        if health.is_ok() {
+            p.health.push(health_time);
+        }
+    }
 }
 
 fn print_run(label: &str, r: &Run) {
@@ -260,6 +380,9 @@ async fn one(
     // Learning goes on after the answer; the next member must find it in memory.
     let mut reused = false;
     let mut learning = false;
+    let mut stage_ms = BTreeMap::new();
+    let mut started: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let (mut new_tokens, mut reused_tokens) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let event = match tokio::time::timeout(Duration::from_millis(200), stages.recv()).await {
@@ -271,6 +394,21 @@ async fn one(
         };
         if event.receiver != oid {
             continue;
+        }
+        let stage = event.stage.as_str();
+        match event.status {
+            Status::Started => {
+                started.insert(stage, event.at_ms);
+            }
+            Status::Done | Status::Failed => {
+                if let Some(from) = started.remove(stage) {
+                    *stage_ms.entry(stage).or_insert(0) += event.at_ms.saturating_sub(from);
+                }
+                let prompt = event.detail["prompt_tokens"].as_u64().unwrap_or(0);
+                let cached = event.detail["reused_tokens"].as_u64().unwrap_or(0);
+                new_tokens += prompt.saturating_sub(cached);
+                reused_tokens += cached;
+            }
         }
         if event.stage == Stage::Trial
             && event.status == Status::Done
@@ -299,5 +437,8 @@ async fn one(
         reused,
         time,
         detail,
+        stage_ms,
+        new_tokens,
+        reused_tokens,
     })
 }

@@ -595,7 +595,11 @@ pub async fn review_verdict<P: Personas>(
             em.emit(
                 Stage::Review,
                 Status::Done,
-                json!({ "verdict": "VALID", "reason": reason, "model": review.model, "trial": value }),
+                json!({
+                    "verdict": "VALID", "reason": reason, "model": review.model, "trial": value,
+                    "ms": review.ms, "prompt_tokens": review.prompt_tokens,
+                    "reused_tokens": review.reused_tokens,
+                }),
             );
             Ok(Ok(reason))
         }
@@ -604,7 +608,11 @@ pub async fn review_verdict<P: Personas>(
             em.emit(
                 Stage::Review,
                 Status::Failed,
-                json!({ "verdict": "INVALID", "reason": reason, "error": error, "raw": review.text }),
+                json!({
+                    "verdict": "INVALID", "reason": reason, "error": error, "raw": review.text,
+                    "ms": review.ms, "prompt_tokens": review.prompt_tokens,
+                    "reused_tokens": review.reused_tokens,
+                }),
             );
             Ok(Err(RoundFailure {
                 stage: Stage::Review,
@@ -767,10 +775,16 @@ pub async fn run<X: Personas + Memory + Sandbox + Facts>(
     let recalled = recall(x, cfg, miss, &ctx, &mut timings, em).await?;
     // At most two examples, each named by its situation: every token of them is evaluated on
     // every call, and small models copy the nearest example anyway.
-    let examples: Vec<Example> = recalled
+    // Oldest first: consecutive misses that recall the same methods then share the examples'
+    // tokens as a prompt prefix, which a local backend does not evaluate again.
+    let mut nearest: Vec<&Found> = recalled
         .iter()
         .filter(|m| !m.source.is_empty())
         .take(MAX_EXAMPLES)
+        .collect();
+    nearest.sort_by_key(|m| m.id);
+    let examples: Vec<Example> = nearest
+        .into_iter()
         .map(|m| Example {
             description: if m.prompt.is_empty() {
                 prompts::short(&m.text, 80)

@@ -141,15 +141,15 @@ impl LocalModel {
 
     /// The assistant's reply to `messages`. The prompt's longest common prefix with the
     /// previous call of the same `caller` is not evaluated again: only the new suffix is.
-    /// `one_line`: the answer ends at the first line break after some text (verdicts and
-    /// descriptions), so no tokens are spent on what would be thrown away.
+    /// `stop` ends the answer as soon as what is wanted is complete, so no tokens are spent on
+    /// what would be thrown away.
     pub fn generate(
         &self,
         caller: &str,
         messages: &[Message],
         temperature: f32,
         max_tokens: u32,
-        one_line: bool,
+        stop: Stop,
     ) -> anyhow::Result<LocalRun> {
         let template = self
             .model
@@ -196,7 +196,7 @@ impl LocalModel {
             }
             cached.tokens.truncate(keep);
         }
-        let result = self.decode(&mut cached, &tokens, keep, temperature, budget, one_line);
+        let result = self.decode(&mut cached, &tokens, keep, temperature, budget, stop);
         match result {
             Ok(run) => {
                 guard.insert(caller.to_string(), cached);
@@ -214,7 +214,7 @@ impl LocalModel {
         keep: usize,
         temperature: f32,
         budget: usize,
-        one_line: bool,
+        stop: Stop,
     ) -> anyhow::Result<LocalRun> {
         let vocab = self.model.vocab();
         let suffix = &tokens[keep..];
@@ -252,7 +252,7 @@ impl LocalModel {
                 break;
             }
             let piece = vocab.token_to_piece(token, false, None);
-            if one_line
+            if stop == Stop::Line
                 && piece.contains(&b'\n')
                 && out.iter().any(|b: &u8| !b.is_ascii_whitespace())
             {
@@ -260,6 +260,9 @@ impl LocalModel {
             }
             out.extend(piece);
             generated += 1;
+            if stop == Stop::Function && function_closed(&String::from_utf8_lossy(&out)) {
+                break;
+            }
             batch.clear();
             batch.add(token, pos, &[0], true)?;
             pos += 1;
@@ -286,6 +289,67 @@ impl LocalModel {
     }
 }
 
+/// When a generation ends besides the model's own end token and the token budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Only at the end token.
+    EndOfText,
+    /// At the first line break after some text (verdicts, one-line descriptions).
+    Line,
+    /// When the first `function` has closed its body (a method: any explanation a model adds
+    /// after the code would be thrown away).
+    Function,
+}
+
+/// Whether `text` holds a `function` whose body has closed: braces balance again after the
+/// first `{` that follows the word, not counting braces in strings, template literals or
+/// comments.
+pub fn function_closed(text: &str) -> bool {
+    let Some(start) = text.find("function") else {
+        return false;
+    };
+    let bytes = text[start..].as_bytes();
+    let mut depth = 0usize;
+    let mut opened = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'"' | b'\'' | b'`') => {
+                // Skip the literal (a backslash escapes the next byte); unterminated: not closed.
+                i += 1;
+                while i < bytes.len() && bytes[i] != q {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                if i >= bytes.len() {
+                    return false;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => match text[start + i + 2..].find("*/") {
+                Some(end) => i += end + 3,
+                None => return false,
+            },
+            b'{' => {
+                depth += 1;
+                opened = true;
+            }
+            b'}' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 && opened {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 fn rand_seed() -> u32 {
     (uuid::Uuid::new_v4().as_u128() & 0xffff_ffff) as u32
 }
@@ -293,6 +357,28 @@ fn rand_seed() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_method_ends_where_its_body_closes() {
+        assert!(!function_closed(
+            "```javascript\nfunction area(self) {\n  return 1;"
+        ));
+        assert!(function_closed(
+            "```javascript\nfunction area(self) {\n  return 1;\n}"
+        ));
+        assert!(function_closed(
+            "function f(self) { if (self.a) { return {x: 1}; } return 2; }\nThis function"
+        ));
+        // Braces in strings, templates and comments do not count.
+        assert!(!function_closed("function f(self) { return \"}\";"));
+        assert!(!function_closed("function f(self) { return `${self.a}}`;"));
+        assert!(!function_closed("function f(self) { // }\n return 1;"));
+        assert!(!function_closed("function f(self) { /* } */ return 1;"));
+        assert!(function_closed("function f(self) { return '\\'}'; }"));
+        // Nothing before the word counts; no body yet is not closed.
+        assert!(!function_closed("} function f(self)"));
+        assert!(!function_closed("no code"));
+    }
 
     #[test]
     fn only_the_new_suffix_is_evaluated() {

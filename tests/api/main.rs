@@ -4,5 +4,6 @@ mod backups;
 mod common;
 mod kernel;
 mod memory;
+mod remote;
 mod security;
 mod world;
