@@ -7,16 +7,21 @@
 //! miss) and records the version of each object it read; writes go to private copies. Nothing is
 //! locked while JavaScript runs, so call cycles (A → B → A) cannot deadlock.
 //!
-//! At commit the world takes its single commit lock, checks that every object the transaction
-//! read still has the version it saw (optimistic concurrency), writes all changed objects to the
-//! store in one database transaction, and only then updates the cache and announces the change.
-//! A transaction whose reads went stale is run again from the start by its caller. A transaction
-//! that fails writes nothing. Messages to one object are additionally serialised by that object's
-//! actor, so conflicts only arise between call chains that touch shared objects.
+//! At commit the world takes its commit lock and checks that every object the transaction read
+//! still has the version it saw (optimistic concurrency), counting commits that are validated
+//! but not yet written. A valid transaction is queued; the first committer that finds no batch
+//! being written becomes the leader and writes *every* queued transaction in one database
+//! transaction (group commit: one fsync for all of them), then updates the cache, announces the
+//! changes and wakes the others. Each caller returns only once its own writes are durable. A
+//! transaction whose reads went stale is run again from the start by its caller; a batch that
+//! fails to write fails every transaction in it and writes nothing. Two queued transactions
+//! never touch the same object (the second saw a version the first is replacing: stale), so a
+//! failed batch leaves the others valid. Messages to one object are additionally serialised by
+//! that object's actor, so conflicts only arise between call chains that touch shared objects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -42,12 +47,50 @@ struct CacheEntry {
     last_used: Instant,
 }
 
+/// A validated transaction waiting to be written.
+struct Staged {
+    ticket: u64,
+    written: Vec<ObjectState>,
+    deleted: Vec<String>,
+    changes: Vec<Change>,
+}
+
+/// The commit queue (guarded by the world's commit lock).
+#[derive(Default)]
+struct Group {
+    /// Validated transactions not yet written, in commit order.
+    queue: Vec<Staged>,
+    /// The version each object will have once the queued and in-flight transactions are
+    /// written (0: deleted). Validation counts these as current.
+    pending: HashMap<String, u64>,
+    /// A leader is writing a batch (with the lock released).
+    flushing: bool,
+    /// Outcomes of written tickets, taken by their committers.
+    done: HashMap<u64, std::result::Result<Vec<Change>, TelosError>>,
+    next_ticket: u64,
+    /// Batches written and transactions in them, for `/metrics`.
+    batches: u64,
+    grouped: u64,
+}
+
+/// How group commit has gone so far.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CommitStats {
+    /// Database transactions written.
+    pub batches: u64,
+    /// Message transactions written in them.
+    pub transactions: u64,
+}
+
 /// The shared world: object cache, store and change announcements.
 pub struct World {
     store: Store,
     cache: Mutex<HashMap<String, CacheEntry>>,
-    /// Serialises commits and cache fills, so a fill can never put back a stale version.
-    commit_lock: Mutex<()>,
+    /// Serialises validation, the commit queue and cache fills, so a fill can never put back a
+    /// stale version. Not held while a batch is written.
+    commit_lock: Mutex<Group>,
+    /// Signalled when a batch has been written (or has failed).
+    landed: Condvar,
     changes: broadcast::Sender<Change>,
     /// The global sequence number of the last commit (guarded by `commit_lock` for writes).
     seq: AtomicU64,
@@ -61,10 +104,24 @@ impl World {
         Ok(Arc::new(World {
             store,
             cache: Mutex::new(HashMap::new()),
-            commit_lock: Mutex::new(()),
+            commit_lock: Mutex::new(Group::default()),
+            landed: Condvar::new(),
             changes,
             seq: AtomicU64::new(seq),
         }))
+    }
+
+    fn group(&self) -> MutexGuard<'_, Group> {
+        self.commit_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Batches written by group commit and the transactions in them.
+    pub fn commit_stats(&self) -> CommitStats {
+        let g = self.group();
+        CommitStats {
+            batches: g.batches,
+            transactions: g.grouped,
+        }
     }
 
     /// The sequence number of the last commit.
@@ -97,7 +154,7 @@ impl World {
         if let Some(obj) = self.cached(oid) {
             return Ok(Some(obj));
         }
-        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.group();
         self.get_locked(oid)
     }
 
@@ -137,20 +194,34 @@ impl World {
     /// Writes memory records and forgets others in one store transaction at the next sequence
     /// number: memories are part of the world's history, so backups carry them like objects.
     pub fn commit_memory(&self, add: &[crate::memory::Record], remove: &[u64]) -> Result<u64> {
-        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.group();
+        // Holding the lock with no batch in flight: no object commit can take a sequence number
+        // meanwhile.
+        while g.flushing {
+            g = self.landed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
         let seq = self.seq.load(Ordering::SeqCst) + 1;
         self.store.memory_commit_blocking(add, remove, seq)?;
         self.seq.store(seq, Ordering::SeqCst);
         Ok(seq)
     }
 
-    /// Validates a transaction's reads and, if it wrote anything, commits it.
+    /// Validates a transaction's reads and, if it wrote anything, commits it (with whatever
+    /// other transactions are queued meanwhile). Returns once its writes are durable.
     /// `Err(Stale)` means another chain changed something this one read: run it again.
     fn commit(&self, txn: &Txn) -> Result<Vec<Change>, CommitError> {
-        let _guard = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.group();
         for (oid, seen) in &txn.reads {
-            let now = self.get_locked(oid)?.map(|o| o.version).unwrap_or(0);
+            let now = match g.pending.get(oid) {
+                Some(v) => *v,
+                None => self.get_locked(oid)?.map(|o| o.version).unwrap_or(0),
+            };
             if now != *seen {
+                // A newer version is on its way to disk: running again before it lands would
+                // read the old one from the cache and go stale again.
+                while g.pending.contains_key(oid) {
+                    g = self.landed.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
                 return Err(CommitError::Stale);
             }
         }
@@ -176,37 +247,114 @@ impl World {
             written.push(obj);
         }
         let deleted: Vec<String> = txn.deleted.iter().cloned().collect();
+        for oid in &deleted {
+            changes.push(Change {
+                oid: oid.clone(),
+                version: 0,
+                slots: Vec::new(),
+                created: false,
+                deleted: true,
+            });
+        }
+        for obj in &written {
+            g.pending.insert(obj.oid.clone(), obj.version);
+        }
+        for oid in &deleted {
+            g.pending.insert(oid.clone(), 0);
+        }
+        let ticket = g.next_ticket;
+        g.next_ticket += 1;
+        g.queue.push(Staged {
+            ticket,
+            written,
+            deleted,
+            changes,
+        });
+        loop {
+            if let Some(outcome) = g.done.remove(&ticket) {
+                return outcome.map_err(CommitError::Failed);
+            }
+            g = if g.flushing {
+                self.landed.wait(g).unwrap_or_else(|p| p.into_inner())
+            } else {
+                // Nobody is writing: this committer writes everything queued, its own included.
+                self.flush(g)
+            };
+        }
+    }
+
+    /// Writes every queued transaction in one database transaction (the lock is released
+    /// meanwhile), then updates the cache, announces the changes and records each outcome.
+    fn flush<'a>(&'a self, mut g: MutexGuard<'a, Group>) -> MutexGuard<'a, Group> {
+        let batch = std::mem::take(&mut g.queue);
+        if batch.is_empty() {
+            return g;
+        }
+        g.flushing = true;
         let seq = self.seq.load(Ordering::SeqCst) + 1;
-        self.store.commit_blocking(&written, &deleted, seq)?;
-        self.seq.store(seq, Ordering::SeqCst);
-        {
-            let mut cache = self.cache();
-            let now = Instant::now();
-            for obj in written {
-                cache.insert(
-                    obj.oid.clone(),
-                    CacheEntry {
-                        obj: Arc::new(obj),
-                        last_used: now,
-                    },
-                );
+        drop(g);
+        let objects: Vec<ObjectState> = batch
+            .iter()
+            .flat_map(|s| s.written.iter().cloned())
+            .collect();
+        let deleted: Vec<String> = batch
+            .iter()
+            .flat_map(|s| s.deleted.iter().cloned())
+            .collect();
+        let result = self.store.commit_blocking(&objects, &deleted, seq);
+        let mut g = self.group();
+        g.flushing = false;
+        // Whatever happened, these versions are no longer pending: written (now in the cache)
+        // or failed (the cache still holds the versions the transactions read).
+        for staged in &batch {
+            for obj in &staged.written {
+                if g.pending.get(&obj.oid) == Some(&obj.version) {
+                    g.pending.remove(&obj.oid);
+                }
             }
-            for oid in &deleted {
-                cache.remove(oid);
-                changes.push(Change {
-                    oid: oid.clone(),
-                    version: 0,
-                    slots: Vec::new(),
-                    created: false,
-                    deleted: true,
-                });
+            for oid in &staged.deleted {
+                if g.pending.get(oid) == Some(&0) {
+                    g.pending.remove(oid);
+                }
             }
         }
-        for change in &changes {
-            // Nobody listening is fine.
-            let _ = self.changes.send(change.clone());
+        match result {
+            Ok(()) => {
+                self.seq.store(seq, Ordering::SeqCst);
+                g.batches += 1;
+                g.grouped += batch.len() as u64;
+                {
+                    let mut cache = self.cache();
+                    let now = Instant::now();
+                    for obj in objects {
+                        cache.insert(
+                            obj.oid.clone(),
+                            CacheEntry {
+                                obj: Arc::new(obj),
+                                last_used: now,
+                            },
+                        );
+                    }
+                    for oid in &deleted {
+                        cache.remove(oid);
+                    }
+                }
+                for staged in batch {
+                    for change in &staged.changes {
+                        // Nobody listening is fine.
+                        let _ = self.changes.send(change.clone());
+                    }
+                    g.done.insert(staged.ticket, Ok(staged.changes));
+                }
+            }
+            Err(e) => {
+                for staged in batch {
+                    g.done.insert(staged.ticket, Err(e.clone()));
+                }
+            }
         }
-        Ok(changes)
+        self.landed.notify_all();
+        g
     }
 }
 

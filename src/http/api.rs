@@ -306,6 +306,23 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
             value.load(std::sync::atomic::Ordering::Relaxed)
         ));
     }
+    let commits = telos.world.commit_stats();
+    for (name, help, value) in [
+        (
+            "telos_commit_batches_total",
+            "Database transactions written by group commit.",
+            commits.batches,
+        ),
+        (
+            "telos_commit_transactions_total",
+            "Message transactions written in them (transactions / batches: the grouping).",
+            commits.transactions,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))

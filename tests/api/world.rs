@@ -745,3 +745,109 @@ fn the_cli_sends_a_message_to_a_running_server() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does_not_understand"));
 }
+
+/// Group commit: 16 clients send a method that bumps two slots of their own counter while the
+/// server is killed (SIGKILL). After a restart every acknowledged bump is there, and no bump is
+/// half there (both slots always agree); at most the one bump in flight per client landed
+/// without its answer.
+#[test]
+fn kill_9_during_concurrent_method_writes_loses_no_acknowledged_one_and_halves_none() {
+    const CLIENTS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&data).expect("server starts");
+    let base = server.base.clone();
+    let acked: Vec<(String, i64)> = actix_web::rt::System::new().block_on(async {
+        let c = client();
+        let mut counters = Vec::new();
+        for _ in 0..CLIENTS {
+            let (s, b) = request(
+                &c,
+                "POST",
+                &format!("{base}/api/objects/genesis_obj/clone"),
+                Some(json!({"slots": {"a": 0, "b": 0}})),
+            )
+            .await;
+            assert_eq!(s, 201, "{b}");
+            let oid = b["oid"].as_str().unwrap().to_string();
+            let (s, b) = request(
+                &c,
+                "PUT",
+                &format!("{base}/api/objects/{oid}/slots/bump"),
+                Some(json!({"method": "function bump(self) { self.a = self.a + 1; self.b = self.b + 1; return self.a; }"})),
+            )
+            .await;
+            assert_eq!(s, 200, "{b}");
+            counters.push(oid);
+        }
+        // Each client bumps its counter until the server is gone; it remembers the last value
+        // the server acknowledged.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let warmed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut clients = Vec::new();
+        for oid in counters {
+            let (base, mut stop, warmed) = (base.clone(), stop_rx.clone(), warmed.clone());
+            clients.push(actix_web::rt::spawn(async move {
+                let c = client();
+                let url = format!("{base}/api/objects/{oid}/send");
+                let mut last = 0i64;
+                loop {
+                    let sent = request(
+                        &c,
+                        "POST",
+                        &url,
+                        Some(json!({"selector": "bump"})),
+                    );
+                    let (s, b) = tokio::select! {
+                        r = sent => r,
+                        _ = stop.changed() => break,
+                    };
+                    if s != 200 {
+                        break;
+                    }
+                    last = b["value"].as_i64().expect("a bump answers its count");
+                    if last == 5 {
+                        warmed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                (oid, last)
+            }));
+        }
+        // Kill once every client has had several bumps acknowledged (a condition, not a clock).
+        while warmed.load(std::sync::atomic::Ordering::SeqCst) < CLIENTS {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server.kill9();
+        let _ = stop_tx.send(true);
+        let mut acked = Vec::new();
+        for client in clients {
+            acked.push(client.await.unwrap());
+        }
+        acked
+    });
+    assert!(
+        acked.iter().filter(|(_, n)| *n > 0).count() == CLIENTS,
+        "every client had bumps acknowledged before the kill: {acked:?}"
+    );
+    let server = ServerProcess::start(&data).expect("server restarts after kill -9");
+    actix_web::rt::System::new().block_on(async {
+        for (oid, last) in &acked {
+            let (_, v) = request(
+                &client(),
+                "GET",
+                &format!("{}/api/objects/{oid}", server.base),
+                None,
+            )
+            .await;
+            let (a, b) = (
+                v["slots"]["a"].as_i64().unwrap(),
+                v["slots"]["b"].as_i64().unwrap(),
+            );
+            assert_eq!(a, b, "a bump was half applied: {v}");
+            assert!(
+                a == *last || a == last + 1,
+                "acknowledged {last} bumps, found {a}: {v}"
+            );
+        }
+    });
+}
