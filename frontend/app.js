@@ -101,8 +101,6 @@ function systemLine(text) {
   scrollDown();
 }
 
-const STAGE_ORDER = ["gate", "recall", "write", "review", "trial", "repair", "install", "answer", "learn"];
-
 function stageBody(f) {
   const d = f.detail || {};
   const body = el("div", { class: "body" });

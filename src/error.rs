@@ -23,7 +23,7 @@ pub enum TelosError {
     NotLearned {
         receiver: String,
         selector: String,
-        stage: String,
+        stage: crate::kernel::Stage,
         reason: String,
     },
     /// A method threw, failed to compile, or returned something that is not JSON.
@@ -69,9 +69,9 @@ impl TelosError {
     }
 
     /// The kernel stage that failed, for a [`TelosError::NotLearned`].
-    pub fn stage(&self) -> Option<&str> {
+    pub fn stage(&self) -> Option<crate::kernel::Stage> {
         match self {
-            TelosError::NotLearned { stage, .. } => Some(stage),
+            TelosError::NotLearned { stage, .. } => Some(*stage),
             _ => None,
         }
     }

@@ -17,22 +17,15 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures_util::FutureExt as _;
 use serde_json::Value as Json;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
-use super::memory::{MemoryActor, Remember, Search};
-use super::persona::{Generate, PersonaActor};
-use crate::config::Settings;
+pub use super::kernel_deps::KernelDeps;
 use crate::error::TelosError;
-use crate::exec::Executor;
-use crate::kernel::pipeline::{self, Config, Facts, Learning, Memory, Personas, Sandbox};
+use crate::kernel::admission::RateWindow;
+use crate::kernel::pipeline::{self, Config, Learning};
 pub use crate::kernel::pipeline::{Emitter, Progress, StageEvent};
-use crate::kernel::prompts::{self, ReceiverContext};
 use crate::kernel::{Stage, Status};
-use crate::llm::{Generated, Message as Chat};
-use crate::memory::{Found, NewMemory};
-use crate::object::{Method, PRIMORDIAL, Slot, ancestors};
-use crate::sandbox::{Miss, Op, Outcome};
-use crate::world::World;
+use crate::sandbox::Miss;
 
 /// Asks the kernel to make `miss.receiver` understand `miss.selector`.
 #[derive(Message, Debug, Clone)]
@@ -77,226 +70,6 @@ impl Handler<Understand> for NoKernel {
     }
 }
 
-/// What a kernel run needs: the pipeline's ports, over the actors and the world.
-#[derive(Clone)]
-pub struct KernelDeps {
-    pub world: Arc<World>,
-    pub exec: Executor,
-    pub personas: Addr<PersonaActor>,
-    pub memory: Addr<MemoryActor>,
-    pub settings: Arc<Settings>,
-    pub stages: broadcast::Sender<StageEvent>,
-}
-
-impl Personas for KernelDeps {
-    fn ask(
-        &self,
-        persona: &str,
-        messages: Vec<Chat>,
-        temperature: Option<f32>,
-    ) -> impl Future<Output = Result<Generated, String>> + Send {
-        let request = self.personas.send(Generate {
-            persona: persona.to_string(),
-            messages,
-            temperature,
-        });
-        async move {
-            request
-                .await
-                .map_err(|e| format!("the persona host is not running: {e}"))?
-                .map_err(|e| e.to_string())
-        }
-    }
-}
-
-impl Memory for KernelDeps {
-    fn recall(
-        &self,
-        query: String,
-        k: usize,
-    ) -> impl Future<Output = Result<Vec<Found>, String>> + Send {
-        let request = self.memory.send(Search {
-            query,
-            k,
-            kind: Some("method".into()),
-        });
-        async move {
-            request
-                .await
-                .map_err(|e| format!("the memory is not running: {e}"))?
-                .map_err(|e| e.to_string())
-        }
-    }
-
-    fn remember(&self, item: NewMemory) -> impl Future<Output = Result<u64, String>> + Send {
-        let request = self.memory.send(Remember { items: vec![item] });
-        async move {
-            let keys = request
-                .await
-                .map_err(|e| format!("the memory is not running: {e}"))?
-                .map_err(|e| e.to_string())?;
-            keys.first()
-                .copied()
-                .ok_or_else(|| "the memory remembered nothing".to_string())
-        }
-    }
-}
-
-impl KernelDeps {
-    /// Runs `op` on `receiver` through the script threads.
-    async fn run_op(&self, receiver: String, op: Op) -> Result<Json, String> {
-        match self.exec.run(&receiver, op).await {
-            Ok(Outcome::Done { value, .. }) => Ok(value),
-            Ok(Outcome::Failed { error, .. }) => Err(error.to_string()),
-            Ok(Outcome::Miss { miss, .. }) => Err(format!(
-                "it sends {} to {}, which nothing understands (methods are learned one at a time)",
-                miss.selector, miss.receiver
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
-impl Sandbox for KernelDeps {
-    fn compile(
-        &self,
-        receiver: &str,
-        selector: &str,
-        source: &str,
-    ) -> impl Future<Output = Result<(), String>> + Send {
-        let op = Op::Check {
-            name: selector.to_string(),
-            source: source.to_string(),
-        };
-        let (this, receiver) = (self.clone(), receiver.to_string());
-        async move { this.run_op(receiver, op).await.map(|_| ()) }
-    }
-
-    fn trial(
-        &self,
-        receiver: &str,
-        selector: &str,
-        source: &str,
-        args: &[Json],
-    ) -> impl Future<Output = Result<Json, String>> + Send {
-        let op = Op::Trial {
-            name: selector.to_string(),
-            source: source.to_string(),
-            args: args.to_vec(),
-        };
-        let (this, receiver) = (self.clone(), receiver.to_string());
-        async move { this.run_op(receiver, op).await }
-    }
-
-    fn install(
-        &self,
-        receiver: &str,
-        selector: &str,
-        method: Method,
-    ) -> impl Future<Output = Result<(), String>> + Send {
-        let op = Op::Install {
-            name: selector.to_string(),
-            method,
-        };
-        let (this, receiver) = (self.clone(), receiver.to_string());
-        async move { this.run_op(receiver, op).await.map(|_| ()) }
-    }
-}
-
-impl Facts for KernelDeps {
-    fn context(
-        &self,
-        miss: &Miss,
-    ) -> impl Future<Output = Result<ReceiverContext, TelosError>> + Send {
-        let (world, miss) = (self.world.clone(), miss.clone());
-        async move {
-            tokio::task::spawn_blocking(move || receiver_context(&world, &miss))
-                .await
-                .map_err(TelosError::internal)?
-        }
-    }
-
-    fn related(&self, a: &str, b: &str) -> impl Future<Output = bool> + Send {
-        let world = self.world.clone();
-        let (a, b) = (a.to_string(), b.to_string());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let ca = ancestors(&a, |o| world.get(o)).unwrap_or_default();
-                let cb = ancestors(&b, |o| world.get(o)).unwrap_or_default();
-                ca.iter()
-                    .any(|x| !PRIMORDIAL.contains(&x.as_str()) && cb.contains(x))
-            })
-            .await
-            .unwrap_or(false)
-        }
-    }
-
-    fn failures(
-        &self,
-        receiver: &str,
-        selector: &str,
-        since: i64,
-    ) -> impl Future<Output = Result<Vec<Json>, TelosError>> + Send {
-        let world = self.world.clone();
-        let (receiver, selector) = (receiver.to_string(), selector.to_string());
-        async move {
-            world
-                .store()
-                .recent_failures(&receiver, &selector, since)
-                .await
-        }
-    }
-
-    fn record_attempt(&self, attempt: Json) -> impl Future<Output = ()> + Send {
-        let world = self.world.clone();
-        async move {
-            if let Err(e) = world.store().record_attempt(attempt).await {
-                tracing::warn!(error = %e, "recording a kernel attempt");
-            }
-        }
-    }
-}
-
-/// What the kernel knows of the receiver, read from the world (blocking).
-fn receiver_context(world: &World, miss: &Miss) -> Result<ReceiverContext, TelosError> {
-    let obj = world
-        .get(&miss.receiver)?
-        .ok_or_else(|| TelosError::NotFound(format!("no object {}", miss.receiver)))?;
-    let chain = ancestors(&miss.receiver, |o| world.get(o))?;
-    // Every slot `self.x` can read: the receiver's own, then inherited ones (the nearest
-    // definition wins), but not the primordial objects' descriptions.
-    let mut values: Vec<(String, String)> = Vec::new();
-    let mut methods = std::collections::BTreeSet::new();
-    for oid in &chain {
-        let Some(o) = world.get(oid)? else { continue };
-        let primordial = PRIMORDIAL.contains(&oid.as_str());
-        for (name, slot) in &o.slots {
-            match slot {
-                Slot::Method(_) => {
-                    methods.insert(name.clone());
-                }
-                Slot::Value(v)
-                    if !primordial
-                        && name != "parent*"
-                        && !values.iter().any(|(n, _)| n == name) =>
-                {
-                    values.push((name.clone(), prompts::short(&v.to_string(), 200)));
-                }
-                Slot::Value(_) => {}
-            }
-        }
-    }
-    Ok(ReceiverContext {
-        oid: miss.receiver.clone(),
-        name: obj.name(),
-        ancestors: chain.into_iter().skip(1).collect(),
-        values,
-        methods: methods.into_iter().collect(),
-        selector: miss.selector.clone(),
-        args: miss.args.clone(),
-    })
-}
-
 /// How long the learn stage waits for the object to answer before it goes ahead anyway.
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// Pause before the learn stage's first retry (then twice that, ...).
@@ -310,8 +83,8 @@ pub struct GenerativeKernel {
     inflight: HashMap<(String, String), Waiters>,
     /// Runs at once (`kernel_concurrent_runs`); the others wait for a permit.
     permits: Arc<tokio::sync::Semaphore>,
-    /// When recent runs started, against `kernel_runs_per_minute`.
-    recent: std::collections::VecDeque<Instant>,
+    /// Run starts in the last minute, against `kernel_runs_per_minute`.
+    admission: RateWindow,
 }
 
 impl GenerativeKernel {
@@ -319,32 +92,13 @@ impl GenerativeKernel {
         let permits = Arc::new(tokio::sync::Semaphore::new(
             deps.settings.kernel_concurrent_runs.max(1),
         ));
+        let deps_rate = deps.settings.kernel_runs_per_minute;
         GenerativeKernel {
             deps,
             inflight: HashMap::new(),
             permits,
-            recent: std::collections::VecDeque::new(),
+            admission: RateWindow::new(deps_rate),
         }
-    }
-
-    /// Whether another run may start this minute.
-    fn admit(&mut self) -> Result<(), TelosError> {
-        let per_minute = self.deps.settings.kernel_runs_per_minute;
-        let now = Instant::now();
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-        {
-            self.recent.pop_front();
-        }
-        if per_minute > 0 && self.recent.len() >= per_minute {
-            return Err(TelosError::RateLimited(format!(
-                "the kernel already started {per_minute} runs in the last minute (kernel_runs_per_minute); try again shortly"
-            )));
-        }
-        self.recent.push_back(now);
-        Ok(())
     }
 }
 
@@ -408,7 +162,7 @@ impl Handler<Understand> for GenerativeKernel {
             // The same miss is being learned: wait for that run.
             Some(waiters) => waiters.push(tx),
             None => {
-                if let Err(e) = self.admit() {
+                if let Err(e) = self.admission.admit(Instant::now()) {
                     return Box::pin(async move { Err(e) });
                 }
                 self.inflight.insert(key.clone(), vec![tx]);
@@ -449,5 +203,31 @@ impl Handler<Finished> for GenerativeKernel {
         for waiter in self.inflight.remove(&msg.key).unwrap_or_default() {
             let _ = waiter.send(msg.result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_answer_stage_is_reported_and_lets_learning_go_ahead() {
+        let (tx, mut rx) = tokio::sync::broadcast::channel(8);
+        let miss = Miss {
+            receiver: "o1".into(),
+            selector: "area".into(),
+            args: vec![],
+        };
+        let run = KernelRun {
+            emitter: Emitter::new(&miss, tx, None),
+            answered: Arc::new(tokio::sync::Notify::new()),
+        };
+        let learner = run.answered.clone();
+        run.answer(Status::Done, serde_json::json!({ "value": 12 }));
+        // The permit is stored: the learn stage, waiting after the fact, goes ahead at once.
+        learner.notified().await;
+        let e = rx.try_recv().unwrap();
+        assert_eq!((e.stage, e.status), (Stage::Answer, Status::Done));
+        assert_eq!(e.detail["value"], 12);
     }
 }

@@ -4,7 +4,8 @@
 //!   and passivating idle ones.
 //! - [`object::ObjectActor`] is one object's mailbox: its top-level messages run one at a time on
 //!   the script threads; a message nobody understands goes to the kernel.
-//! - [`kernel::GenerativeKernel`] answers such a miss (wiring for [`crate::kernel::pipeline`]);
+//! - [`kernel::GenerativeKernel`] answers such a miss (wiring for [`crate::kernel::pipeline`],
+//!   whose ports [`kernel_deps::KernelDeps`] implements over the actors and the world);
 //!   [`kernel::NoKernel`] answers `does_not_understand`. Both plug in at one seam: one
 //!   [`kernel::Understand`] message to one actor.
 //! - [`persona::PersonaActor`] hosts the persona language models, and
@@ -15,6 +16,7 @@
 pub mod backup;
 pub mod directory;
 pub mod kernel;
+pub mod kernel_deps;
 pub mod memory;
 pub mod object;
 pub mod persona;

@@ -2,6 +2,8 @@
 //! the static checks of the review stage, and the prompts. The `GenerativeKernel` actor runs
 //! the stages with them.
 
+pub mod admission;
+pub mod context;
 pub mod pipeline;
 pub mod prompts;
 

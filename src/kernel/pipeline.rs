@@ -248,7 +248,7 @@ fn fail(miss: &Miss, stage: Stage, reason: impl Into<String>) -> TelosError {
     TelosError::NotLearned {
         receiver: miss.receiver.clone(),
         selector: miss.selector.clone(),
-        stage: stage.as_str().to_string(),
+        stage,
         reason: reason.into(),
     }
 }
@@ -260,6 +260,7 @@ pub fn normalised(code: &str) -> String {
 
 /// Gate: refuses a selector that failed too often on this receiver lately; answers the recent
 /// failures, which BRICK is shown as mistakes not to repeat.
+#[tracing::instrument(name = "stage", level = "info", skip_all, fields(stage = "gate"))]
 pub async fn gate<F: Facts>(
     facts: &F,
     cfg: &Config,
@@ -299,6 +300,7 @@ pub async fn gate<F: Facts>(
 }
 
 /// Recall: the method memories nearest to the message in its situation.
+#[tracing::instrument(name = "stage", level = "info", skip_all, fields(stage = "recall"))]
 pub async fn recall<M: Memory>(
     memory: &M,
     cfg: &Config,
@@ -349,6 +351,7 @@ async fn checked<S: Sandbox>(sandbox: &S, miss: &Miss, source: &str) -> Result<(
 /// slot names and argument types), on a related receiver, or very close in meaning. Records
 /// from outside are never installed as code; a reuse passes the static checks and a trial.
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(name = "stage", level = "info", skip_all, fields(stage = "reuse"))]
 pub async fn reuse<S: Sandbox, F: Facts>(
     sandbox: &S,
     facts: &F,
@@ -443,6 +446,7 @@ pub struct Written {
 
 /// Write: BRICK's method. A repair round samples; code already tried is refused.
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(name = "stage", level = "info", skip_all, fields(stage = "write"))]
 pub async fn write<P: Personas>(
     personas: &P,
     miss: &Miss,
@@ -516,6 +520,7 @@ pub async fn write<P: Personas>(
 }
 
 /// Review, first half: the static checks and the sandbox's compiler.
+#[tracing::instrument(name = "stage", level = "info", skip_all, fields(stage = "review"))]
 pub async fn review_code<S: Sandbox>(
     sandbox: &S,
     miss: &Miss,
@@ -542,6 +547,7 @@ pub async fn review_code<S: Sandbox>(
 }
 
 /// Trial: the method on a scratch copy of the receiver, with the real arguments.
+#[tracing::instrument(name = "stage", level = "info", skip_all, fields(stage = "trial"))]
 pub async fn trial<S: Sandbox>(
     sandbox: &S,
     miss: &Miss,
@@ -577,6 +583,7 @@ pub async fn trial<S: Sandbox>(
 
 /// Review, second half: ALFRED sees the method and what the trial returned. Only an explicit
 /// VALID passes.
+#[tracing::instrument(name = "stage", level = "info", skip_all, fields(stage = "review"))]
 pub async fn review_verdict<P: Personas>(
     personas: &P,
     miss: &Miss,
@@ -716,6 +723,7 @@ pub async fn generate<X: Personas + Sandbox>(
 
 /// Install: the method with its provenance, in one transaction.
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(name = "stage", level = "info", skip_all, fields(stage = "install"))]
 pub async fn install<S: Sandbox>(
     sandbox: &S,
     miss: &Miss,
@@ -843,10 +851,13 @@ pub async fn run_recorded<X: Personas + Memory + Sandbox + Facts>(
     let now = chrono::Utc::now().timestamp();
     let span = tracing::info_span!("kernel_run", run = %em.run, receiver = %miss.receiver, selector = %miss.selector);
     let result = run(x, cfg, miss, now, em).instrument(span).await;
+    // An error outside the stages (e.g. the receiver vanished) is recorded as the kernel's.
     let (ok, stage, reason) = match &result {
-        Ok(_) => (true, String::new(), String::new()),
-        Err(TelosError::NotLearned { stage, reason, .. }) => (false, stage.clone(), reason.clone()),
-        Err(e) => (false, "kernel".to_string(), e.to_string()),
+        Ok(_) => (true, "", String::new()),
+        Err(TelosError::NotLearned { stage, reason, .. }) => {
+            (false, stage.as_str(), reason.clone())
+        }
+        Err(e) => (false, "kernel", e.to_string()),
     };
     if stage != Stage::Gate.as_str() {
         x.record_attempt(json!({
@@ -875,6 +886,7 @@ pub const LEARN_TRIES: u32 = 3;
 
 /// Learn, after the answer: BABS describes the method; the situation and the description are
 /// remembered. A failure is retried and logged; the installed method stays either way.
+#[tracing::instrument(name = "stage", level = "info", skip_all, fields(stage = "learn", run = %em.run, selector = %miss.selector))]
 pub async fn learn<X: Personas + Memory>(
     x: &X,
     miss: &Miss,
@@ -968,6 +980,8 @@ mod tests {
         attempts: Mutex<Vec<Json>>,
         related: bool,
         slots: Vec<(String, String)>,
+        recall_fails: bool,
+        install_fails: bool,
     }
 
     impl Fake {
@@ -1031,8 +1045,12 @@ mod tests {
             _: String,
             k: usize,
         ) -> impl Future<Output = Result<Vec<Found>, String>> + Send {
-            let found = self.memories.iter().take(k).cloned().collect();
-            async move { Ok(found) }
+            let found = if self.recall_fails {
+                Err("the memory is not running".to_string())
+            } else {
+                Ok(self.memories.iter().take(k).cloned().collect())
+            };
+            async move { found }
         }
         fn remember(&self, item: NewMemory) -> impl Future<Output = Result<u64, String>> + Send {
             let mut fails = self.remember_fails.lock().unwrap();
@@ -1083,8 +1101,13 @@ mod tests {
             _: &str,
             method: Method,
         ) -> impl Future<Output = Result<(), String>> + Send {
-            self.installed.lock().unwrap().push(method);
-            async { Ok(()) }
+            let result = if self.install_fails {
+                Err("the receiver was deleted meanwhile".to_string())
+            } else {
+                self.installed.lock().unwrap().push(method);
+                Ok(())
+            };
+            async move { result }
         }
     }
 
@@ -1209,7 +1232,7 @@ mod tests {
         };
         let (em, mut rx) = emitter();
         let err = run_recorded(&x, &cfg(3), &miss(), &em).await.unwrap_err();
-        assert_eq!(err.stage(), Some("gate"));
+        assert_eq!(err.stage(), Some(Stage::Gate));
         assert_eq!(stages(&mut rx), ["gate:failed"]);
         assert!(x.attempts.lock().unwrap().is_empty());
         assert!(x.asked("BRICK").is_empty());
@@ -1274,7 +1297,7 @@ mod tests {
         .reply("ALFRED", &["VALID"]);
         let (em, _rx) = emitter();
         let err = run(&x, &cfg(1), &miss(), 1000, &em).await.unwrap_err();
-        assert_eq!(err.stage(), Some("repair"));
+        assert_eq!(err.stage(), Some(Stage::Repair));
         assert!(x.installed.lock().unwrap().is_empty());
     }
 
@@ -1285,11 +1308,11 @@ mod tests {
             .reply("ALFRED", &["Looks fine to me"]);
         let (em, _rx) = emitter();
         let err = run(&x, &cfg(0), &miss(), 1000, &em).await.unwrap_err();
-        assert_eq!(err.stage(), Some("review"));
+        assert_eq!(err.stage(), Some(Stage::Review));
         let x = Fake::default().reply("BRICK", &["function area(self) { syntax! }"]);
         let (em, _rx) = emitter();
         let err = run(&x, &cfg(0), &miss(), 1000, &em).await.unwrap_err();
-        assert_eq!(err.stage(), Some("review"));
+        assert_eq!(err.stage(), Some(Stage::Review));
         assert!(x.trials.lock().unwrap().is_empty());
         assert!(x.asked("ALFRED").is_empty());
     }
@@ -1380,19 +1403,82 @@ mod tests {
             assert!(r[0].text.starts_with("area() on an object"));
         }
         assert_eq!(stages(&mut rx), ["learn:started", "learn:done"]);
-        // Failing every time: an error, and nothing is taken back.
+        // Failing every time: an error, and the installed method stays (nothing is taken back).
         let x = Fake {
+            slots: box_slots(),
             remember_fails: Mutex::new(LEARN_TRIES),
             ..Fake::default()
         }
+        .reply("BRICK", &[GOOD])
+        .reply("ALFRED", &["VALID"])
         .reply("BABS", &["x"]);
         let (em, mut rx) = emitter();
+        let learning = run(&x, &cfg(0), &miss(), 1000, &em).await.unwrap();
+        assert_eq!(x.installed.lock().unwrap().len(), 1);
         assert!(
             learn(&x, &miss(), &learning, Default::default(), &em)
                 .await
                 .is_err()
         );
         assert_eq!(stages(&mut rx).last().unwrap(), "learn:failed");
-        assert!(x.installed.lock().unwrap().is_empty());
+        // Every try was made before giving up.
+        assert_eq!(*x.remember_fails.lock().unwrap(), 0);
+        let installed = x.installed.lock().unwrap();
+        assert_eq!((installed.len(), installed[0].source.as_str()), (1, GOOD));
+    }
+
+    #[tokio::test]
+    async fn a_failing_recall_is_a_recall_error_and_nobody_is_asked() {
+        let x = Fake {
+            slots: box_slots(),
+            recall_fails: true,
+            ..Fake::default()
+        }
+        .reply("BRICK", &[GOOD]);
+        let (em, mut rx) = emitter();
+        let err = run(&x, &cfg(3), &miss(), 1000, &em).await.unwrap_err();
+        assert_eq!(err.stage(), Some(Stage::Recall));
+        assert!(err.to_string().contains("not running"), "{err}");
+        assert!(x.asked("BRICK").is_empty());
+        assert_eq!(stages(&mut rx), ["recall:started", "recall:failed"]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_install_is_an_install_error_after_every_check_passed() {
+        let x = Fake {
+            slots: box_slots(),
+            install_fails: true,
+            ..Fake::default()
+        }
+        .reply("BRICK", &[GOOD])
+        .reply("ALFRED", &["VALID"]);
+        let (em, mut rx) = emitter();
+        let err = run(&x, &cfg(3), &miss(), 1000, &em).await.unwrap_err();
+        assert_eq!(err.stage(), Some(Stage::Install));
+        assert!(err.to_string().contains("deleted meanwhile"), "{err}");
+        assert_eq!(
+            stages(&mut rx).last().map(String::as_str),
+            Some("install:failed")
+        );
+        // Not retried as a repair: the method was fine, the world changed.
+        assert_eq!(x.asked("BRICK").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reused_method_whose_trial_throws_falls_back_to_brick() {
+        let situation = "area() on an object with slots height, width";
+        let x = Fake {
+            memories: vec![memory(ORIGIN_KERNEL, situation, BAD)],
+            slots: box_slots(),
+            throws: vec!["self.slot".into()],
+            ..Fake::default()
+        }
+        .reply("BRICK", &[GOOD])
+        .reply("ALFRED", &["VALID"]);
+        let (em, _rx) = emitter();
+        let learning = run(&x, &cfg(0), &miss(), 1000, &em).await.unwrap();
+        assert_eq!((learning.reused, learning.source.as_str()), (None, GOOD));
+        assert_eq!(x.asked("BRICK").len(), 1);
+        assert_eq!(*x.trials.lock().unwrap(), [BAD, GOOD]);
     }
 }
