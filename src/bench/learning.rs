@@ -94,15 +94,11 @@ fn median(mut xs: Vec<Duration>) -> Option<Duration> {
     Some(xs[xs.len() / 2])
 }
 
-/// The `p`th percentile (nearest rank) of `xs`.
-fn percentile(xs: &[Duration], p: f64) -> Option<Duration> {
-    if xs.is_empty() {
-        return None;
-    }
+/// The `p` quantile (0..1) of `xs`, if any.
+fn quantile(xs: &[Duration], p: f64) -> Option<Duration> {
     let mut xs = xs.to_vec();
     xs.sort();
-    let rank = ((p / 100.0) * xs.len() as f64).ceil() as usize;
-    Some(xs[rank.clamp(1, xs.len()) - 1])
+    (!xs.is_empty()).then(|| super::percentile(&xs, p))
 }
 
 fn millis(d: Option<Duration>) -> String {
@@ -187,13 +183,13 @@ fn report_stages(on: &[Run]) {
 fn report_probes(probes: &Probes) {
     println!(
         "\noperator requests while the kernel worked (memory on): memory search p50 {} p99 {} max {} ({} requests); health p50 {} p99 {} max {} ({} requests)",
-        millis(percentile(&probes.search, 50.0)),
-        millis(percentile(&probes.search, 99.0)),
-        millis(percentile(&probes.search, 100.0)),
+        millis(quantile(&probes.search, 0.5)),
+        millis(quantile(&probes.search, 0.99)),
+        millis(quantile(&probes.search, 1.0)),
         probes.search.len(),
-        millis(percentile(&probes.health, 50.0)),
-        millis(percentile(&probes.health, 99.0)),
-        millis(percentile(&probes.health, 100.0)),
+        millis(quantile(&probes.health, 0.5)),
+        millis(quantile(&probes.health, 0.99)),
+        millis(quantile(&probes.health, 1.0)),
         probes.health.len(),
     );
 }

@@ -613,32 +613,47 @@ async fn the_real_local_model_learns_methods_that_read_slots() {
             json!({"name": "cuboid", "length": 2, "width": 3, "depth": 4}),
         )
         .await;
-    // While the model generates, the operator's queries are answered (not queued behind it).
+    // While the model generates, the operator's queries are answered, not queued behind it: a
+    // round of health, memory search and persona list begins and ends within one generation
+    // (the same persona still at it, for longer). The figure (p99 ≤ 50 ms) is the learning
+    // benchmark's; a test waits for conditions, not clocks.
     let sending = actix_web::rt::spawn(send(cuboid.clone(), "volume", json!([])));
     let probe = async {
-        loop {
-            if sending.is_finished() {
-                return Json::Null;
-            }
-            let (s, h) = app.get("/api/health").await;
+        let mut rounds = 0;
+        while !sending.is_finished() {
+            let (s, before) = app.get("/api/health").await;
             assert_eq!(s, 200);
-            if !h["personas"]["generating"].is_null() {
-                let (s, found) = app
-                    .get("/api/memory/search?q=volume%20of%20a%20box&k=3")
-                    .await;
-                assert_eq!(s, 200, "{found}");
-                let (s, _) = app.get("/api/personas").await;
-                assert_eq!(s, 200);
-                let (_, h) = app.get("/api/health").await;
-                return h["personas"]["generating"].clone();
+            let before = before["personas"]["generating"].clone();
+            if before.is_null() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let (s, found) = app
+                .get("/api/memory/search?q=volume%20of%20a%20box&k=3")
+                .await;
+            assert_eq!(s, 200, "{found}");
+            let (s, _) = app.get("/api/personas").await;
+            assert_eq!(s, 200);
+            let (_, after) = app.get("/api/health").await;
+            let after = &after["personas"]["generating"];
+            if after["persona"] == before["persona"]
+                && after["ms"].as_u64() >= before["ms"].as_u64()
+            {
+                rounds += 1;
+                if rounds == 3 {
+                    break;
+                }
+            }
         }
+        rounds
     };
-    let during = probe.await;
+    let rounds = probe.await;
     let (s, v) = sending.await.unwrap();
     assert_eq!((s, &v["value"]), (200, &json!(24)), "{v}");
-    assert!(!during.is_null(), "health answered while a generation ran");
+    assert!(
+        rounds > 0,
+        "health, search and personas answered within a running generation"
+    );
     let (_, m) = app
         .get(&format!("/api/objects/{cuboid}/methods/volume"))
         .await;
