@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use tokio::sync::oneshot;
 
 use crate::error::{Result, TelosError};
-use crate::sandbox::{Engine, Limits, Op, Outcome};
+use crate::sandbox::{Engine, Limits, Op, Outcome, Ran};
 use crate::world::World;
 
 /// Script threads get a large stack: nested sends put host frames between JavaScript frames.
@@ -19,7 +19,7 @@ const SCRIPT_THREAD_STACK: usize = 64 << 20;
 struct Job {
     target: String,
     op: Op,
-    reply: oneshot::Sender<Outcome>,
+    reply: oneshot::Sender<Ran>,
 }
 
 /// Operations that may wait for a script thread before new ones are refused as `busy`.
@@ -67,7 +67,9 @@ impl Executor {
                         let Ok(job) = job else { break };
                         let span = tracing::debug_span!("operation", target = %job.target);
                         let _enter = span.enter();
-                        let outcome = engine.run(&job.target, &job.op);
+                        // Writes are queued for the committer; the caller waits for them to be
+                        // durable while this thread goes on with the next operation.
+                        let outcome = engine.start(&job.target, &job.op);
                         // The caller may have gone away (client disconnected): nothing to do.
                         let _ = job.reply.send(outcome);
                         if engine.spoiled() {
@@ -109,9 +111,10 @@ impl Executor {
             op,
             reply,
         })?;
-        outcome
+        let ran = outcome
             .await
-            .map_err(|_| TelosError::Internal("a script thread stopped mid-operation".into()))
+            .map_err(|_| TelosError::Internal("a script thread stopped mid-operation".into()))?;
+        Ok(ran.wait().await)
     }
 
     /// Runs one operation from a plain thread (benchmarks, tools).
@@ -122,8 +125,9 @@ impl Executor {
             op,
             reply,
         })?;
-        outcome
+        let ran = outcome
             .blocking_recv()
-            .map_err(|_| TelosError::Internal("a script thread stopped mid-operation".into()))
+            .map_err(|_| TelosError::Internal("a script thread stopped mid-operation".into()))?;
+        Ok(ran.wait_blocking())
     }
 }

@@ -93,6 +93,23 @@ enum Command {
         #[arg(long)]
         pid: Option<u32>,
     },
+    /// Drive a running server from this separate process: REST setters (`--mode writes`) or
+    /// WebSocket round trips (`--mode ws`), closed loop or at a fixed offered rate, and print
+    /// throughput and latency percentiles.
+    Load {
+        /// Server to talk to (default: http:// + TELOS_BIND).
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, value_enum, default_value = "writes")]
+        mode: telos::bench::load::Mode,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Messages per second offered in total (0: closed loop, as fast as answers come).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+    },
     /// Exchange two directories atomically (used by ops/restore.sh to swap a restored data
     /// directory in: at every instant both paths hold a complete directory).
     #[command(hide = true)]
@@ -208,6 +225,20 @@ fn main() -> ExitCode {
             minutes,
             pause: std::time::Duration::from_millis(pause_ms),
             pid,
+            token: settings.admin_token.clone(),
+        }),
+        Command::Load {
+            server,
+            mode,
+            clients,
+            rate,
+            seconds,
+        } => telos::bench::load::run(telos::bench::load::Load {
+            server: server.unwrap_or_else(|| format!("http://{}", settings.bind)),
+            mode,
+            clients,
+            rate,
+            seconds,
             token: settings.admin_token.clone(),
         }),
         Command::SwapDirs { a, b } => telos::backup::exchange_dirs(&a, &b),

@@ -26,7 +26,7 @@ use serde_json::{Value as Json, json};
 
 use crate::error::{Result, TelosError};
 use crate::object::{Method, Slot, validate_slot_name};
-use crate::world::{CommitError, Txn, World, slots_arg};
+use crate::world::{CommitError, Committed, Txn, World, slots_arg};
 
 /// Per-operation limits of the sandbox.
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +156,39 @@ pub enum Outcome {
         miss: Miss,
         logs: Vec<String>,
     },
+}
+
+/// An operation that has run; its writes may still be on their way to disk.
+#[derive(Debug)]
+pub struct Ran {
+    pub outcome: Outcome,
+    /// The commit of a `Done` outcome that wrote something, until it is durable.
+    pub durable: Option<Committed>,
+}
+
+impl Ran {
+    /// The outcome once its writes are durable; a failed write fails the operation.
+    pub fn wait_blocking(self) -> Outcome {
+        match self.durable {
+            None => self.outcome,
+            Some(c) => settle(self.outcome, c.wait_blocking()),
+        }
+    }
+
+    /// [`Ran::wait_blocking`] for async callers.
+    pub async fn wait(self) -> Outcome {
+        match self.durable {
+            None => self.outcome,
+            Some(c) => settle(self.outcome, c.wait().await),
+        }
+    }
+}
+
+fn settle(outcome: Outcome, written: Result<Vec<crate::world::Change>>) -> Outcome {
+    match (outcome, written) {
+        (Outcome::Done { logs, .. }, Err(error)) => Outcome::Failed { error, logs },
+        (outcome, _) => outcome,
+    }
 }
 
 /// The state of the operation running on this thread, reached by the host functions.
@@ -343,20 +376,32 @@ impl Engine {
         })
     }
 
-    /// Runs one top-level operation on `target` to its end, committing it if it succeeds.
+    /// Runs one top-level operation on `target` to its end, committing it if it succeeds, and
+    /// waits until its writes are durable.
     pub fn run(&self, target: &str, op: &Op) -> Outcome {
+        self.start(target, op).wait_blocking()
+    }
+
+    /// Runs one top-level operation on `target` to its end and queues its writes for the
+    /// committer: the script thread can go on with the next operation while they are written
+    /// (group commit). The outcome holds until [`Ran`] says the writes are durable.
+    pub fn start(&self, target: &str, op: &Op) -> Ran {
+        let outcome = |outcome| Ran {
+            outcome,
+            durable: None,
+        };
         // One wall-time budget for the whole operation: a re-run never gets a fresh one.
         let deadline = Instant::now() + self.limits.wall_time;
         let attempts = self.limits.max_attempts.max(1);
         for attempt in 0..attempts {
             if attempt > 0 && Instant::now() >= deadline {
-                return Outcome::Failed {
+                return outcome(Outcome::Failed {
                     error: TelosError::LimitExceeded(format!(
                         "{target}: wall time limit of {} ms used up by {attempt} runs that conflicted with other messages",
                         self.limits.wall_time.as_millis()
                     )),
                     logs: Vec::new(),
-                };
+                });
             }
             let (result, exec) = self.attempt(target, op, deadline);
             let Exec {
@@ -365,19 +410,27 @@ impl Engine {
             let still_current = || txn.still_current().unwrap_or(true);
             if let Some(miss) = miss {
                 if still_current() {
-                    return Outcome::Miss { miss, logs };
+                    return outcome(Outcome::Miss { miss, logs });
                 }
             } else {
                 match result {
-                    Ok(value) if op.is_dry() => return Outcome::Done { value, logs },
+                    Ok(value) if op.is_dry() => return outcome(Outcome::Done { value, logs }),
                     Ok(value) => match txn.commit() {
-                        Ok(_) => return Outcome::Done { value, logs },
+                        Ok(Committed::Now(_)) => return outcome(Outcome::Done { value, logs }),
+                        Ok(Committed::Pending(durable)) => {
+                            return Ran {
+                                outcome: Outcome::Done { value, logs },
+                                durable: Some(Committed::Pending(durable)),
+                            };
+                        }
                         Err(CommitError::Stale) => {}
-                        Err(CommitError::Failed(error)) => return Outcome::Failed { error, logs },
+                        Err(CommitError::Failed(error)) => {
+                            return outcome(Outcome::Failed { error, logs });
+                        }
                     },
                     Err(error) => {
                         if still_current() {
-                            return Outcome::Failed { error, logs };
+                            return outcome(Outcome::Failed { error, logs });
                         }
                     }
                 }
@@ -388,12 +441,12 @@ impl Engine {
                 "read set went stale; running the operation again"
             );
         }
-        Outcome::Failed {
+        outcome(Outcome::Failed {
             error: TelosError::Conflict(format!(
                 "{target}: gave up after {attempts} attempts, other messages kept changing the objects it reads"
             )),
             logs: Vec::new(),
-        }
+        })
     }
 
     /// Whether this engine must be replaced before it runs another operation.

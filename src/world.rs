@@ -49,10 +49,41 @@ struct CacheEntry {
 
 /// A validated transaction waiting to be written.
 struct Staged {
-    ticket: u64,
     written: Vec<ObjectState>,
     deleted: Vec<String>,
     changes: Vec<Change>,
+    /// Told the outcome once the batch holding this transaction is written (or failed).
+    reply: tokio::sync::oneshot::Sender<std::result::Result<Vec<Change>, TelosError>>,
+}
+
+/// A committed transaction: written already (or nothing to write), or on its way to disk.
+#[derive(Debug)]
+pub enum Committed {
+    Now(Vec<Change>),
+    /// Resolves once the batch holding the transaction is durable (or has failed).
+    Pending(tokio::sync::oneshot::Receiver<std::result::Result<Vec<Change>, TelosError>>),
+}
+
+impl Committed {
+    /// Waits until the writes are durable (blocking: not on an async thread).
+    pub fn wait_blocking(self) -> Result<Vec<Change>> {
+        match self {
+            Committed::Now(changes) => Ok(changes),
+            Committed::Pending(rx) => rx.blocking_recv().unwrap_or_else(|_| Err(committer_gone())),
+        }
+    }
+
+    /// Waits until the writes are durable.
+    pub async fn wait(self) -> Result<Vec<Change>> {
+        match self {
+            Committed::Now(changes) => Ok(changes),
+            Committed::Pending(rx) => rx.await.unwrap_or_else(|_| Err(committer_gone())),
+        }
+    }
+}
+
+fn committer_gone() -> TelosError {
+    TelosError::Internal("the world's committer stopped before writing this message".into())
 }
 
 /// The commit queue (guarded by the world's commit lock).
@@ -65,9 +96,6 @@ struct Group {
     pending: HashMap<String, u64>,
     /// A leader is writing a batch (with the lock released).
     flushing: bool,
-    /// Outcomes of written tickets, taken by their committers.
-    done: HashMap<u64, std::result::Result<Vec<Change>, TelosError>>,
-    next_ticket: u64,
     /// Batches written and transactions in them, for `/metrics`.
     batches: u64,
     grouped: u64,
@@ -91,6 +119,8 @@ pub struct World {
     commit_lock: Mutex<Group>,
     /// Signalled when a batch has been written (or has failed).
     landed: Condvar,
+    /// Signalled when a transaction is queued (wakes the committer thread).
+    queued: Condvar,
     changes: broadcast::Sender<Change>,
     /// The global sequence number of the last commit (guarded by `commit_lock` for writes).
     seq: AtomicU64,
@@ -101,14 +131,21 @@ impl World {
     pub fn new(store: Store) -> Result<Arc<World>> {
         let (changes, _) = broadcast::channel(4096);
         let seq = store.current_seq_blocking()?;
-        Ok(Arc::new(World {
+        let world = Arc::new(World {
             store,
             cache: Mutex::new(HashMap::new()),
             commit_lock: Mutex::new(Group::default()),
             landed: Condvar::new(),
+            queued: Condvar::new(),
             changes,
             seq: AtomicU64::new(seq),
-        }))
+        });
+        let weak = Arc::downgrade(&world);
+        std::thread::Builder::new()
+            .name("telos-commit".into())
+            .spawn(move || committer(weak))
+            .map_err(|e| TelosError::Internal(format!("starting the committer thread: {e}")))?;
+        Ok(world)
     }
 
     fn group(&self) -> MutexGuard<'_, Group> {
@@ -206,10 +243,11 @@ impl World {
         Ok(seq)
     }
 
-    /// Validates a transaction's reads and, if it wrote anything, commits it (with whatever
-    /// other transactions are queued meanwhile). Returns once its writes are durable.
-    /// `Err(Stale)` means another chain changed something this one read: run it again.
-    fn commit(&self, txn: &Txn) -> Result<Vec<Change>, CommitError> {
+    /// Validates a transaction's reads and, if it wrote anything, queues it for the committer
+    /// thread, which writes it with whatever else is queued meanwhile (group commit); the
+    /// answer resolves once it is durable. `Err(Stale)` means another chain changed something
+    /// this one read: run it again.
+    fn commit(&self, txn: &Txn) -> Result<Committed, CommitError> {
         let mut g = self.group();
         for (oid, seen) in &txn.reads {
             let now = match g.pending.get(oid) {
@@ -226,7 +264,7 @@ impl World {
             }
         }
         if txn.dirty.is_empty() && txn.deleted.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Committed::Now(Vec::new()));
         }
         let mut written = Vec::with_capacity(txn.dirty.len());
         let mut changes = Vec::new();
@@ -262,25 +300,15 @@ impl World {
         for oid in &deleted {
             g.pending.insert(oid.clone(), 0);
         }
-        let ticket = g.next_ticket;
-        g.next_ticket += 1;
+        let (reply, pending) = tokio::sync::oneshot::channel();
         g.queue.push(Staged {
-            ticket,
             written,
             deleted,
             changes,
+            reply,
         });
-        loop {
-            if let Some(outcome) = g.done.remove(&ticket) {
-                return outcome.map_err(CommitError::Failed);
-            }
-            g = if g.flushing {
-                self.landed.wait(g).unwrap_or_else(|p| p.into_inner())
-            } else {
-                // Nobody is writing: this committer writes everything queued, its own included.
-                self.flush(g)
-            };
-        }
+        self.queued.notify_one();
+        Ok(Committed::Pending(pending))
     }
 
     /// Writes every queued transaction in one database transaction (the lock is released
@@ -344,17 +372,39 @@ impl World {
                         // Nobody listening is fine.
                         let _ = self.changes.send(change.clone());
                     }
-                    g.done.insert(staged.ticket, Ok(staged.changes));
+                    // The committer may have stopped waiting (its caller went away): fine.
+                    let _ = staged.reply.send(Ok(staged.changes));
                 }
             }
             Err(e) => {
+                tracing::error!(error = %e, transactions = batch.len(), "writing a commit batch failed");
                 for staged in batch {
-                    g.done.insert(staged.ticket, Err(e.clone()));
+                    let _ = staged.reply.send(Err(e.clone()));
                 }
             }
         }
         self.landed.notify_all();
         g
+    }
+}
+
+/// The committer thread: writes whatever is queued, batch after batch, until the world is gone.
+fn committer(world: std::sync::Weak<World>) {
+    loop {
+        // Holds the world only while there is work or for one short wait, so a dropped world
+        // (tests open many) ends this thread.
+        let Some(world) = world.upgrade() else { return };
+        let mut g = world.group();
+        if g.queue.is_empty() {
+            g = world
+                .queued
+                .wait_timeout(g, Duration::from_millis(200))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if !g.queue.is_empty() {
+            drop(world.flush(g));
+        }
     }
 }
 
@@ -665,8 +715,8 @@ impl Txn {
         Ok(true)
     }
 
-    /// Commits the transaction (see the module docs).
-    pub fn commit(&self) -> Result<Vec<Change>, CommitError> {
+    /// Commits the transaction (see the module docs): the answer says when it is durable.
+    pub fn commit(&self) -> Result<Committed, CommitError> {
         self.world.commit(self)
     }
 }

@@ -95,6 +95,7 @@ pub async fn cli_reindex(server: &str, objects: bool, settings: &Settings) -> an
 
 pub mod kernel;
 pub mod learning;
+pub mod load;
 pub mod memory;
 pub mod soak;
 

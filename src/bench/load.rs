@@ -1,0 +1,270 @@
+//! `telos load`: an out-of-process load generator for a running server.
+//!
+//! - `--mode writes`: each client sends a setter to an object of its own over REST
+//!   (`POST /api/objects/{oid}/send`, one committed write per message);
+//! - `--mode ws`: each client holds a WebSocket and alternates a read and a committed write
+//!   on an object of its own.
+//!
+//! Closed loop (`--rate 0`, the default): every client sends its next message as soon as the
+//! last is answered (maximum throughput). Open loop (`--rate R`): R messages per second offered
+//! in total, spread evenly over the clients on a fixed schedule; a message's latency counts from
+//! when it was *due*, so a server that falls behind shows it (no coordinated omission).
+//! Prints throughput, p50/p99/p99.9 latency and errors.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value as Json, json};
+
+/// What the load generator is told to do.
+pub struct Load {
+    pub server: String,
+    pub mode: Mode,
+    pub clients: usize,
+    /// Messages per second offered in total; 0: closed loop.
+    pub rate: f64,
+    pub seconds: f64,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// REST setters, one committed write per message.
+    Writes,
+    /// WebSocket round trips, alternating a read and a committed write.
+    Ws,
+}
+
+#[derive(Default)]
+struct Counters {
+    done: AtomicU64,
+    errors: AtomicU64,
+}
+
+pub fn run(load: Load) -> anyhow::Result<()> {
+    super::raise_fd_limit();
+    actix_web::rt::System::new().block_on(drive(load))
+}
+
+/// One object per client, so clients do not conflict with each other.
+async fn objects(base: &str, token: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let http = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut req = http.post(format!("{base}/api/objects/genesis_obj/clone"));
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        let created: Json = req
+            .send_json(&json!({"slots": {"name": format!("load{i}"), "n": 0}}))
+            .await
+            .map_err(|e| anyhow!("cannot reach {base}: {e}"))?
+            .json()
+            .await
+            .context("reading the clone's answer")?;
+        out.push(
+            created["oid"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the server did not clone: {created}"))?
+                .to_string(),
+        );
+    }
+    Ok(out)
+}
+
+/// When a client's `i`-th message is due: closed loop, now; open loop, on its schedule.
+fn due(start: Instant, interval: Option<Duration>, offset: Duration, i: u64) -> Instant {
+    match interval {
+        None => Instant::now(),
+        Some(every) => start + offset + every.mul_f64(i as f64),
+    }
+}
+
+async fn drive(load: Load) -> anyhow::Result<()> {
+    if load.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let base = load.server.trim_end_matches('/').to_string();
+    let targets = objects(&base, &load.token, load.clients).await?;
+    // Open loop: each client offers rate/clients messages per second, the clients' schedules
+    // staggered over one interval.
+    let interval =
+        (load.rate > 0.0).then(|| Duration::from_secs_f64(load.clients as f64 / load.rate));
+    let counters = Arc::new(Counters::default());
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+    let run_for = Duration::from_secs_f64(load.seconds);
+    let mut tasks = Vec::with_capacity(load.clients);
+    let mut sockets = Vec::new();
+    if load.mode == Mode::Ws {
+        let url = format!("{}/ws", base.replace("http://", "ws://"));
+        for c in 0..load.clients {
+            let mut ws = awc::Client::new().ws(&url);
+            if !load.token.is_empty() {
+                ws = ws.bearer_auth(&load.token);
+            }
+            let (_, framed) = ws
+                .connect()
+                .await
+                .map_err(|e| anyhow!("connecting client {c}: {e}"))?;
+            sockets.push(framed);
+        }
+    }
+    let start = Instant::now();
+    let end = start + run_for;
+    for (c, target) in targets.into_iter().enumerate() {
+        let (counters, latencies) = (counters.clone(), latencies.clone());
+        let offset = interval
+            .map(|every| every.mul_f64(c as f64 / load.clients as f64))
+            .unwrap_or_default();
+        match load.mode {
+            Mode::Writes => {
+                let (base, token) = (base.clone(), load.token.clone());
+                tasks.push(actix_web::rt::spawn(async move {
+                    let http = awc::Client::builder()
+                        .timeout(Duration::from_secs(30))
+                        .finish();
+                    let url = format!("{base}/api/objects/{target}/send");
+                    let mut i = 0u64;
+                    loop {
+                        let at = due(start, interval, offset, i);
+                        if at >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                        let mut req = http.post(&url);
+                        if !token.is_empty() {
+                            req = req.bearer_auth(&token);
+                        }
+                        let ok = match req.send_json(&json!({"selector": "n_", "args": [i]})).await
+                        {
+                            Ok(mut resp) => {
+                                let _ = resp.body().await;
+                                resp.status().is_success()
+                            }
+                            Err(_) => false,
+                        };
+                        record(&counters, &latencies, ok, at.elapsed());
+                        i += 1;
+                    }
+                }));
+            }
+            Mode::Ws => {
+                let mut framed = sockets.remove(0);
+                tasks.push(actix_web::rt::spawn(async move {
+                    let mut i = 0u64;
+                    loop {
+                        let at = due(start, interval, offset, i);
+                        if at >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                        let frame = if i.is_multiple_of(2) {
+                            json!({"type": "send", "id": i, "target": target, "selector": "n", "args": []})
+                        } else {
+                            json!({"type": "send", "id": i, "target": target, "selector": "n_", "args": [i]})
+                        };
+                        if framed
+                            .send(awc::ws::Message::Text(frame.to_string().into()))
+                            .await
+                            .is_err()
+                        {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        let ok = loop {
+                            match framed.next().await {
+                                Some(Ok(awc::ws::Frame::Text(bytes))) => {
+                                    let v: Json =
+                                        serde_json::from_slice(&bytes).unwrap_or_default();
+                                    if v["type"] == "result" {
+                                        break true;
+                                    }
+                                    if v["type"] == "error" {
+                                        break false;
+                                    }
+                                }
+                                Some(Ok(awc::ws::Frame::Ping(p))) => {
+                                    let _ = framed.send(awc::ws::Message::Pong(p)).await;
+                                }
+                                Some(Ok(_)) => {}
+                                Some(Err(_)) | None => {
+                                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                }
+                            }
+                        };
+                        record(&counters, &latencies, ok, at.elapsed());
+                        i += 1;
+                    }
+                    let _ = framed.close().await;
+                }));
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let took = start.elapsed().as_secs_f64();
+    let mut l = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    l.sort();
+    let done = counters.done.load(Ordering::Relaxed);
+    let errors = counters.errors.load(Ordering::Relaxed);
+    println!(
+        "load {:?}: {} clients, {}, {:.0} s: {done} answered ({:.0}/s), {errors} errors, latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms",
+        load.mode,
+        load.clients,
+        if load.rate > 0.0 {
+            format!("open loop at {:.0}/s offered", load.rate)
+        } else {
+            "closed loop".to_string()
+        },
+        took,
+        done as f64 / took,
+        super::ms(super::percentile(&l, 0.5)),
+        super::ms(super::percentile(&l, 0.99)),
+        super::ms(super::percentile(&l, 0.999)),
+        super::ms(l.last().copied().unwrap_or_default()),
+    );
+    Ok(())
+}
+
+fn record(
+    counters: &Counters,
+    latencies: &std::sync::Mutex<Vec<Duration>>,
+    ok: bool,
+    took: Duration,
+) {
+    if ok {
+        counters.done.fetch_add(1, Ordering::Relaxed);
+        latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(took);
+    } else {
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_loop_messages_are_due_on_a_fixed_schedule() {
+        let start = Instant::now();
+        let every = Duration::from_millis(10);
+        let offset = Duration::from_millis(3);
+        assert_eq!(due(start, Some(every), offset, 0), start + offset);
+        assert_eq!(
+            due(start, Some(every), offset, 5),
+            start + offset + Duration::from_millis(50)
+        );
+        // Closed loop: due now, whenever that is.
+        assert!(due(start, None, offset, 5) >= start);
+    }
+}
