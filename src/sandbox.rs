@@ -208,10 +208,14 @@ struct Exec {
     pending: Option<TelosError>,
 }
 
+/// Compiled methods of one script thread: (holder, name) → (source, function).
+type MethodCache = LruCache<String, (String, Persistent<Function<'static>>)>;
+
 thread_local! {
     static EXEC: RefCell<Option<Exec>> = const { RefCell::new(None) };
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
-    static COMPILED: RefCell<Option<LruCache<String, Persistent<Function<'static>>>>> =
+    /// Compiled methods by holder and name, with the source they were compiled from.
+    static COMPILED: RefCell<Option<MethodCache>> =
         const { RefCell::new(None) };
     static INVOKE: RefCell<Option<Persistent<Function<'static>>>> = const { RefCell::new(None) };
     /// Deep-freezes a value (the prelude's `harden`): compiled methods are frozen so that no
@@ -751,8 +755,16 @@ fn dispatch_inner(ctx: &Ctx<'_>, target: &str, selector: &str, args: Vec<Json>) 
 
 /// Compiles a method's source (cached by holder, name and source).
 fn compile<'js>(ctx: &Ctx<'js>, holder: &str, name: &str, source: &str) -> Result<Function<'js>> {
-    let key = format!("{holder}\u{0}{name}\u{0}{source}");
-    let cached = COMPILED.with(|c| c.borrow_mut().as_mut().and_then(|c| c.get(&key).cloned()));
+    // Keyed by holder and name (not by the whole source, which would be hashed on every
+    // send); a changed source is a miss.
+    let key = format!("{holder}\u{0}{name}");
+    let cached = COMPILED.with(|c| {
+        c.borrow_mut().as_mut().and_then(|c| {
+            c.get(&key)
+                .filter(|(s, _)| s == source)
+                .map(|(_, f)| f.clone())
+        })
+    });
     if let Some(f) = cached {
         return f.restore(ctx).map_err(TelosError::internal);
     }
@@ -784,7 +796,10 @@ fn compile<'js>(ctx: &Ctx<'js>, holder: &str, name: &str, source: &str) -> Resul
         .map_err(|e| compile_error(&file, e))?;
     COMPILED.with(|c| {
         if let Some(c) = c.borrow_mut().as_mut() {
-            c.put(key, Persistent::save(ctx, func.clone()));
+            c.put(
+                key,
+                (source.to_string(), Persistent::save(ctx, func.clone())),
+            );
         }
     });
     Ok(func)

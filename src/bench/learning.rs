@@ -288,6 +288,19 @@ fn pass(
         // As a running server would be: the model loaded and the fixed instructions evaluated
         // (the start-up warm-up runs first; this waits for it).
         let _ = telos.personas.send(crate::actors::persona::Warm).await;
+        // The server inside handles SIGINT/SIGTERM by shutting down gracefully, which would
+        // leave this loop running: a signal ends the benchmark.
+        actix_web::rt::spawn(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+                eprintln!("learning benchmark interrupted");
+                std::process::exit(130);
+            }
+        });
         let probes = Arc::new(Mutex::new(Probes::default()));
         let prober = actix_web::rt::spawn(probe(telos.clone(), probes.clone()));
         let mut runs = Vec::new();

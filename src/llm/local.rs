@@ -308,7 +308,7 @@ pub fn function_closed(text: &str) -> bool {
     let Some(start) = text.find("function") else {
         return false;
     };
-    let bytes = text[start..].as_bytes();
+    let bytes = &text.as_bytes()[start..];
     let mut depth = 0usize;
     let mut opened = false;
     let mut i = 0;
