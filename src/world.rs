@@ -8,15 +8,16 @@
 //! locked while JavaScript runs, so call cycles (A → B → A) cannot deadlock.
 //!
 //! At commit the world takes its commit lock and checks that every object the transaction read
-//! still has the version it saw (optimistic concurrency), counting commits that are validated
-//! but not yet written. A valid transaction is queued; the first committer that finds no batch
-//! being written becomes the leader and writes *every* queued transaction in one database
+//! still has the version it saw (optimistic concurrency), counting transactions that are
+//! validated but not yet written. A valid transaction is queued and the script thread goes on
+//! with its next message; a committer thread writes *every* queued transaction in one database
 //! transaction (group commit: one fsync for all of them), then updates the cache, announces the
-//! changes and wakes the others. Each caller returns only once its own writes are durable. A
-//! transaction whose reads went stale is run again from the start by its caller; a batch that
-//! fails to write fails every transaction in it and writes nothing. Two queued transactions
-//! never touch the same object (the second saw a version the first is replacing: stale), so a
-//! failed batch leaves the others valid. Messages to one object are additionally serialised by
+//! changes and answers each transaction, whose message is answered only then (durable first).
+//! A transaction whose reads went stale is run again from the start by its caller, after the
+//! write it lost to has landed; a batch that fails to write fails every transaction in it and
+//! writes nothing. Two queued transactions never touch the same object (the second saw a
+//! version the first is replacing: stale), so a failed batch leaves the others valid. Messages
+//! to one object are additionally serialised by
 //! that object's actor, so conflicts only arise between call chains that touch shared objects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -94,8 +95,12 @@ struct Group {
     /// The version each object will have once the queued and in-flight transactions are
     /// written (0: deleted). Validation counts these as current.
     pending: HashMap<String, u64>,
-    /// A leader is writing a batch (with the lock released).
+    /// The committer is writing a batch (with the lock released).
     flushing: bool,
+    /// Memory commits waiting for their turn: the committer lets them go before its next batch.
+    memory_waiting: usize,
+    /// Parents of the objects in the batch being written (a delete must not orphan them).
+    in_flight_parents: std::collections::HashSet<String>,
     /// Batches written and transactions in them, for `/metrics`.
     batches: u64,
     grouped: u64,
@@ -233,13 +238,20 @@ impl World {
     pub fn commit_memory(&self, add: &[crate::memory::Record], remove: &[u64]) -> Result<u64> {
         let mut g = self.group();
         // Holding the lock with no batch in flight: no object commit can take a sequence number
-        // meanwhile.
+        // meanwhile. The committer waits for waiting memory commits before its next batch, so
+        // a steady stream of object writes cannot starve this one.
+        g.memory_waiting += 1;
         while g.flushing {
             g = self.landed.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         let seq = self.seq.load(Ordering::SeqCst) + 1;
-        self.store.memory_commit_blocking(add, remove, seq)?;
+        let written = self.store.memory_commit_blocking(add, remove, seq);
+        // Advanced even after a failure whose outcome is unknown: a gap in the sequence is
+        // harmless, a reused number could hide rows from an incremental backup.
         self.seq.store(seq, Ordering::SeqCst);
+        g.memory_waiting -= 1;
+        self.landed.notify_all();
+        written?;
         Ok(seq)
     }
 
@@ -256,9 +268,12 @@ impl World {
             };
             if now != *seen {
                 // A newer version is on its way to disk: running again before it lands would
-                // read the old one from the cache and go stale again.
-                while g.pending.contains_key(oid) {
-                    g = self.landed.wait(g).unwrap_or_else(|p| p.into_inner());
+                // read the old one from the cache and go stale again. Waits for that version
+                // only (later writers of the object do not prolong the wait).
+                if let Some(&lost_to) = g.pending.get(oid) {
+                    while g.pending.get(oid) == Some(&lost_to) {
+                        g = self.landed.wait(g).unwrap_or_else(|p| p.into_inner());
+                    }
                 }
                 return Err(CommitError::Stale);
             }
@@ -285,6 +300,19 @@ impl World {
             written.push(obj);
         }
         let deleted: Vec<String> = txn.deleted.iter().cloned().collect();
+        for oid in &deleted {
+            // A child created since this transaction looked (queued, or written meanwhile)
+            // must not lose its parent: run again, and the delete sees the child.
+            let queued_child = g.in_flight_parents.contains(oid)
+                || g.queue.iter().any(|q| {
+                    q.written
+                        .iter()
+                        .any(|o| o.parents().iter().any(|p| p == oid))
+                });
+            if queued_child || !self.store.children_blocking(oid)?.is_empty() {
+                return Err(CommitError::Stale);
+            }
+        }
         for oid in &deleted {
             changes.push(Change {
                 oid: oid.clone(),
@@ -319,6 +347,10 @@ impl World {
             return g;
         }
         g.flushing = true;
+        g.in_flight_parents = batch
+            .iter()
+            .flat_map(|s| s.written.iter().flat_map(|o| o.parents()))
+            .collect();
         let seq = self.seq.load(Ordering::SeqCst) + 1;
         drop(g);
         let objects: Vec<ObjectState> = batch
@@ -329,9 +361,20 @@ impl World {
             .iter()
             .flat_map(|s| s.deleted.iter().cloned())
             .collect();
-        let result = self.store.commit_blocking(&objects, &deleted, seq);
+        // A panic in the write fails this batch; the committer carries on with the next.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.store.commit_blocking(&objects, &deleted, seq)
+        }))
+        .unwrap_or_else(|_| {
+            Err(TelosError::Internal(
+                "writing a commit batch panicked (see the server log)".into(),
+            ))
+        });
         let mut g = self.group();
         g.flushing = false;
+        g.in_flight_parents.clear();
+        // Advanced even after a failure whose outcome is unknown (see `commit_memory`).
+        self.seq.store(seq, Ordering::SeqCst);
         // Whatever happened, these versions are no longer pending: written (now in the cache)
         // or failed (the cache still holds the versions the transactions read).
         for staged in &batch {
@@ -348,7 +391,6 @@ impl World {
         }
         match result {
             Ok(()) => {
-                self.seq.store(seq, Ordering::SeqCst);
                 g.batches += 1;
                 g.grouped += batch.len() as u64;
                 {
@@ -401,6 +443,9 @@ fn committer(world: std::sync::Weak<World>) {
                 .wait_timeout(g, Duration::from_millis(200))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+        while g.memory_waiting > 0 {
+            g = world.landed.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         if !g.queue.is_empty() {
             drop(world.flush(g));
