@@ -477,6 +477,33 @@ impl PersonaActor {
 
 impl Actor for PersonaActor {
     type Context = SyncContext<Self>;
+
+    /// Generation is background work: this thread (and the llama.cpp worker threads it starts,
+    /// which inherit its priority) yields the cores to the embedder, the script threads and
+    /// the HTTP workers whenever they have something to do, so a search or a message answered
+    /// during a generation does not wait for a share of a busy core.
+    fn started(&mut self, _: &mut SyncContext<Self>) {
+        lower_this_threads_priority(GENERATION_NICE);
+    }
+}
+
+/// How much lower than the rest of the server generation runs (nice, 0..19).
+const GENERATION_NICE: i32 = 10;
+
+/// Lowers the scheduling priority of the calling thread only (Linux threads have their own
+/// nice value; threads it starts later inherit it). Raising it back would need privileges.
+fn lower_this_threads_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority only read their arguments; PRIO_PROCESS with a thread id
+    // applies to that thread alone on Linux.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0 {
+            tracing::debug!("could not lower the generation thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 impl Handler<Generate> for PersonaActor {

@@ -646,6 +646,9 @@ pub async fn generate<X: Personas + Sandbox>(
 ) -> Result<(Candidate, usize), TelosError> {
     let mut feedback: Option<Feedback> = None;
     let mut tried = HashSet::new();
+    // Methods that passed the static checks and the trial but that ALFRED called INVALID, by
+    // their normalised code.
+    let mut disputed: std::collections::HashMap<String, Candidate> = Default::default();
     let mut rounds = 0;
     loop {
         if let Some(fb) = &feedback {
@@ -672,52 +675,77 @@ pub async fn generate<X: Personas + Sandbox>(
             .await?
             {
                 Ok(w) => w,
-                Err(f) => return Ok(Err(f)),
+                Err(f) => return Ok(Err((f, None))),
             };
             if let Err(f) = review_code(x, miss, &w.source, timings, em).await {
-                return Ok(Err(f));
+                return Ok(Err((f, None)));
             }
             let value = match trial(x, miss, &w.source, timings, em).await {
                 Ok(v) => v,
-                Err(f) => return Ok(Err(f)),
+                Err(f) => return Ok(Err((f, None))),
             };
-            Ok::<_, TelosError>(
-                review_verdict(x, miss, ctx, &w.source, &value, timings, em)
-                    .await?
-                    .map(|reason| Candidate {
-                        source: w.source,
-                        raw: Some(w.answer),
-                        verdict: format!("VALID: {reason}"),
-                        trial: value,
-                        reused: None,
-                    }),
-            )
+            let verdict = review_verdict(x, miss, ctx, &w.source, &value, timings, em).await?;
+            let candidate = |verdict: String| Candidate {
+                source: w.source.clone(),
+                raw: Some(w.answer.clone()),
+                verdict,
+                trial: value.clone(),
+                reused: None,
+            };
+            Ok::<_, TelosError>(match verdict {
+                Ok(reason) => Ok(candidate(format!("VALID: {reason}"))),
+                Err(f) => {
+                    let c = candidate(f.error.clone());
+                    Err((f, Some(c)))
+                }
+            })
         }
         .instrument(span)
         .await?;
-        match outcome {
+        let f = match outcome {
             Ok(c) => return Ok((c, rounds)),
-            Err(f) if rounds >= cfg.repair_rounds => {
-                if cfg.repair_rounds == 0 {
-                    return Err(fail(miss, f.stage, f.error));
+            Err((f, rejected)) => {
+                if let Some(c) = rejected {
+                    disputed.insert(normalised(&c.source), c);
                 }
-                let reason = format!(
-                    "gave up after {} repair rounds; the last attempt failed at the {} stage: {}",
-                    cfg.repair_rounds, f.stage, f.error
-                );
-                em.emit(Stage::Repair, Status::Failed, json!({ "error": reason }));
-                return Err(fail(miss, Stage::Repair, reason));
+                f
             }
-            Err(f) => {
-                rounds += 1;
-                feedback = Some(Feedback {
-                    code: f.code,
-                    stage: f.stage.as_str().to_string(),
-                    error: f.error,
-                    round: rounds,
-                });
-            }
+        };
+        // BRICK, asked for a different method after ALFRED's objection, wrote the same code
+        // again: two answers (one sampled) agree on code that passed the static checks and the
+        // trial, against a small reviewer's one. The builder wins; the provenance says so.
+        if f.stage == Stage::Write
+            && let Some(mut c) = disputed.remove(&normalised(&f.code))
+        {
+            c.verdict = format!(
+                "VALID (ALFRED overruled: {}; BRICK wrote the same method again when asked for another, and it passed the static checks and the trial)",
+                c.verdict
+            );
+            em.emit(
+                Stage::Review,
+                Status::Done,
+                json!({ "verdict": "OVERRULED", "reason": c.verdict, "code": c.source }),
+            );
+            return Ok((c, rounds));
         }
+        if rounds >= cfg.repair_rounds {
+            if cfg.repair_rounds == 0 {
+                return Err(fail(miss, f.stage, f.error));
+            }
+            let reason = format!(
+                "gave up after {} repair rounds; the last attempt failed at the {} stage: {}",
+                cfg.repair_rounds, f.stage, f.error
+            );
+            em.emit(Stage::Repair, Status::Failed, json!({ "error": reason }));
+            return Err(fail(miss, Stage::Repair, reason));
+        }
+        rounds += 1;
+        feedback = Some(Feedback {
+            code: f.code,
+            stage: f.stage.as_str().to_string(),
+            error: f.error,
+            round: rounds,
+        });
     }
 }
 
@@ -1282,6 +1310,46 @@ mod tests {
         let trials = x.trials.lock().unwrap();
         assert_eq!(trials.iter().filter(|t| t.contains("self.slot")).count(), 1);
         assert!(stages(&mut rx).contains(&"repair:started".to_string()));
+    }
+
+    #[tokio::test]
+    async fn brick_writing_the_same_checked_method_again_overrules_alfred() {
+        // ALFRED objects to a method that passed the checks and the trial; asked for another,
+        // BRICK writes the same one: it is installed, once trialled, with the dispute recorded.
+        let x = Fake {
+            slots: box_slots(),
+            ..Fake::default()
+        }
+        .reply("BRICK", &[GOOD, GOOD])
+        .reply("ALFRED", &["INVALID: it changes other objects"]);
+        let (em, mut rx) = emitter();
+        let learning = run(&x, &cfg(3), &miss(), 1000, &em).await.unwrap();
+        assert_eq!(learning.source, GOOD);
+        assert_eq!(x.trials.lock().unwrap().len(), 1, "never trialled twice");
+        assert_eq!(x.asked("ALFRED").len(), 1);
+        let installed = x.installed.lock().unwrap();
+        let verdict = installed[0].provenance.as_ref().unwrap()["alfred"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(verdict.contains("ALFRED overruled") && verdict.contains("changes other objects"));
+        assert!(stages(&mut rx).contains(&"review:done".to_string()));
+    }
+
+    #[tokio::test]
+    async fn code_that_failed_its_trial_is_never_overruled_into_the_world() {
+        // The same broken code twice: refused (it threw), not installed.
+        let x = Fake {
+            throws: vec!["self.slot".into()],
+            slots: box_slots(),
+            ..Fake::default()
+        }
+        .reply("BRICK", &[BAD])
+        .reply("ALFRED", &["VALID"]);
+        let (em, _rx) = emitter();
+        let err = run(&x, &cfg(2), &miss(), 1000, &em).await.unwrap_err();
+        assert_eq!(err.stage(), Some(Stage::Repair));
+        assert!(x.installed.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
