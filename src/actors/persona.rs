@@ -2,8 +2,8 @@
 //! other:
 //!
 //! - [`EmbedderActor`] owns the MiniLM embedder (loaded on first use and kept). Callers embed
-//!   through an [`EmbedClient`], which micro-batches: requests that arrive within a few
-//!   milliseconds of each other (or while a batch is being encoded) share one forward pass.
+//!   through an [`EmbedClient`], which micro-batches: a request to an idle embedder goes at
+//!   once, and requests that arrive while a batch is being encoded share the next pass.
 //!   Recall, memory search and chunking therefore never queue behind a generation.
 //! - [`PersonaActor`] owns the persona language models: each persona (BRICK, ALFRED, BABS,
 //!   ROBIN) has a backend, a model, a temperature and a token budget. Local GGUF models are
@@ -488,7 +488,7 @@ impl Actor for PersonaActor {
 }
 
 /// How much lower than the rest of the server generation runs (nice, 0..19).
-const GENERATION_NICE: i32 = 10;
+const GENERATION_NICE: i32 = 19;
 
 /// Lowers the scheduling priority of the calling thread only (Linux threads have their own
 /// nice value; threads it starts later inherit it). Raising it back would need privileges.
@@ -642,8 +642,6 @@ impl Handler<Status> for PersonaActor {
     }
 }
 
-/// How long the batcher waits for more requests after the first one of a batch.
-const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(3);
 /// A batch closes early once it holds this many texts.
 const BATCH_TEXTS: usize = 64;
 
@@ -664,14 +662,15 @@ impl EmbedClient {
             while let Some(first) = rx.recv().await {
                 let mut n = first.0.len();
                 let mut jobs = vec![first];
-                let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+                // No waiting when the embedder is idle: a lone query goes at once. Requests
+                // that arrived meanwhile (or while the last batch ran) join this batch.
                 while n < BATCH_TEXTS {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(job)) => {
+                    match rx.try_recv() {
+                        Ok(job) => {
                             n += job.0.len();
                             jobs.push(job);
                         }
-                        _ => break,
+                        Err(_) => break,
                     }
                 }
                 let texts: Vec<String> = jobs.iter().flat_map(|j| j.0.iter().cloned()).collect();
