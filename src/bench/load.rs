@@ -85,6 +85,28 @@ fn due(start: Instant, interval: Option<Duration>, offset: Duration, i: u64) -> 
     }
 }
 
+/// One client's schedule: waits until its next message is due.
+struct Pacer {
+    start: Instant,
+    interval: Option<Duration>,
+    offset: Duration,
+    end: Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    /// The next message's number and when it was due; `None` once the run is over.
+    async fn tick(&mut self) -> Option<(u64, Instant)> {
+        let at = due(self.start, self.interval, self.offset, self.sent);
+        if at >= self.end {
+            return None;
+        }
+        tokio::time::sleep_until(at.into()).await;
+        self.sent += 1;
+        Some((self.sent - 1, at))
+    }
+}
+
 async fn drive(load: Load) -> anyhow::Result<()> {
     if load.clients == 0 {
         bail!("--clients must be at least 1");
@@ -118,9 +140,15 @@ async fn drive(load: Load) -> anyhow::Result<()> {
     let end = start + run_for;
     for (c, target) in targets.into_iter().enumerate() {
         let (counters, latencies) = (counters.clone(), latencies.clone());
-        let offset = interval
-            .map(|every| every.mul_f64(c as f64 / load.clients as f64))
-            .unwrap_or_default();
+        let mut pacer = Pacer {
+            start,
+            interval,
+            offset: interval
+                .map(|every| every.mul_f64(c as f64 / load.clients as f64))
+                .unwrap_or_default(),
+            end,
+            sent: 0,
+        };
         match load.mode {
             Mode::Writes => {
                 let (base, token) = (base.clone(), load.token.clone());
@@ -129,13 +157,7 @@ async fn drive(load: Load) -> anyhow::Result<()> {
                         .timeout(Duration::from_secs(30))
                         .finish();
                     let url = format!("{base}/api/objects/{target}/send");
-                    let mut i = 0u64;
-                    loop {
-                        let at = due(start, interval, offset, i);
-                        if at >= end {
-                            break;
-                        }
-                        tokio::time::sleep_until(at.into()).await;
+                    while let Some((i, at)) = pacer.tick().await {
                         let mut req = http.post(&url);
                         if !token.is_empty() {
                             req = req.bearer_auth(&token);
@@ -149,20 +171,13 @@ async fn drive(load: Load) -> anyhow::Result<()> {
                             Err(_) => false,
                         };
                         record(&counters, &latencies, ok, at.elapsed());
-                        i += 1;
                     }
                 }));
             }
             Mode::Ws => {
                 let mut framed = sockets.remove(0);
                 tasks.push(actix_web::rt::spawn(async move {
-                    let mut i = 0u64;
-                    loop {
-                        let at = due(start, interval, offset, i);
-                        if at >= end {
-                            break;
-                        }
-                        tokio::time::sleep_until(at.into()).await;
+                    while let Some((i, at)) = pacer.tick().await {
                         let frame = if i.is_multiple_of(2) {
                             json!({"type": "send", "id": i, "target": target, "selector": "n", "args": []})
                         } else {
@@ -199,7 +214,6 @@ async fn drive(load: Load) -> anyhow::Result<()> {
                             }
                         };
                         record(&counters, &latencies, ok, at.elapsed());
-                        i += 1;
                     }
                     let _ = framed.close().await;
                 }));

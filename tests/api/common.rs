@@ -61,6 +61,35 @@ pub fn client() -> awc::Client {
         .finish()
 }
 
+/// Over HTTP to the server at `base`: clones `genesis_obj` with `slots` and gives the clone
+/// the method `name`; answers the new oid.
+pub async fn object_with_method(
+    c: &awc::Client,
+    base: &str,
+    slots: Json,
+    name: &str,
+    source: &str,
+) -> String {
+    let (s, b) = request(
+        c,
+        "POST",
+        &format!("{base}/api/objects/genesis_obj/clone"),
+        Some(json!({ "slots": slots })),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let oid = b["oid"].as_str().expect("oid").to_string();
+    let (s, b) = request(
+        c,
+        "PUT",
+        &format!("{base}/api/objects/{oid}/slots/{name}"),
+        Some(json!({ "method": source })),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    oid
+}
+
 /// Answers (status, JSON body) of a request; an empty body is `null`.
 pub async fn request(
     client: &awc::Client,

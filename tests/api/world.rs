@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{ServerProcess, Ws, client, request, spawn_app, spawn_app_with};
+use crate::common::{
+    ServerProcess, Ws, client, object_with_method, request, spawn_app, spawn_app_with,
+};
 use serde_json::{Value as Json, json};
 
 #[actix_web::test]
@@ -546,22 +548,14 @@ fn the_world_survives_a_restart_with_the_same_oids_slots_and_methods() {
         oid = actix_web::rt::System::new().block_on(async {
             let c = client();
             let base = &server.base;
-            let (_, b) = request(
+            let oid = object_with_method(
                 &c,
-                "POST",
-                &format!("{base}/api/objects/genesis_obj/clone"),
-                Some(json!({"slots": {"name": "rect", "w": 3, "h": 4}})),
+                base,
+                json!({"name": "rect", "w": 3, "h": 4}),
+                "area",
+                "function area(self) { return self.w * self.h; }",
             )
             .await;
-            let oid = b["oid"].as_str().unwrap().to_string();
-            let (s, _) = request(
-                &c,
-                "PUT",
-                &format!("{base}/api/objects/{oid}/slots/area"),
-                Some(json!({"method": "function area(self) { return self.w * self.h; }"})),
-            )
-            .await;
-            assert_eq!(s, 200);
             let (_, b) = request(
                 &c,
                 "POST",
@@ -761,24 +755,16 @@ fn kill_9_during_concurrent_method_writes_loses_no_acknowledged_one_and_halves_n
         let c = client();
         let mut counters = Vec::new();
         for _ in 0..CLIENTS {
-            let (s, b) = request(
-                &c,
-                "POST",
-                &format!("{base}/api/objects/genesis_obj/clone"),
-                Some(json!({"slots": {"a": 0, "b": 0}})),
-            )
-            .await;
-            assert_eq!(s, 201, "{b}");
-            let oid = b["oid"].as_str().unwrap().to_string();
-            let (s, b) = request(
-                &c,
-                "PUT",
-                &format!("{base}/api/objects/{oid}/slots/bump"),
-                Some(json!({"method": "function bump(self) { self.a = self.a + 1; self.b = self.b + 1; return self.a; }"})),
-            )
-            .await;
-            assert_eq!(s, 200, "{b}");
-            counters.push(oid);
+            counters.push(
+                object_with_method(
+                    &c,
+                    &base,
+                    json!({"a": 0, "b": 0}),
+                    "bump",
+                    "function bump(self) { self.a = self.a + 1; self.b = self.b + 1; return self.a; }",
+                )
+                .await,
+            );
         }
         // Each client bumps its counter until the server is gone; it remembers the last value
         // the server acknowledged.
