@@ -199,16 +199,9 @@ impl Telos {
                     )));
                 };
                 let k = args.get(1).and_then(Json::as_u64).unwrap_or(5) as usize;
-                let found = self
-                    .memory
-                    .send(memory::Search {
-                        query: query.to_string(),
-                        k,
-                        kind: None,
-                    })
-                    .await
-                    .map_err(down);
-                Some(found.and_then(|r| r).map(|hits| json!(hits)))
+                let found =
+                    memory::search(&self.embedder, &self.memory, query.to_string(), k, None).await;
+                Some(found.map(|hits| json!(hits)))
             }
             ("memory_manager", "count") => {
                 Some(self.world.store().memory_count().await.map(|n| json!(n)))

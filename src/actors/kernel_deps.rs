@@ -64,6 +64,7 @@ impl Memory for KernelDeps {
             query,
             k,
             kind: Some("method".into()),
+            vector: None,
         });
         async move {
             request

@@ -44,6 +44,33 @@ pub struct Search {
     pub query: String,
     pub k: usize,
     pub kind: Option<String>,
+    /// The query's embedding, when the caller made it (see [`search`]); else the actor embeds.
+    pub vector: Option<Vec<f32>>,
+}
+
+/// Searches memory with the query embedded first, outside the memory actor: the actor's one
+/// thread then only looks up the index and the records, so a search waits neither for its own
+/// embedding there nor for long behind a write.
+pub async fn search(
+    embedder: &super::persona::EmbedClient,
+    memory: &Addr<MemoryActor>,
+    query: String,
+    k: usize,
+    kind: Option<String>,
+) -> Result<Vec<Found>, TelosError> {
+    if query.trim().is_empty() {
+        return Err(TelosError::BadRequest("the search query is empty".into()));
+    }
+    let vector = embedder.embed(vec![query.clone()]).await?.pop();
+    memory
+        .send(Search {
+            query,
+            k,
+            kind,
+            vector,
+        })
+        .await
+        .map_err(|e| TelosError::Unavailable(format!("the memory is not running: {e}")))?
 }
 
 pub use crate::memory::Found;
@@ -308,7 +335,10 @@ impl Handler<Search> for MemoryActor {
             return Err(TelosError::BadRequest("the search query is empty".into()));
         }
         let k = msg.k.clamp(1, 100);
-        let query = self.embed(vec![msg.query])?.pop().expect("one vector");
+        let query = match msg.vector {
+            Some(v) => v,
+            None => self.embed(vec![msg.query])?.pop().expect("one vector"),
+        };
         // A kind filter is applied after the search: look further so k remain.
         let want = if msg.kind.is_some() { k * 4 } else { k };
         let hits = self.index.search(&query, want)?;

@@ -331,20 +331,21 @@ async fn probe(telos: Telos, probes: Arc<Mutex<Probes>>) {
     loop {
         tick.tick().await;
         let t = Instant::now();
-        let searched = telos
-            .memory
-            .send(crate::actors::memory::Search {
-                query: "the area of a rectangle from its width and height".into(),
-                k: 3,
-                kind: None,
-            })
-            .await;
+        // As `GET /api/memory/search` does it.
+        let searched = crate::actors::memory::search(
+            &telos.embedder,
+            &telos.memory,
+            "the area of a rectangle from its width and height".into(),
+            3,
+            None,
+        )
+        .await;
         let search = t.elapsed();
         let t = Instant::now();
         let health = telos.health().await;
         let health_time = t.elapsed();
         let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(searched, Ok(Ok(_))) {
+        if searched.is_ok() {
             p.search.push(search);
         }
         if health.is_ok() {

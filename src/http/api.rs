@@ -362,15 +362,14 @@ struct SearchQuery {
 /// `GET /api/memory/search?q=&k=&kind=`: the nearest memories to `q`, closest first.
 async fn memory_search(telos: web::Data<Telos>, query: web::Query<SearchQuery>) -> ApiResult {
     let SearchQuery { q, k, kind } = query.into_inner();
-    let found = telos
-        .memory
-        .send(crate::actors::memory::Search {
-            query: q,
-            k: k.unwrap_or(5),
-            kind: kind.filter(|k| !k.is_empty()),
-        })
-        .await
-        .map_err(memory_down)??;
+    let found = crate::actors::memory::search(
+        &telos.embedder,
+        &telos.memory,
+        q,
+        k.unwrap_or(5),
+        kind.filter(|k| !k.is_empty()),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(found))
 }
 
