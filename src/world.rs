@@ -99,8 +99,8 @@ struct Group {
     flushing: bool,
     /// Memory commits waiting for their turn: the committer lets them go before its next batch.
     memory_waiting: usize,
-    /// Parents of the objects in the batch being written (a delete must not orphan them).
-    in_flight_parents: std::collections::HashSet<String>,
+    /// The objects of the batch being written (a delete must not orphan a child among them).
+    in_flight: Arc<Vec<ObjectState>>,
     /// Batches written and transactions in them, for `/metrics`.
     batches: u64,
     grouped: u64,
@@ -303,12 +303,9 @@ impl World {
         for oid in &deleted {
             // A child created since this transaction looked (queued, or written meanwhile)
             // must not lose its parent: run again, and the delete sees the child.
-            let queued_child = g.in_flight_parents.contains(oid)
-                || g.queue.iter().any(|q| {
-                    q.written
-                        .iter()
-                        .any(|o| o.parents().iter().any(|p| p == oid))
-                });
+            let is_child = |o: &ObjectState| o.parents().iter().any(|p| p == oid);
+            let queued_child = g.in_flight.iter().any(is_child)
+                || g.queue.iter().any(|q| q.written.iter().any(is_child));
             if queued_child || !self.store.children_blocking(oid)?.is_empty() {
                 return Err(CommitError::Stale);
             }
@@ -342,21 +339,22 @@ impl World {
     /// Writes every queued transaction in one database transaction (the lock is released
     /// meanwhile), then updates the cache, announces the changes and records each outcome.
     fn flush<'a>(&'a self, mut g: MutexGuard<'a, Group>) -> MutexGuard<'a, Group> {
-        let batch = std::mem::take(&mut g.queue);
+        let mut batch = std::mem::take(&mut g.queue);
         if batch.is_empty() {
             return g;
         }
         g.flushing = true;
-        g.in_flight_parents = batch
-            .iter()
-            .flat_map(|s| s.written.iter().flat_map(|o| o.parents()))
-            .collect();
+        // The written objects move out of the batch (no copies); a delete validated meanwhile
+        // reads their parents from here.
+        let objects: Arc<Vec<ObjectState>> = Arc::new(
+            batch
+                .iter_mut()
+                .flat_map(|s| std::mem::take(&mut s.written))
+                .collect(),
+        );
+        g.in_flight = objects.clone();
         let seq = self.seq.load(Ordering::SeqCst) + 1;
         drop(g);
-        let objects: Vec<ObjectState> = batch
-            .iter()
-            .flat_map(|s| s.written.iter().cloned())
-            .collect();
         let deleted: Vec<String> = batch
             .iter()
             .flat_map(|s| s.deleted.iter().cloned())
@@ -372,21 +370,21 @@ impl World {
         });
         let mut g = self.group();
         g.flushing = false;
-        g.in_flight_parents.clear();
+        g.in_flight = Arc::default();
+        // Nobody else holds the batch's objects now (readers only look under the lock).
+        let objects = Arc::try_unwrap(objects).unwrap_or_else(|shared| (*shared).clone());
         // Advanced even after a failure whose outcome is unknown (see `commit_memory`).
         self.seq.store(seq, Ordering::SeqCst);
         // Whatever happened, these versions are no longer pending: written (now in the cache)
         // or failed (the cache still holds the versions the transactions read).
-        for staged in &batch {
-            for obj in &staged.written {
-                if g.pending.get(&obj.oid) == Some(&obj.version) {
-                    g.pending.remove(&obj.oid);
-                }
+        for obj in &objects {
+            if g.pending.get(&obj.oid) == Some(&obj.version) {
+                g.pending.remove(&obj.oid);
             }
-            for oid in &staged.deleted {
-                if g.pending.get(oid) == Some(&0) {
-                    g.pending.remove(oid);
-                }
+        }
+        for oid in &deleted {
+            if g.pending.get(oid) == Some(&0) {
+                g.pending.remove(oid);
             }
         }
         match result {
