@@ -102,6 +102,7 @@ impl Telos {
                 exec: exec.clone(),
                 personas: personas.clone(),
                 memory: memory.clone(),
+                embedder: embedder.clone(),
                 settings: settings.clone(),
                 stages: stages.clone(),
             })

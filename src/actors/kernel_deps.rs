@@ -9,8 +9,8 @@ use actix::Addr;
 use serde_json::Value as Json;
 use tokio::sync::broadcast;
 
-use super::memory::{MemoryActor, Remember, Search};
-use super::persona::{Generate, PersonaActor};
+use super::memory::MemoryActor;
+use super::persona::{EmbedClient, Generate, PersonaActor};
 use crate::config::Settings;
 use crate::error::TelosError;
 use crate::exec::Executor;
@@ -29,6 +29,8 @@ pub struct KernelDeps {
     pub exec: Executor,
     pub personas: Addr<PersonaActor>,
     pub memory: Addr<MemoryActor>,
+    /// Recall and remembering embed here, outside the memory actor (see `memory::search`).
+    pub embedder: EmbedClient,
     pub settings: Arc<Settings>,
     pub stages: broadcast::Sender<StageEvent>,
 }
@@ -60,26 +62,19 @@ impl Memory for KernelDeps {
         query: String,
         k: usize,
     ) -> impl Future<Output = Result<Vec<Found>, String>> + Send {
-        let request = self.memory.send(Search {
-            query,
-            k,
-            kind: Some("method".into()),
-            vector: None,
-        });
+        let (embedder, memory) = (self.embedder.clone(), self.memory.clone());
         async move {
-            request
+            super::memory::search(&embedder, &memory, query, k, Some("method".into()))
                 .await
-                .map_err(|e| format!("the memory is not running: {e}"))?
                 .map_err(|e| e.to_string())
         }
     }
 
     fn remember(&self, item: NewMemory) -> impl Future<Output = Result<u64, String>> + Send {
-        let request = self.memory.send(Remember { items: vec![item] });
+        let (embedder, memory) = (self.embedder.clone(), self.memory.clone());
         async move {
-            let keys = request
+            let keys = super::memory::remember(&embedder, &memory, vec![item])
                 .await
-                .map_err(|e| format!("the memory is not running: {e}"))?
                 .map_err(|e| e.to_string())?;
             keys.first()
                 .copied()

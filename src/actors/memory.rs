@@ -26,6 +26,8 @@ use crate::world::World;
 #[rtype(result = "Result<Vec<u64>, TelosError>")]
 pub struct Remember {
     pub items: Vec<NewMemory>,
+    /// The items' embeddings, when the caller made them (see [`remember`]); else the actor embeds.
+    pub vectors: Option<Vec<Vec<f32>>>,
 }
 
 /// Replaces every memory of `owner` of `kind` with `items` (one transaction). Answers the new keys.
@@ -35,6 +37,8 @@ pub struct Replace {
     pub owner: String,
     pub kind: String,
     pub items: Vec<NewMemory>,
+    /// The items' embeddings, when the caller made them (see [`replace`]); else the actor embeds.
+    pub vectors: Option<Vec<Vec<f32>>>,
 }
 
 /// The `k` records nearest to `query`, optionally only of one kind.
@@ -52,7 +56,7 @@ pub struct Search {
 /// thread then only looks up the index and the records, so a search waits neither for its own
 /// embedding there nor for long behind a write.
 pub async fn search(
-    embedder: &super::persona::EmbedClient,
+    embedder: &EmbedClient,
     memory: &Addr<MemoryActor>,
     query: String,
     k: usize,
@@ -70,7 +74,69 @@ pub async fn search(
             vector,
         })
         .await
-        .map_err(|e| TelosError::Unavailable(format!("the memory is not running: {e}")))?
+        .map_err(memory_down)?
+}
+
+/// Embeds `items` outside the memory actor, then remembers them there: the actor's one thread
+/// spends a write on the transaction and the index only, so a search issued meanwhile waits for
+/// milliseconds, not for an embedding. Answers the keys.
+pub async fn remember(
+    embedder: &EmbedClient,
+    memory: &Addr<MemoryActor>,
+    items: Vec<NewMemory>,
+) -> Result<Vec<u64>, TelosError> {
+    let vectors = embed_items(embedder, &items).await?;
+    memory
+        .send(Remember { items, vectors })
+        .await
+        .map_err(memory_down)?
+}
+
+/// Like [`remember`], replacing every memory of `owner` of `kind` (one transaction).
+pub async fn replace(
+    embedder: &EmbedClient,
+    memory: &Addr<MemoryActor>,
+    owner: String,
+    kind: String,
+    items: Vec<NewMemory>,
+) -> Result<Vec<u64>, TelosError> {
+    let vectors = embed_items(embedder, &items).await?;
+    memory
+        .send(Replace {
+            owner,
+            kind,
+            items,
+            vectors,
+        })
+        .await
+        .map_err(memory_down)?
+}
+
+async fn embed_items(
+    embedder: &EmbedClient,
+    items: &[NewMemory],
+) -> Result<Option<Vec<Vec<f32>>>, TelosError> {
+    check_texts(items)?;
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let vectors = embedder
+        .embed(items.iter().map(|i| i.text.clone()).collect())
+        .await?;
+    Ok(Some(vectors))
+}
+
+fn memory_down(e: actix::MailboxError) -> TelosError {
+    TelosError::Unavailable(format!("the memory is not running: {e}"))
+}
+
+fn check_texts(items: &[NewMemory]) -> Result<(), TelosError> {
+    if items.iter().any(|i| i.text.trim().is_empty()) {
+        return Err(TelosError::BadRequest(
+            "a memory needs a non-empty text".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub use crate::memory::Found;
@@ -240,19 +306,29 @@ impl MemoryActor {
         self.last_key
     }
 
-    /// Embeds `items`, then commits them (and the removal of `forget`) and updates the index.
-    fn write(&mut self, items: Vec<NewMemory>, forget: Vec<u64>) -> Result<Vec<u64>, TelosError> {
+    /// Embeds `items` (unless their `vectors` came with them), then commits them (and the
+    /// removal of `forget`) and updates the index.
+    fn write(
+        &mut self,
+        items: Vec<NewMemory>,
+        vectors: Option<Vec<Vec<f32>>>,
+        forget: Vec<u64>,
+    ) -> Result<Vec<u64>, TelosError> {
         if items.is_empty() && forget.is_empty() {
             return Ok(Vec::new());
         }
-        for item in &items {
-            if item.text.trim().is_empty() {
-                return Err(TelosError::BadRequest(
-                    "a memory needs a non-empty text".into(),
-                ));
+        check_texts(&items)?;
+        let vectors = match vectors {
+            Some(v) if v.len() == items.len() && v.iter().all(|v| v.len() == DIMS) => v,
+            Some(v) => {
+                return Err(TelosError::Internal(format!(
+                    "{} vectors came with {} memories",
+                    v.len(),
+                    items.len()
+                )));
             }
-        }
-        let vectors = self.embed(items.iter().map(|i| i.text.clone()).collect())?;
+            None => self.embed(items.iter().map(|i| i.text.clone()).collect())?,
+        };
         let created = chrono::Utc::now().to_rfc3339();
         let records: Vec<Record> = items
             .into_iter()
@@ -311,7 +387,7 @@ impl Handler<Remember> for MemoryActor {
     type Result = Result<Vec<u64>, TelosError>;
 
     fn handle(&mut self, msg: Remember, _: &mut SyncContext<Self>) -> Self::Result {
-        self.write(msg.items, Vec::new())
+        self.write(msg.items, msg.vectors, Vec::new())
     }
 }
 
@@ -323,7 +399,7 @@ impl Handler<Replace> for MemoryActor {
             .world
             .store()
             .memory_keys_of_blocking(&msg.owner, &msg.kind)?;
-        self.write(msg.items, old)
+        self.write(msg.items, msg.vectors, old)
     }
 }
 

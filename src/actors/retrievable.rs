@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use serde_json::Value as Json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::memory::Replace;
 use crate::app::Telos;
 use crate::error::TelosError;
 use crate::memory::NewMemory;
@@ -78,15 +77,14 @@ pub async fn reindex(telos: &Telos, oid: &str, deleted: bool) -> Result<Option<u
         })
         .collect();
     let n = items.len();
-    telos
-        .memory
-        .send(Replace {
-            owner: oid.to_string(),
-            kind: "object".into(),
-            items,
-        })
-        .await
-        .map_err(|e| TelosError::Unavailable(format!("the memory is not running: {e}")))??;
+    crate::actors::memory::replace(
+        &telos.embedder,
+        &telos.memory,
+        oid.to_string(),
+        "object".into(),
+        items,
+    )
+    .await?;
     Ok(retrievable.then_some(n))
 }
 

@@ -454,10 +454,6 @@ async fn memory_remember(telos: web::Data<Telos>, body: web::Json<RememberBody>)
     if items.is_empty() || items.len() > 256 {
         return Err(ApiError::bad_request("give 1 to 256 items"));
     }
-    let keys = telos
-        .memory
-        .send(crate::actors::memory::Remember { items })
-        .await
-        .map_err(memory_down)??;
+    let keys = crate::actors::memory::remember(&telos.embedder, &telos.memory, items).await?;
     Ok(HttpResponse::Created().json(json!({ "ids": keys })))
 }
