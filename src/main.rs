@@ -136,6 +136,9 @@ enum Command {
         /// once with recall on and once with recall_k = 0.
         #[arg(long)]
         learning: Option<PathBuf>,
+        /// Instead: time N durable commits of 1, 8 and 64 objects, beside bare SurrealDB peers.
+        #[arg(long)]
+        commits: Option<usize>,
         /// With --learning: only the first N families.
         #[arg(long)]
         families: Option<usize>,
@@ -250,6 +253,9 @@ fn main() -> ExitCode {
             families,
             ..
         } => telos::bench::learning::run(settings, &file, families),
+        Command::Bench {
+            commits: Some(n), ..
+        } => telos::bench::store::run(n),
         Command::Bench { kernel: true, .. } => telos::bench::kernel::run(settings),
         Command::Bench {
             backup_objects: Some(n),

@@ -359,8 +359,15 @@ pub fn lookup<F>(start: &str, name: &str, mut fetch: F) -> Result<Option<Arc<Obj
 where
     F: FnMut(&str) -> Result<Option<Arc<ObjectState>>>,
 {
-    let mut seen = HashSet::new();
-    let mut stack = vec![start.to_string()];
+    // Most lookups end at the receiver: no bookkeeping for those.
+    let Some(first) = fetch(start)? else {
+        return Ok(None);
+    };
+    if first.slots.contains_key(name) {
+        return Ok(Some(first));
+    }
+    let mut seen = HashSet::from([start.to_string()]);
+    let mut stack: Vec<String> = first.parents().into_iter().rev().collect();
     while let Some(oid) = stack.pop() {
         if !seen.insert(oid.clone()) {
             continue;

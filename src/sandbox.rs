@@ -206,6 +206,10 @@ struct Exec {
     stack_base: usize,
     /// The typed error behind the exception a host function threw last.
     pending: Option<TelosError>,
+    /// The heap limit was hit.
+    out_of_memory: bool,
+    /// A method's source is being evaluated: whatever it runs may not touch the world.
+    compiling: bool,
 }
 
 /// Compiled methods of one script thread: (holder, name) → (source, function).
@@ -221,6 +225,8 @@ thread_local! {
     /// Deep-freezes a value (the prelude's `harden`): compiled methods are frozen so that no
     /// state can be kept on a function object from one message to the next.
     static HARDEN: RefCell<Option<Persistent<Function<'static>>>> = const { RefCell::new(None) };
+    /// The prelude's `decode`: JSON text with `{"$ref": oid}` references to a value with proxies.
+    static DECODE: RefCell<Option<Persistent<Function<'static>>>> = const { RefCell::new(None) };
 }
 
 fn with_exec<R>(f: impl FnOnce(&mut Exec) -> R) -> R {
@@ -248,25 +254,67 @@ const PRELUDE: &str = r#"
     if (t !== null && typeof t === "object" && oids.has(t)) return oids.get(t);
     throw new TypeError("expected an object or an oid, got " + String(t));
   };
+  // Values cross between methods as copies, the way JSON would carry them: primitives as
+  // they are (non-finite numbers, undefined, functions and symbols as null), references as
+  // the same proxy, anything else through JSON text.
+  const copy = (v) => {
+    switch (typeof v) {
+      case "string": case "boolean": return v;
+      case "number": return Number.isFinite(v) ? (v === 0 ? 0 : v) : null;
+      case "object": return v === null ? null : (oids.has(v) ? v : decode(encode(v)));
+      case "bigint": return decode(encode(v));
+      default: return null;
+    }
+  };
+  // A send to a method runs here, in JavaScript: the host looks the method up (compiled once
+  // per script thread) and keeps the call stack, limits and error translation. Arguments are
+  // copied as the caller, the result as the callee.
+  const call = (oid, k, f, args) => {
+    const a = args.map(copy);
+    const depth = host.enter(oid, k);
+    let out;
+    try {
+      out = copy(f(ref(oid), ...a));
+    } catch (e) {
+      host.fail(oid, k, e, depth);
+      throw e;
+    }
+    host.leave(depth);
+    return out;
+  };
+  // One proxy per object (a reference keeps its identity within a message); bounded.
+  const proxies = new Map();
   function ref(oid) {
-    const p = new Proxy(Object.create(null), {
+    let p = proxies.get(oid);
+    if (p !== undefined) return p;
+    if (proxies.size >= 1024) proxies.clear();
+    p = new Proxy(Object.create(null), harden({
       get(t, k) {
         if (typeof k !== "string") return undefined;
-        const r = host.lookup(oid, k);
-        if (r === "u") return undefined;
-        if (r === "m") return (...args) => decode(host.send(oid, k, encode(args)));
-        return decode(r.slice(1));
+        const r = host.get(oid, k);
+        return typeof r === "function" ? (...args) => call(oid, k, r, args) : r;
       },
-      set(t, k, v) { host.set(oid, String(k), encode(v)); return true; },
-      has(t, k) { return typeof k === "string" && host.lookup(oid, k) !== "u"; },
+      set(t, k, v) {
+        k = String(k);
+        if ((typeof v === "object" && v !== null) || typeof v === "bigint") host.setText(oid, k, encode(v));
+        else host.set(oid, k, copy(v));
+        return true;
+      },
+      has(t, k) { return typeof k === "string" && host.has(oid, k); },
       deleteProperty(t, k) { throw new TypeError("slots are removed over the admin API, not with delete"); },
       defineProperty(t, k) { throw new TypeError("define slots by assignment: self." + String(k) + " = value"); },
-    });
+      preventExtensions(t) { return false; },
+      setPrototypeOf(t, p) { return false; },
+    }));
     oids.set(p, oid);
+    proxies.set(oid, p);
     return p;
   }
-  globalThis.send = (target, selector, ...args) =>
-    decode(host.send(idOf(target), String(selector), encode(args)));
+  globalThis.send = (target, selector, ...args) => {
+    const oid = idOf(target), s = String(selector);
+    const f = host.method(oid, s);
+    return typeof f === "function" ? call(oid, s, f, args) : decode(host.send(oid, s, encode(args)));
+  };
   globalThis.clone = (target, slots) =>
     ref(host.clone(target === undefined ? host.current() : idOf(target), encode(slots === undefined ? {} : slots)));
   globalThis.log = (...parts) =>
@@ -324,11 +372,24 @@ const PRELUDE: &str = r#"
   harden(Object.getPrototypeOf(new Map()[Symbol.iterator]()));
   harden(Object.getPrototypeOf(new Set()[Symbol.iterator]()));
   harden(Object.getPrototypeOf(/x/[Symbol.matchAll]("")));
+  // Finalizers and weak references would let code of one message run, or observe garbage
+  // collection, during a later one: methods get neither.
+  delete globalThis.FinalizationRegistry;
+  delete globalThis.WeakRef;
+  // V8-style stack hooks are context-wide setters that freezing does not disable: through
+  // them a method could reach the prelude's functions or run its code in later messages.
+  delete Error.prepareStackTrace;
+  delete Error.stackTraceLimit;
+  delete Error.captureStackTrace;
   harden(globalThis);
   const invoke = (f, oid, argsJson) => encode(f(ref(oid), ...decode(argsJson)));
-  return { invoke, harden };
+  for (const f of [encode, revive, decode, idOf, copy, call, ref, invoke, tame]) harden(f);
+  return { invoke, harden, decode };
 })
 "#;
+
+/// Operations between two garbage collections of a script thread's heap.
+const GC_EVERY: u32 = 64;
 
 /// One script thread's QuickJS runtime.
 pub struct Engine {
@@ -337,6 +398,8 @@ pub struct Engine {
     /// Jobs were left queued that could not be run or dropped: the thread must make a new
     /// engine before the next operation.
     spoiled: Cell<bool>,
+    /// Operations since the last garbage collection (see [`GC_EVERY`]).
+    since_gc: Cell<u32>,
     // Field order matters: the context must go before the runtime.
     ctx: Context,
     rt: Runtime,
@@ -365,7 +428,11 @@ impl Engine {
             let harden: Function = exported
                 .get("harden")
                 .map_err(|e| anyhow::anyhow!("prelude: {e}"))?;
+            let decode: Function = exported
+                .get("decode")
+                .map_err(|e| anyhow::anyhow!("prelude: {e}"))?;
             INVOKE.with(|i| *i.borrow_mut() = Some(Persistent::save(&ctx, invoke)));
+            DECODE.with(|d| *d.borrow_mut() = Some(Persistent::save(&ctx, decode)));
             HARDEN.with(|h| *h.borrow_mut() = Some(Persistent::save(&ctx, harden)));
             Ok(())
         })?;
@@ -375,6 +442,7 @@ impl Engine {
             world,
             limits,
             spoiled: Cell::new(false),
+            since_gc: Cell::new(0),
             ctx,
             rt,
         })
@@ -407,7 +475,15 @@ impl Engine {
                     logs: Vec::new(),
                 });
             }
+            let garbage = self.since_gc.get() > 0;
             let (result, exec) = self.attempt(target, op, deadline);
+            if exec.out_of_memory && garbage {
+                tracing::debug!(
+                    target,
+                    "out of memory over uncollected garbage: running again"
+                );
+                continue;
+            }
             let Exec {
                 txn, logs, miss, ..
             } = exec;
@@ -484,6 +560,8 @@ impl Engine {
                 miss: None,
                 fatal: None,
                 pending: None,
+                out_of_memory: false,
+                compiling: false,
                 stack_base: stack_address(),
             })
         });
@@ -525,8 +603,18 @@ impl Engine {
         }
         with_exec(|x| x.stack.pop());
         DEADLINE.with(|d| d.set(None));
-        self.rt.run_gc();
         let exec = EXEC.with(|e| e.borrow_mut().take()).expect("set above");
+        // Reference counting frees most garbage at once; cycles wait for a collection, which
+        // walks the whole heap (built-ins included), so it runs every few operations and after
+        // a failure rather than after every message. An operation that ran out of memory over
+        // uncollected garbage is run again after the collection (see `start`).
+        let since = self.since_gc.get() + 1;
+        if since >= GC_EVERY || result.is_err() || exec.fatal.is_some() {
+            self.rt.run_gc();
+            self.since_gc.set(0);
+        } else {
+            self.since_gc.set(since);
+        }
         // A limit hit anywhere in the call tree fails the whole operation, even if a method
         // caught the exception.
         let result = match &exec.fatal {
@@ -542,6 +630,7 @@ impl Drop for Engine {
         // Persistent handles must be released while their runtime is alive.
         COMPILED.with(|c| c.borrow_mut().take());
         INVOKE.with(|i| i.borrow_mut().take());
+        DECODE.with(|d| d.borrow_mut().take());
         HARDEN.with(|h| h.borrow_mut().take());
     }
 }
@@ -652,13 +741,23 @@ fn stack_address() -> usize {
 
 /// Sends `selector(args)` to `target` within the current operation.
 fn dispatch(ctx: &Ctx<'_>, target: &str, selector: &str, args: Vec<Json>) -> Result<Json> {
+    let depth = with_exec(|e| e.stack.len());
+    enter(target.to_string(), selector.to_string())?;
+    let result = dispatch_inner(ctx, target, selector, args);
+    with_exec(|e| e.stack.truncate(depth));
+    result
+}
+
+/// Pushes a method call onto the operation's stack, after the checks every send passes: a
+/// sticky limit, the native stack and the depth limit.
+fn enter(target: String, selector: String) -> Result<()> {
     let used = stack_address();
     with_exec(|e| -> Result<()> {
         if let Some(fatal) = &e.fatal {
             return Err(fatal.clone());
         }
-        // Nested sends recurse through Rust and QuickJS frames; stop them before QuickJS's own
-        // stack check throws a RangeError that a method could catch and carry on from.
+        // Nested sends recurse through QuickJS (and Rust) frames; stop them before QuickJS's
+        // own stack check throws a RangeError that a method could catch and carry on from.
         if e.stack_base.abs_diff(used) > e.limits.stack_bytes / 4 * 3 {
             let err = TelosError::LimitExceeded(format!(
                 "nested sends used up the stack limit of {} KiB ({} sends deep)",
@@ -684,12 +783,9 @@ fn dispatch(ctx: &Ctx<'_>, target: &str, selector: &str, args: Vec<Json>) -> Res
             e.fatal = Some(err.clone());
             return Err(err);
         }
-        e.stack.push((target.to_string(), selector.to_string()));
+        e.stack.push((target, selector));
         Ok(())
-    })?;
-    let result = dispatch_inner(ctx, target, selector, args);
-    with_exec(|e| e.stack.pop());
-    result
+    })
 }
 
 fn dispatch_inner(ctx: &Ctx<'_>, target: &str, selector: &str, args: Vec<Json>) -> Result<Json> {
@@ -776,10 +872,12 @@ fn compile<'js>(ctx: &Ctx<'js>, holder: &str, name: &str, source: &str) -> Resul
     // Parenthesised, a function declaration becomes an expression that keeps its own name for
     // recursion, and anything after the function is a syntax error rather than code that runs.
     let wrapped = format!("({source}\n)");
-    let value: rquickjs::Value = ctx
-        .eval_with_options(wrapped, options)
-        .catch(ctx)
-        .map_err(|e| compile_error(&file, e))?;
+    // A source is one function expression, but a comma expression around it would run code
+    // here: with `compiling` set every host function refuses, so such code reaches nothing.
+    let was = with_exec(|e| std::mem::replace(&mut e.compiling, true));
+    let value = ctx.eval_with_options(wrapped, options).catch(ctx);
+    with_exec(|e| e.compiling = was);
+    let value: rquickjs::Value = value.map_err(|e| compile_error(&file, e))?;
     let Some(func) = value.as_function().cloned() else {
         return Err(TelosError::MethodError(format!(
             "{file} is not a function: a method is `function {name}(self, ...args) {{ ... }}`"
@@ -883,14 +981,22 @@ fn runtime_error(receiver: &str, name: &str, err: CaughtError<'_>) -> TelosError
             ex.message().unwrap_or_default(),
             ex.stack().unwrap_or_default(),
         ),
-        CaughtError::Value(v) => (
-            v.as_string()
-                .and_then(|s| s.to_string().ok())
-                .unwrap_or_else(|| format!("{v:?}")),
-            String::new(),
-        ),
+        CaughtError::Value(v) => (thrown_text(v), String::new()),
         other => (other.to_string(), String::new()),
     };
+    translate(receiver, name, &message, &stack)
+}
+
+/// The text of a thrown value that is not an `Error`.
+fn thrown_text(v: &rquickjs::Value<'_>) -> String {
+    v.as_string()
+        .and_then(|s| s.to_string().ok())
+        .unwrap_or_else(|| format!("{v:?}"))
+}
+
+/// The error behind an exception with `message` and `stack` thrown out of `receiver.name`: a
+/// limit (made sticky), the typed error a host function threw, or a method error.
+fn translate(receiver: &str, name: &str, message: &str, stack: &str) -> TelosError {
     let (fatal, pending, limits) = with_exec(|e| (e.fatal.clone(), e.pending.take(), e.limits));
     if let Some(fatal) = fatal {
         return fatal;
@@ -902,6 +1008,7 @@ fn runtime_error(receiver: &str, name: &str, err: CaughtError<'_>) -> TelosError
             limits.wall_time.as_millis()
         ))
     } else if message.contains("out of memory") {
+        with_exec(|e| e.out_of_memory = true);
         Some(format!(
             "{receiver}.{name} ran out of memory: heap limit of {} MiB",
             limits.heap_bytes >> 20
@@ -932,6 +1039,60 @@ fn runtime_error(receiver: &str, name: &str, err: CaughtError<'_>) -> TelosError
     }
 }
 
+/// A slot value as JavaScript sees it: primitives directly, anything else through JSON text
+/// (and the prelude's `decode` when it holds references).
+fn to_js<'js>(ctx: &Ctx<'js>, v: &Json) -> rquickjs::Result<rquickjs::Value<'js>> {
+    use rquickjs::Value;
+    Ok(match v {
+        Json::Null => Value::new_null(ctx.clone()),
+        Json::Bool(b) => Value::new_bool(ctx.clone(), *b),
+        Json::Number(n) => match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
+            Some(i) => Value::new_int(ctx.clone(), i),
+            None => Value::new_float(ctx.clone(), n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => rquickjs::String::from_str(ctx.clone(), s)?.into_value(),
+        other => {
+            let text = other.to_string();
+            if text.contains("\"$ref\"") {
+                let decode = DECODE
+                    .with(|d| d.borrow().clone())
+                    .expect("engine initialised")
+                    .restore(ctx)?;
+                decode.call((text,))?
+            } else {
+                ctx.json_parse(text)?
+            }
+        }
+    })
+}
+
+/// A primitive JavaScript value (the prelude sends nothing else here) as JSON.
+fn primitive_json(ctx: &Ctx<'_>, v: &rquickjs::Value<'_>) -> rquickjs::Result<Json> {
+    if let Some(b) = v.as_bool() {
+        return Ok(Json::Bool(b));
+    }
+    if let Some(i) = v.as_int() {
+        return Ok(Json::from(i));
+    }
+    if let Some(f) = v.as_float() {
+        // As JSON text would carry it: integral values as integers (and -0 as 0).
+        if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+            return Ok(Json::from(f as i64));
+        }
+        return Ok(serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number));
+    }
+    if let Some(s) = v.as_string() {
+        return Ok(Json::String(s.to_string()?));
+    }
+    if v.is_null() || v.is_undefined() {
+        return Ok(Json::Null);
+    }
+    Err(throw(
+        ctx,
+        TelosError::MethodError("value is not JSON-compatible".into()),
+    ))
+}
+
 /// Throws `err` into JavaScript, remembering the typed error for the host.
 fn throw(ctx: &Ctx<'_>, err: TelosError) -> rquickjs::Error {
     let message = err.to_string();
@@ -946,7 +1107,17 @@ fn throw(ctx: &Ctx<'_>, err: TelosError) -> rquickjs::Error {
 }
 
 fn check_fatal(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
-    match with_exec(|e| e.fatal.clone()) {
+    let (fatal, compiling) = with_exec(|e| (e.fatal.clone(), e.compiling));
+    if compiling {
+        return Err(throw(
+            ctx,
+            TelosError::MethodError(
+                "a method's source must be one function: nothing may run while it is compiled"
+                    .into(),
+            ),
+        ));
+    }
+    match fatal {
         Some(f) => Err(throw(ctx, f)),
         None => Ok(()),
     }
@@ -961,39 +1132,140 @@ fn parse_json(ctx: &Ctx<'_>, text: &str) -> rquickjs::Result<Json> {
     })
 }
 
+/// `self.name = v` is for a method of `oid` only: other objects are changed by sending them a
+/// setter.
+fn check_assigner(ctx: &Ctx<'_>, oid: &str, name: &str) -> rquickjs::Result<()> {
+    if with_exec(|e| e.stack.last().is_some_and(|(r, _)| r == oid)) {
+        return Ok(());
+    }
+    let receiver = with_exec(|e| e.stack.last().map(|(r, _)| r.clone()));
+    Err(throw(
+        ctx,
+        TelosError::MethodError(format!(
+            "cannot assign {oid}.{name} from a method of {}: send {oid} a setter message ({name}_) instead",
+            receiver.unwrap_or_default()
+        )),
+    ))
+}
+
 /// The host functions the prelude wraps. Each checks the sticky limit first.
 fn host_object<'js>(ctx: &Ctx<'js>) -> rquickjs::Result<Object<'js>> {
     let host = Object::new(ctx.clone())?;
+    // `self.k`: the value of slot `k` along the chain, the compiled method if it is one, or
+    // undefined.
     host.set(
-        "lookup",
+        "get",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'js>, oid: String, name: String| -> rquickjs::Result<rquickjs::Value<'js>> {
+                check_fatal(&ctx)?;
+                let found = with_exec(|e| e.txn.lookup(&oid, &name)).map_err(|e| throw(&ctx, e))?;
+                let Some(holder) = found else {
+                    return Ok(rquickjs::Value::new_undefined(ctx));
+                };
+                match &holder.slots[&name] {
+                    Slot::Method(m) => compile(&ctx, &holder.oid, &name, &m.source)
+                        .map(|f| f.into_value())
+                        .map_err(|e| throw(&ctx, e)),
+                    Slot::Value(v) => to_js(&ctx, v),
+                }
+            },
+        )?,
+    )?;
+    // `k in self`.
+    host.set(
+        "has",
         Function::new(ctx.clone(), |ctx: Ctx<'js>, oid: String, name: String| {
             check_fatal(&ctx)?;
             let found = with_exec(|e| e.txn.lookup(&oid, &name)).map_err(|e| throw(&ctx, e))?;
-            Ok::<_, rquickjs::Error>(match found {
-                None => "u".to_string(),
-                Some(h) => match &h.slots[&name] {
-                    Slot::Method(_) => "m".to_string(),
-                    Slot::Value(v) => format!("v{v}"),
-                },
+            Ok::<_, rquickjs::Error>(found.is_some())
+        })?,
+    )?;
+    // `send(oid, k, ...)`: the compiled method if `k` is one in `oid`'s chain, else undefined
+    // (the prelude then asks `send`, which knows setters, `clone`, `doesNotUnderstand_`).
+    host.set(
+        "method",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'js>, oid: String, name: String| -> rquickjs::Result<rquickjs::Value<'js>> {
+                check_fatal(&ctx)?;
+                let found = with_exec(|e| e.txn.lookup(&oid, &name)).map_err(|e| throw(&ctx, e))?;
+                match found.as_deref().map(|h| (h, &h.slots[&name])) {
+                    Some((holder, Slot::Method(m))) => compile(&ctx, &holder.oid, &name, &m.source)
+                        .map(|f| f.into_value())
+                        .map_err(|e| throw(&ctx, e)),
+                    _ => Ok(rquickjs::Value::new_undefined(ctx)),
+                }
+            },
+        )?,
+    )?;
+    // A method call made in JavaScript begins (`enter`), returns (`leave`) or throws (`fail`,
+    // which throws the error the caller sees).
+    host.set(
+        "enter",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, oid: String, name: String| {
+            check_fatal(&ctx)?;
+            let depth = with_exec(|e| e.stack.len());
+            enter(oid, name).map_err(|e| throw(&ctx, e))?;
+            Ok::<_, rquickjs::Error>(depth)
+        })?,
+    )?;
+    // Both put the stack back to where `enter` found it, whatever happened in between.
+    host.set(
+        "leave",
+        Function::new(ctx.clone(), |depth: usize| {
+            with_exec(|e| {
+                e.stack.truncate(depth);
+                e.pending = None;
             })
         })?,
+    )?;
+    host.set(
+        "fail",
+        Function::new(
+            ctx.clone(),
+            |ctx: Ctx<'js>,
+             oid: String,
+             name: String,
+             thrown: rquickjs::Value<'js>,
+             depth: usize| {
+                // Read what was thrown (its getters run as the callee) before the callee's
+                // frame goes.
+                let (message, stack) = match thrown
+                    .as_object()
+                    .and_then(|o| rquickjs::Exception::from_object(o.clone()))
+                {
+                    Some(ex) => (
+                        ex.message().unwrap_or_default(),
+                        ex.stack().unwrap_or_default(),
+                    ),
+                    None => (thrown_text(&thrown), String::new()),
+                };
+                with_exec(|e| e.stack.truncate(depth));
+                Err::<(), _>(throw(&ctx, translate(&oid, &name, &message, &stack)))
+            },
+        )?,
     )?;
     host.set(
         "set",
         Function::new(
             ctx.clone(),
+            |ctx: Ctx<'js>, oid: String, name: String, value: rquickjs::Value<'js>| {
+                check_fatal(&ctx)?;
+                check_assigner(&ctx, &oid, &name)?;
+                let value = primitive_json(&ctx, &value)?;
+                with_exec(|e| e.txn.set_slot(&oid, &name, Slot::Value(value)))
+                    .map_err(|e| throw(&ctx, e))
+            },
+        )?,
+    )?;
+    host.set(
+        "setText",
+        Function::new(
+            ctx.clone(),
             |ctx: Ctx<'js>, oid: String, name: String, value: String| {
                 check_fatal(&ctx)?;
-                let receiver = with_exec(|e| e.stack.last().map(|(r, _)| r.clone()));
-                if receiver.as_deref() != Some(oid.as_str()) {
-                    return Err(throw(
-                        &ctx,
-                        TelosError::MethodError(format!(
-                            "cannot assign {oid}.{name} from a method of {}: send {oid} a setter message ({name}_) instead",
-                            receiver.unwrap_or_default()
-                        )),
-                    ));
-                }
+                check_assigner(&ctx, &oid, &name)?;
                 // A value over the slot limit is refused before it is parsed at all.
                 let limit = with_exec(|e| e.limits.budget.slot_bytes);
                 if value.len() > limit {

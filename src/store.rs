@@ -222,7 +222,7 @@ impl Store {
         &self.inner.location
     }
 
-    fn db(&self) -> Surreal<Any> {
+    pub(crate) fn db(&self) -> Surreal<Any> {
         self.inner
             .db
             .clone()

@@ -66,6 +66,9 @@ struct Run {
 #[derive(Default)]
 struct Probes {
     search: Vec<Duration>,
+    /// The two parts of a search: embedding the query, then the memory actor's lookup.
+    embed: Vec<Duration>,
+    lookup: Vec<Duration>,
     health: Vec<Duration>,
 }
 
@@ -191,6 +194,15 @@ fn report_probes(probes: &Probes) {
         millis(quantile(&probes.health, 0.99)),
         millis(quantile(&probes.health, 1.0)),
         probes.health.len(),
+    );
+    println!(
+        "  a search's parts: embedding p50 {} p99 {} max {}; memory lookup p50 {} p99 {} max {}",
+        millis(quantile(&probes.embed, 0.5)),
+        millis(quantile(&probes.embed, 0.99)),
+        millis(quantile(&probes.embed, 1.0)),
+        millis(quantile(&probes.lookup, 0.5)),
+        millis(quantile(&probes.lookup, 0.99)),
+        millis(quantile(&probes.lookup, 1.0)),
     );
 }
 
@@ -331,15 +343,24 @@ async fn probe(telos: Telos, probes: Arc<Mutex<Probes>>) {
     loop {
         tick.tick().await;
         let t = Instant::now();
-        // As `GET /api/memory/search` does it.
-        let searched = crate::actors::memory::search(
-            &telos.embedder,
-            &telos.memory,
-            "the area of a rectangle from its width and height".into(),
-            3,
-            None,
-        )
-        .await;
+        // As `GET /api/memory/search` does it (`actors::memory::search`), in its two parts.
+        let query = "the area of a rectangle from its width and height".to_string();
+        let embedded = telos.embedder.embed(vec![query.clone()]).await;
+        let embed = t.elapsed();
+        let searched = match embedded {
+            Ok(mut v) => telos
+                .memory
+                .send(crate::actors::memory::Search {
+                    query,
+                    k: 3,
+                    kind: None,
+                    vector: v.pop(),
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e}"))),
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        };
         let search = t.elapsed();
         let t = Instant::now();
         let health = telos.health().await;
@@ -347,6 +368,8 @@ async fn probe(telos: Telos, probes: Arc<Mutex<Probes>>) {
         let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
         if searched.is_ok() {
             p.search.push(search);
+            p.embed.push(embed);
+            p.lookup.push(search - embed);
         }
         if health.is_ok() {
             p.health.push(health_time);

@@ -98,6 +98,7 @@ pub mod learning;
 pub mod load;
 pub mod memory;
 pub mod soak;
+pub mod store;
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -357,6 +357,26 @@ async fn javascript_state_does_not_outlive_a_message() {
             "function c(self) { c.calls = (c.calls || 0) + 1; return c.calls; }",
         ),
         ("g", "function g(self) { globalThis.leak = 1; return 1; }"),
+        // A reference is one proxy per object within a message: it cannot be frozen or
+        // re-parented to carry state.
+        (
+            "x",
+            "function x(self) { Object.preventExtensions(self); return 1; }",
+        ),
+        (
+            "s",
+            "function s(self) { Object.setPrototypeOf(self, {}); return 1; }",
+        ),
+        // A stack hook would reach the prelude's functions and outlive the message.
+        (
+            "e",
+            "function e(self) { Error.prepareStackTrace = () => 'x'; return 1; }",
+        ),
+        // Finalizers would run a message's code during a later message.
+        (
+            "f",
+            "function f(self) { new FinalizationRegistry(() => {}).register({}, 1); return 1; }",
+        ),
     ];
     for (name, source) in attacks {
         app.set_method(&oid, name, source).await;
@@ -384,7 +404,7 @@ async fn javascript_state_does_not_outlive_a_message() {
     app.set_method(
         &oid,
         "check",
-        "function check(self) { return [JSON.stringify([1, {a: 2}]), [].evil, ({}).polluted, Math.max(1, 2), typeof leak]; }",
+        "function check(self) { return [JSON.stringify([1, {a: 2}]), [].evil, ({}).polluted, Math.max(1, 2), typeof leak, Object.isExtensible(self), typeof WeakRef]; }",
     )
     .await;
     let sends = (0..8).map(|_| app.send(&oid, "check", json!([])));
@@ -392,10 +412,63 @@ async fn javascript_state_does_not_outlive_a_message() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(
             v["value"],
-            json!(["[1,{\"a\":2}]", null, null, 2, "undefined"]),
+            json!([
+                "[1,{\"a\":2}]",
+                null,
+                null,
+                2,
+                "undefined",
+                true,
+                "undefined"
+            ]),
             "{v}"
         );
     }
+}
+
+#[actix_web::test]
+async fn a_method_writes_only_its_own_receiver_whatever_runs_during_a_send() {
+    let app = spawn_app().await;
+    let victim = app.clone_obj("genesis_obj", json!({"balance": 10})).await;
+    app.set_method(
+        &victim,
+        "describe",
+        "function describe(self, x) { return 'ok'; }",
+    )
+    .await;
+    let attacker = app.clone_obj("genesis_obj", json!({"name": "thief"})).await;
+    // An argument's toJSON runs while the arguments are copied, as the caller: the callee's
+    // slots are out of its reach.
+    app.set_method(
+        &attacker,
+        "steal",
+        "function steal(self, v) { return v.describe({ toJSON() { v.balance = 1e9; return 0; } }); }",
+    )
+    .await;
+    let (s, v) = app
+        .send(&attacker, "steal", json!([{"$ref": victim}]))
+        .await;
+    assert_eq!((s, v["code"].as_str()), (422, Some("method_error")), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot assign"),
+        "{v}"
+    );
+    // Code around a method's function runs while it is compiled: it reaches nothing.
+    let sneaky = format!(
+        "function m(self) {{ return 1; }}, (() => {{ send('{victim}', 'balance_', 0); }})(), function m(self) {{ return 2; }}"
+    );
+    let (s, v) = app
+        .put(
+            &format!("/api/objects/{attacker}/slots/m"),
+            json!({ "method": sneaky }),
+        )
+        .await;
+    assert!(s >= 400, "{s} {v}");
+    let (_, v) = app.send(&victim, "balance", json!([])).await;
+    assert_eq!(v["value"], 10, "{v}");
 }
 
 #[actix_web::test]

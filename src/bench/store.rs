@@ -1,0 +1,175 @@
+//! `telos bench --commits N`: what a durable commit costs in the database, next to bare
+//! SurrealDB peers measured in the same data directory and the same run.
+//!
+//! It separates the database's share of a committed write from everything above it (HTTP,
+//! actors, scripts, group commit): the load generator's figure over these is the cost of TelOS.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::object::{Method, ObjectState, Slot};
+use crate::store::{Store, StoreConfig, db_err};
+
+/// An object like the load generator's: a name, a counter, a parent and one method.
+fn object(i: usize, version: u64) -> ObjectState {
+    let mut slots = BTreeMap::new();
+    slots.insert("name".to_string(), Slot::Value(json!(format!("load{i}"))));
+    slots.insert("n".to_string(), Slot::Value(json!(version)));
+    slots.insert(
+        "bump".to_string(),
+        Slot::Method(Method::new(
+            "function bump(self) { self.n = self.n + 1; return self.n; }",
+            "user",
+        )),
+    );
+    let mut o = ObjectState::new(format!("c{i:05}"), &["genesis_obj"], slots);
+    o.version = version;
+    o
+}
+
+pub fn run(n: usize) -> anyhow::Result<()> {
+    let n = n.max(100);
+    let root = std::env::temp_dir().join(format!("telos-bench-commits-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let store = Store::open(&StoreConfig::embedded(root.join("data")))?;
+    let result = measure(&store, n);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+fn line(what: &str, n: usize, rows: usize, t: Instant) {
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "{what}: {:.0} transactions/s, {:.0} rows/s ({:.0} µs per transaction)",
+        n as f64 / s,
+        (n * rows) as f64 / s,
+        s * 1e6 / n as f64
+    );
+}
+
+fn measure(store: &Store, n: usize) -> anyhow::Result<()> {
+    println!("# commit bench: {n} durable transactions per line, one writer unless said");
+    let mut seq = store.current_seq_blocking()?;
+    let mut version = 1;
+    seq += 1;
+    let all: Vec<ObjectState> = (0..64).map(|i| object(i, version)).collect();
+    store.commit_blocking(&all, &[], seq)?;
+    for rows in [1usize, 8, 64] {
+        let t = Instant::now();
+        for _ in 0..n {
+            version += 1;
+            seq += 1;
+            let batch: Vec<ObjectState> = (0..rows).map(|i| object(i, version)).collect();
+            store.commit_blocking(&batch, &[], seq)?;
+        }
+        line(
+            &format!("telos commit, {rows} object(s) per transaction"),
+            n,
+            rows,
+            t,
+        );
+    }
+
+    // The same rows on the same table, as one INSERT … ON DUPLICATE KEY UPDATE.
+    for k in [1usize, 8, 64] {
+        let t = Instant::now();
+        let base = version;
+        store.block(move |db| async move {
+            for v in 0..n {
+                let rows: Vec<serde_json::Value> = (0..k)
+                    .map(|i| {
+                        let o = object(i, base + 1 + v as u64);
+                        json!({"id": o.oid, "oid": o.oid, "name": o.name(), "parents": o.parents(), "doc": o.doc_json(), "version": o.version, "seq": o.version})
+                    })
+                    .collect();
+                db.query(
+                    "INSERT INTO object $rows ON DUPLICATE KEY UPDATE name = $input.name, parents = $input.parents, doc = $input.doc, version = $input.version, seq = $input.seq RETURN NONE;
+                     UPSERT meta:seq SET value = $seq RETURN NONE;",
+                )
+                .bind(("rows", rows))
+                .bind(("seq", (base + 1 + v as u64) as i64))
+                .await
+                .and_then(|r| r.check())
+                .map_err(db_err)?;
+            }
+            anyhow::Ok(())
+        })??;
+        line(
+            &format!("variant: INSERT … ON DUPLICATE KEY UPDATE, {k} object(s)"),
+            n,
+            k,
+            t,
+        );
+    }
+
+    // Peers in the same database: the same row shape upserted into a schemaless table with no
+    // index, and a bare one-field UPDATE (FIELD-NOTES' figure).
+    let rows: Vec<serde_json::Value> = (0..8)
+        .map(|i| {
+            let o = object(i, 1);
+            json!({"oid": o.oid, "name": o.name(), "parents": o.parents(), "doc": o.doc_json(), "version": 1, "seq": 1})
+        })
+        .collect();
+    for k in [1usize, 8] {
+        let batch = serde_json::Value::Array(rows[..k].to_vec());
+        let t = Instant::now();
+        store.block(move |db| async move {
+            for _ in 0..n {
+                db.query(
+                    "BEGIN TRANSACTION;
+                     FOR $o IN $rows { UPSERT type::record('peer_row', $o.oid) CONTENT $o RETURN NONE; };
+                     COMMIT TRANSACTION;",
+                )
+                .bind(("rows", batch.clone()))
+                .await
+                .and_then(|r| r.check())
+                .map_err(db_err)?;
+            }
+            anyhow::Ok(())
+        })??;
+        line(
+            &format!("peer: same rows, schemaless table, {k} per transaction"),
+            n,
+            k,
+            t,
+        );
+    }
+    let t = Instant::now();
+    store.block(move |db| async move {
+        for i in 0..n {
+            db.query("UPDATE peer:1 SET n = $n RETURN NONE")
+                .bind(("n", i as i64))
+                .await
+                .and_then(|r| r.check())
+                .map_err(db_err)?;
+        }
+        anyhow::Ok(())
+    })??;
+    line("peer: bare UPDATE of one field", n, 1, t);
+    let t = Instant::now();
+    store.block(move |db| async move {
+        let writers = (0..8).map(|w| {
+            let db = db.clone();
+            async move {
+                for i in 0..n / 8 {
+                    db.query("UPDATE type::record('peer', $w) SET n = $n RETURN NONE")
+                        .bind(("w", w as i64))
+                        .bind(("n", i as i64))
+                        .await
+                        .and_then(|r| r.check())
+                        .map_err(db_err)?;
+                }
+                anyhow::Ok(())
+            }
+        });
+        for r in futures_util::future::join_all(writers).await {
+            r?;
+        }
+        anyhow::Ok(())
+    })??;
+    line("peer: bare UPDATE of one field, 8 writers", n / 8 * 8, 1, t);
+    Ok(())
+}
