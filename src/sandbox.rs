@@ -270,7 +270,7 @@ const PRELUDE: &str = r#"
   // per script thread) and keeps the call stack, limits and error translation. Arguments are
   // copied as the caller, the result as the callee.
   const call = (oid, k, f, args) => {
-    const a = args.map(copy);
+    const a = args.length === 0 ? args : args.map(copy);
     const depth = host.enter(oid, k);
     let out;
     try {
@@ -282,20 +282,37 @@ const PRELUDE: &str = r#"
     host.leave(depth);
     return out;
   };
+  // Within a message, what `self.k` found (a primitive, a method, or nothing) is kept per
+  // proxy until anything is written: `gen` moves on at every write and every message.
+  let gen = 0;
+  const MISSING = Object.freeze(Object.create(null));
   // One proxy per object (a reference keeps its identity within a message); bounded.
   const proxies = new Map();
   function ref(oid) {
     let p = proxies.get(oid);
     if (p !== undefined) return p;
     if (proxies.size >= 1024) proxies.clear();
+    const found = new Map();
+    let at = -1;
     p = new Proxy(Object.create(null), harden({
       get(t, k) {
         if (typeof k !== "string") return undefined;
-        const r = host.get(oid, k);
-        return typeof r === "function" ? (...args) => call(oid, k, r, args) : r;
+        if (at !== gen) { found.clear(); at = gen; }
+        let r = found.get(k);
+        if (r !== undefined) return r === MISSING ? undefined : r;
+        r = host.get(oid, k);
+        if (typeof r === "function") {
+          const f = r;
+          r = (...args) => call(oid, k, f, args);
+        } else if (r !== null && typeof r === "object") {
+          return r; // a fresh copy at every read: the caller may change it
+        }
+        found.set(k, r === undefined ? MISSING : r);
+        return r;
       },
       set(t, k, v) {
         k = String(k);
+        gen++;
         if ((typeof v === "object" && v !== null) || typeof v === "bigint") host.setText(oid, k, encode(v));
         else host.set(oid, k, copy(v));
         return true;
@@ -313,10 +330,15 @@ const PRELUDE: &str = r#"
   globalThis.send = (target, selector, ...args) => {
     const oid = idOf(target), s = String(selector);
     const f = host.method(oid, s);
-    return typeof f === "function" ? call(oid, s, f, args) : decode(host.send(oid, s, encode(args)));
+    if (typeof f === "function") return call(oid, s, f, args);
+    gen++; // setters, clone and doesNotUnderstand_ may write
+    return decode(host.send(oid, s, encode(args)));
   };
-  globalThis.clone = (target, slots) =>
-    ref(host.clone(target === undefined ? host.current() : idOf(target), encode(slots === undefined ? {} : slots)));
+  globalThis.clone = (target, slots) => {
+    const made = ref(host.clone(target === undefined ? host.current() : idOf(target), encode(slots === undefined ? {} : slots)));
+    gen++;
+    return made;
+  };
   globalThis.log = (...parts) =>
     host.log(parts.map((p) => typeof p === "string" ? p : encode(p)).join(" "));
   // Lockdown: every built-in reachable from the global object (constructors, prototypes,
@@ -382,7 +404,10 @@ const PRELUDE: &str = r#"
   delete Error.stackTraceLimit;
   delete Error.captureStackTrace;
   harden(globalThis);
-  const invoke = (f, oid, argsJson) => encode(f(ref(oid), ...decode(argsJson)));
+  const invoke = (f, oid, argsJson) => {
+    gen++; // a new message, or a send the host ran (which may have written)
+    return encode(f(ref(oid), ...decode(argsJson)));
+  };
   for (const f of [encode, revive, decode, idOf, copy, call, ref, invoke, tame]) harden(f);
   return { invoke, harden, decode };
 })

@@ -144,6 +144,8 @@ pub fn run(mut settings: Settings, sends: usize, round_trips: usize) -> anyhow::
     let dir = scratch_world(&mut settings, "telos-bench");
     settings.wall_time_ms = 120_000;
     settings.ws_rate_per_sec = 100_000;
+    // No model is needed here: loading one would take the CPU these figures measure.
+    settings.llm_preload = false;
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         let addr = app.addr();

@@ -72,6 +72,75 @@ async fn a_parent_method_runs_for_a_child_with_self_as_the_child() {
 }
 
 #[actix_web::test]
+async fn reads_within_a_message_see_every_write_before_them_and_values_are_copies() {
+    let app = spawn_app().await;
+    let other = app.clone_obj("genesis_obj", json!({"n": 1})).await;
+    app.set_method(
+        &other,
+        "bump",
+        "function bump(self) { self.n = self.n + 1; return self.n; }",
+    )
+    .await;
+    let o = app
+        .clone_obj(
+            "genesis_obj",
+            json!({"n": 1, "list": [1], "other": {"$ref": other}}),
+        )
+        .await;
+    app.set_method(
+        &o,
+        "bump",
+        "function bump(self) { self.n = self.n + 1; return self.n; }",
+    )
+    .await;
+    app.set_method(
+        &o,
+        "story",
+        "function story(self) {
+            const seen = [self.n];
+            self.n = 5; seen.push(self.n);               // its own write
+            seen.push(self.bump(), self.n);              // a callee's write to the same object
+            const o = self.other;
+            seen.push(o.n, o.bump(), o.n);               // another object's callee
+            send(o, 'n_', 40); seen.push(o.n);           // a setter through send
+            send(self, 'setSlot_value_', 'n', 9); seen.push(self.n);
+            const a = self.list; a.push(2);              // a copy: the slot is unchanged
+            seen.push(self.list.length, a.length);
+            seen.push(typeof self.missing, 'missing' in self);
+            self.missing = 0; seen.push(self.missing, 'missing' in self);
+            return seen;
+        }",
+    )
+    .await;
+    let (s, v) = app.send(&o, "story", json!([])).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["value"],
+        json!([
+            1,
+            5,
+            6,
+            6,
+            1,
+            2,
+            2,
+            40,
+            9,
+            1,
+            2,
+            "undefined",
+            false,
+            0,
+            true
+        ]),
+        "{v}"
+    );
+    // Nothing read in one message is remembered in the next.
+    assert_eq!(app.send(&o, "n_", json!([100])).await.0, 200);
+    assert_eq!(app.send(&o, "bump", json!([])).await.1["value"], 101);
+}
+
+#[actix_web::test]
 async fn getters_setters_and_set_slot_value_work_as_messages() {
     let app = spawn_app().await;
     let o = app.clone_obj("genesis_obj", json!({"name": "ada"})).await;
