@@ -81,9 +81,15 @@ impl Telos {
         if settings.llm_preload {
             personas.do_send(crate::actors::persona::Warm);
         }
-        // The embedder has a thread of its own: recall and search never wait for a generation.
-        let embedder =
-            EmbedClient::start(start_sync(EmbedderActor::new(&settings, &persona_board)));
+        // The embedder has threads of its own: recall and search never wait for a generation,
+        // and with two workers a search does not wait for the kernel's own embeddings either.
+        let embedders = EmbedderActor::start(&settings, &persona_board);
+        if settings.llm_preload {
+            for _ in 0..settings.embedder_workers.max(1) {
+                embedders.do_send(crate::actors::persona::LoadEmbedder);
+            }
+        }
+        let embedder = EmbedClient::start(embedders, settings.embedder_workers);
         let memory = {
             let (world, embedder) = (world.clone(), embedder.clone());
             let (path, every) = (settings.memory_index_path(), settings.memory_save_every);
@@ -262,17 +268,11 @@ impl Telos {
         let live = self.directory.send(LiveCount).await.unwrap_or(0);
         let personas = Some(self.persona_board.status());
         let memory = self.memory.send(memory::Stats).await.ok();
-        let backups = crate::backup::list(&self.settings.backup_dir).unwrap_or_default();
-        let last_of = |kind: crate::backup::Kind| {
-            backups.iter().rev().find(|m| m.kind == kind).map(|m| {
-                json!({
-                    "id": m.id,
-                    "at": m.created_at,
-                    "size": crate::backup::size_of(m),
-                    "verification": crate::backup::last_verification(&self.settings.backup_dir, &m.id),
-                })
-            })
-        };
+        // Manifests and verifications are files: read on a blocking worker, not on the arbiter.
+        let dir = self.settings.backup_dir.clone();
+        let backups = tokio::task::spawn_blocking(move || backups_summary(&dir))
+            .await
+            .map_err(TelosError::internal)?;
         Ok(json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
@@ -285,14 +285,30 @@ impl Telos {
             "seq": self.world.seq(),
             "personas": personas,
             "memory": memory,
-            "backups": {
-                "count": backups.len(),
-                "bytes": backups.iter().map(crate::backup::size_of).sum::<u64>(),
-                "last_full": last_of(crate::backup::Kind::Full),
-                "last_incremental": last_of(crate::backup::Kind::Incremental),
-            },
+            "backups": backups,
         }))
     }
+}
+
+/// The backups part of `/api/health` (blocking: reads the manifests).
+fn backups_summary(dir: &std::path::Path) -> Json {
+    let backups = crate::backup::list(dir).unwrap_or_default();
+    let last_of = |kind: crate::backup::Kind| {
+        backups.iter().rev().find(|m| m.kind == kind).map(|m| {
+            json!({
+                "id": m.id,
+                "at": m.created_at,
+                "size": crate::backup::size_of(m),
+                "verification": crate::backup::last_verification(dir, &m.id),
+            })
+        })
+    };
+    json!({
+        "count": backups.len(),
+        "bytes": backups.iter().map(crate::backup::size_of).sum::<u64>(),
+        "last_full": last_of(crate::backup::Kind::Full),
+        "last_incremental": last_of(crate::backup::Kind::Incremental),
+    })
 }
 
 impl Telos {

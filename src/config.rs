@@ -73,6 +73,9 @@ pub struct Settings {
     pub recall_k: usize,
     /// libtorch threads for the embedder.
     pub torch_threads: i32,
+    /// Embedder workers, each with its own copy of MiniLM (~90 MB): with 2, a search never
+    /// waits behind the kernel embedding what it learned.
+    pub embedder_workers: usize,
     /// The memory index is saved after this many changes (and at shutdown, and on request).
     pub memory_save_every: usize,
     /// The semantic chunker ends a chunk where the topic turns more than this percentile (0-100).
@@ -160,6 +163,7 @@ impl Default for Settings {
             kernel_reuse_distance: 0.25,
             recall_k: 3,
             torch_threads: 1,
+            embedder_workers: 2,
             memory_save_every: 10,
             chunk_percentile: 95.0,
             chunk_max_chars: 1000,
@@ -218,6 +222,7 @@ const ENV: &[&str] = &[
     "kernel_reuse_distance",
     "recall_k",
     "torch_threads",
+    "embedder_workers",
     "memory_save_every",
     "chunk_percentile",
     "chunk_max_chars",

@@ -185,7 +185,11 @@ async fn run(
         tracing::warn!(error = %e, "saving the memory index before a backup");
     }
     let index = telos.settings.memory_index_path();
-    let result = backup::take_with_index(telos.world.store(), &dir, kind, now, Some(&index)).await;
+    let (store, to) = (telos.world.store().clone(), dir.clone());
+    let result = off_the_arbiter(move || async move {
+        backup::take_with_index(&store, &to, kind, now, Some(&index)).await
+    })
+    .await?;
     let slot = match kind {
         Kind::Full => "last_full",
         Kind::Incremental => "last_incremental",
@@ -204,12 +208,34 @@ async fn run(
     };
     set_slot(&telos, slot, record).await;
     let manifest = result.map_err(|e| TelosError::Internal(format!("backup failed: {e:#}")))?;
-    match backup::purge(&dir, now, retention) {
+    let purged =
+        off_the_arbiter(move || async move { backup::purge(&dir, now, retention) }).await?;
+    match purged {
         Ok(purged) if !purged.is_empty() => tracing::info!(?purged, "retention applied"),
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "retention failed"),
     }
     Ok(manifest)
+}
+
+/// Runs a backup job (file writes, fsync, hashing, a scratch restore) on a blocking worker with
+/// a runtime of its own: the arbiter that serves the directory and every object actor never
+/// waits for a disk.
+async fn off_the_arbiter<F, Fut, T>(make: F) -> Result<T, TelosError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(TelosError::internal)?;
+        Ok(runtime.block_on(make()))
+    })
+    .await
+    .map_err(TelosError::internal)?
 }
 
 async fn set_slot(telos: &Telos, name: &str, value: Json) {
@@ -301,18 +327,21 @@ impl Handler<VerifyBackup> for BackupActor {
         let dir = self.dir.clone();
         let telos = self.telos.clone();
         let job = async move {
-            let id = match msg.id {
-                Some(id) => id,
-                None => backup::list(&dir)
-                    .map_err(TelosError::from)?
-                    .last()
-                    .map(|m| m.id.clone())
-                    .ok_or_else(|| TelosError::NotFound("there are no backups yet".into()))?,
-            };
-            if !backup::path_of(&dir, &id).join("manifest.json").exists() {
-                return Err(TelosError::NotFound(format!("no backup {id}")));
-            }
-            let v = backup::verify(&dir, &id, Utc::now()).await?;
+            let v = off_the_arbiter(move || async move {
+                let id = match msg.id {
+                    Some(id) => id,
+                    None => backup::list(&dir)
+                        .map_err(TelosError::from)?
+                        .last()
+                        .map(|m| m.id.clone())
+                        .ok_or_else(|| TelosError::NotFound("there are no backups yet".into()))?,
+                };
+                if !backup::path_of(&dir, &id).join("manifest.json").exists() {
+                    return Err(TelosError::NotFound(format!("no backup {id}")));
+                }
+                Ok(backup::verify(&dir, &id, Utc::now()).await?)
+            })
+            .await??;
             set_slot(
                 &telos,
                 "last_verify",

@@ -218,13 +218,19 @@ pub struct EmbedderActor {
 }
 
 impl EmbedderActor {
-    pub fn new(settings: &Settings, board: &PersonaBoard) -> Self {
-        EmbedderActor {
-            models_dir: settings.models_dir.clone(),
-            threads: settings.torch_threads,
+    /// `settings.embedder_workers` embedder threads, each loading its own model on first use.
+    pub fn start(settings: &Settings, board: &PersonaBoard) -> Addr<EmbedderActor> {
+        let (models_dir, threads, stats) = (
+            settings.models_dir.clone(),
+            settings.torch_threads,
+            board.embed.clone(),
+        );
+        SyncArbiter::start(settings.embedder_workers.max(1), move || EmbedderActor {
+            models_dir: models_dir.clone(),
+            threads,
             embedder: None,
-            stats: board.embed.clone(),
-        }
+            stats: stats.clone(),
+        })
     }
 
     fn embedder(&mut self) -> Result<&Embedder, TelosError> {
@@ -246,6 +252,21 @@ impl EmbedderActor {
 
 impl Actor for EmbedderActor {
     type Context = SyncContext<Self>;
+}
+
+/// Loads the model now (a start with `llm_preload`), so the first search does not pay for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LoadEmbedder;
+
+impl Handler<LoadEmbedder> for EmbedderActor {
+    type Result = ();
+
+    fn handle(&mut self, _: LoadEmbedder, _: &mut SyncContext<Self>) {
+        if let Err(e) = self.embedder() {
+            tracing::warn!(error = %e, "preloading the embedder");
+        }
+    }
 }
 
 impl Handler<Embed> for EmbedderActor {
@@ -655,11 +676,17 @@ pub struct EmbedClient {
 }
 
 impl EmbedClient {
-    /// Starts the batcher (on the current actix system) in front of `embedder`.
-    pub fn start(personas: Addr<EmbedderActor>) -> EmbedClient {
+    /// Starts the batcher (on the current actix system) in front of `embedder`, which runs
+    /// `workers` threads: up to that many batches are embedded at once, so a query never waits
+    /// for a long batch to end while a worker is free.
+    pub fn start(personas: Addr<EmbedderActor>, workers: usize) -> EmbedClient {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<String>, EmbedReply)>();
+        let free = Arc::new(tokio::sync::Semaphore::new(workers.max(1)));
         actix::spawn(async move {
             while let Some(first) = rx.recv().await {
+                let Ok(worker) = free.clone().acquire_owned().await else {
+                    return;
+                };
                 let mut n = first.0.len();
                 let mut jobs = vec![first];
                 // No waiting when the embedder is idle: a lone query goes at once. Requests
@@ -674,26 +701,31 @@ impl EmbedClient {
                     }
                 }
                 let texts: Vec<String> = jobs.iter().flat_map(|j| j.0.iter().cloned()).collect();
-                let answer = match personas.send(Embed { texts }).await {
-                    Ok(a) => a,
-                    Err(e) => Err(TelosError::Unavailable(format!(
-                        "the model host is not running: {e}"
-                    ))),
-                };
-                match answer {
-                    Ok(out) => {
-                        let mut vectors = out.vectors.into_iter();
-                        for (texts, reply) in jobs {
-                            let mine: Vec<Vec<f32>> = vectors.by_ref().take(texts.len()).collect();
-                            let _ = reply.send(Ok(mine));
+                let request = personas.send(Embed { texts });
+                actix::spawn(async move {
+                    let answer = match request.await {
+                        Ok(a) => a,
+                        Err(e) => Err(TelosError::Unavailable(format!(
+                            "the model host is not running: {e}"
+                        ))),
+                    };
+                    drop(worker);
+                    match answer {
+                        Ok(out) => {
+                            let mut vectors = out.vectors.into_iter();
+                            for (texts, reply) in jobs {
+                                let mine: Vec<Vec<f32>> =
+                                    vectors.by_ref().take(texts.len()).collect();
+                                let _ = reply.send(Ok(mine));
+                            }
+                        }
+                        Err(e) => {
+                            for (_, reply) in jobs {
+                                let _ = reply.send(Err(e.clone()));
+                            }
                         }
                     }
-                    Err(e) => {
-                        for (_, reply) in jobs {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
-                }
+                });
             }
         });
         EmbedClient { tx }
