@@ -3,9 +3,11 @@
 //! A top-level operation runs here from start to finish: its whole synchronous call tree (`self.m()`,
 //! `send(...)`, nested to any depth, cycles included) executes on this thread inside one
 //! [`Txn`]. JavaScript sees objects through proxies: `self.x` looks `x` up along the parent chain,
-//! `self.x = v` writes the receiver's slot, `self.m(a)` sends a message. Values cross between
-//! Rust and JavaScript as JSON text; references to objects are `{"$ref": oid}` in JSON and proxies
-//! in JavaScript.
+//! `self.x = v` writes the receiver's slot, `self.m(a)` sends a message. A send from one method
+//! to another runs in JavaScript (the prelude's `call`): the host hands out the compiled method
+//! and keeps the call stack, the limits and the error translation. Primitives cross between Rust
+//! and JavaScript as values, anything else as JSON text; references to objects are
+//! `{"$ref": oid}` in JSON and proxies in JavaScript.
 //!
 //! Limits, all per top-level operation: wall time (an interrupt JavaScript cannot catch), heap,
 //! stack, output size and call depth. A limit, once hit, is sticky: every later host call of the
