@@ -196,8 +196,7 @@ impl Telos {
     /// `memory_manager.search(query, k)`, `.count()`, `.reindex()`; `backup_manager.list()`,
     /// `.status()`. `None`: not a native message.
     async fn native(&self, target: &str, selector: &str, args: &[Json]) -> Option<Result<Json>> {
-        let down =
-            |e: MailboxError| TelosError::Unavailable(format!("the memory is not running: {e}"));
+        let down = crate::actors::down("the memory");
         match (target, selector) {
             ("memory_manager", "search") => {
                 let Some(query) = args.first().and_then(Json::as_str) else {
@@ -251,7 +250,7 @@ impl Telos {
         tokio::task::spawn_blocking(move || {
             world
                 .get(&oid)?
-                .ok_or_else(|| TelosError::NotFound(format!("no object {oid}")))
+                .ok_or_else(|| TelosError::NoObject(oid.clone()))
         })
         .await
         .map_err(TelosError::internal)?

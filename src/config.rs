@@ -123,6 +123,8 @@ pub struct Settings {
     pub ws_rate_per_sec: u32,
     /// Tracing filter, e.g. `info` or `telos=debug`.
     pub log: String,
+    /// `text` (for people) or `json` (one object per line, for log collectors).
+    pub log_format: String,
 }
 
 impl Default for Settings {
@@ -188,6 +190,7 @@ impl Default for Settings {
             max_frame_kib: 1024,
             ws_rate_per_sec: 500,
             log: "info".into(),
+            log_format: "text".into(),
         }
     }
 }
@@ -247,6 +250,7 @@ const ENV: &[&str] = &[
     "max_frame_kib",
     "ws_rate_per_sec",
     "log",
+    "log_format",
 ];
 
 impl Settings {
@@ -299,6 +303,9 @@ impl Settings {
                     p.backend
                 );
             }
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("log_format must be text or json, not {:?}", self.log_format);
         }
         if self.script_threads == 0 {
             bail!("script_threads must be at least 1");
@@ -417,5 +424,14 @@ mod tests {
             toml::Value::Boolean(false)
         );
         assert!(env_value("llm_preload", "maybe", "X").is_err());
+    }
+
+    #[test]
+    fn a_log_format_is_text_or_json() {
+        let mut s = Settings::default();
+        for (format, ok) in [("text", true), ("json", true), ("xml", false), ("", false)] {
+            s.log_format = format.into();
+            assert_eq!(s.validate().is_ok(), ok, "{format}");
+        }
     }
 }

@@ -9,6 +9,9 @@ pub enum TelosError {
     /// No object with this oid, or no slot with this name.
     #[error("{0}")]
     NotFound(String),
+    /// No object with this oid (typed, so that callers can act on it without reading text).
+    #[error("no object {0}")]
+    NoObject(String),
     /// The request itself is malformed: bad JSON, a bad slot name, a bad selector.
     #[error("{0}")]
     BadRequest(String),
@@ -53,7 +56,7 @@ impl TelosError {
     /// The stable machine-readable code sent to clients as `{"code": ...}`.
     pub fn code(&self) -> &'static str {
         match self {
-            TelosError::NotFound(_) => "not_found",
+            TelosError::NotFound(_) | TelosError::NoObject(_) => "not_found",
             TelosError::BadRequest(_) => "bad_request",
             TelosError::DoesNotUnderstand { .. } | TelosError::NotLearned { .. } => {
                 "does_not_understand"

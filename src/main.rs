@@ -160,7 +160,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&settings.log);
+    init_tracing(&settings.log, &settings.log_format);
     let result = match cli.command {
         Command::Serve {
             bind,
@@ -303,13 +303,18 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     })
 }
 
-fn init_tracing(filter: &str) {
+fn init_tracing(filter: &str, format: &str) {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // JSON: one object per line with the span fields (a kernel run, its stage), for collectors.
+    let fmt = if format == "json" {
+        fmt.json().with_current_span(true).boxed()
+    } else {
+        fmt.boxed()
+    }
+    .with_filter(filter);
     // Watches the storage engine for corruption reports whatever the log filter says.
     let watch =
         telos::store::CorruptionWatch.with_filter(tracing_subscriber::filter::LevelFilter::WARN);

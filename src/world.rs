@@ -602,7 +602,7 @@ impl Txn {
     /// An object that must exist.
     pub fn require(&mut self, oid: &str) -> Result<Arc<ObjectState>> {
         self.get(oid)?
-            .ok_or_else(|| TelosError::NotFound(format!("no object {oid}")))
+            .ok_or_else(|| TelosError::NoObject(oid.to_string()))
     }
 
     /// The object holding `name` in `oid`'s delegation chain, if any.

@@ -74,7 +74,7 @@ pub async fn search(
             vector,
         })
         .await
-        .map_err(memory_down)?
+        .map_err(super::down("the memory"))?
 }
 
 /// Embeds `items` outside the memory actor, then remembers them there: the actor's one thread
@@ -89,7 +89,7 @@ pub async fn remember(
     memory
         .send(Remember { items, vectors })
         .await
-        .map_err(memory_down)?
+        .map_err(super::down("the memory"))?
 }
 
 /// Like [`remember`], replacing every memory of `owner` of `kind` (one transaction).
@@ -109,7 +109,7 @@ pub async fn replace(
             vectors,
         })
         .await
-        .map_err(memory_down)?
+        .map_err(super::down("the memory"))?
 }
 
 async fn embed_items(
@@ -124,10 +124,6 @@ async fn embed_items(
         .embed(items.iter().map(|i| i.text.clone()).collect())
         .await?;
     Ok(Some(vectors))
-}
-
-fn memory_down(e: actix::MailboxError) -> TelosError {
-    TelosError::Unavailable(format!("the memory is not running: {e}"))
 }
 
 fn check_texts(items: &[NewMemory]) -> Result<(), TelosError> {

@@ -13,6 +13,14 @@
 //! - [`memory::MemoryActor`] owns the memory records and the vector index over them.
 //! - [`retrievable`] keeps the memories of `Retrievable` objects in step with their changes.
 
+use crate::error::TelosError;
+
+/// How a closed mailbox reads to a caller: `who` (e.g. "the memory") is not running. The one
+/// mapping of an actor's [`actix::MailboxError`], used wherever an actor is asked.
+pub fn down(who: &'static str) -> impl Fn(actix::MailboxError) -> TelosError + Copy {
+    move |e| TelosError::Unavailable(format!("{who} is not running: {e}"))
+}
+
 pub mod backup;
 pub mod directory;
 pub mod kernel;

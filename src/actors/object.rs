@@ -154,7 +154,7 @@ impl Handler<Dispatch> for ObjectActor {
                 // The object is gone (deleted, or never existed): no reason to stay alive.
                 let gone = match &result {
                     Ok(_) => deleting,
-                    Err(TelosError::NotFound(m)) => *m == format!("no object {}", act.oid),
+                    Err(TelosError::NoObject(oid)) => *oid == act.oid,
                     Err(_) => false,
                 };
                 if gone {

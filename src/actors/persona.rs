@@ -705,9 +705,7 @@ impl EmbedClient {
                 actix::spawn(async move {
                     let answer = match request.await {
                         Ok(a) => a,
-                        Err(e) => Err(TelosError::Unavailable(format!(
-                            "the model host is not running: {e}"
-                        ))),
+                        Err(e) => Err(super::down("the model host")(e)),
                     };
                     drop(worker);
                     match answer {

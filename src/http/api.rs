@@ -7,7 +7,6 @@ use serde_json::{Value as Json, json};
 use super::error::ApiError;
 use crate::actors::object::Reply;
 use crate::app::Telos;
-use crate::error::TelosError;
 use crate::object::Slot;
 use crate::sandbox::Op;
 use crate::world::slots_arg;
@@ -186,10 +185,6 @@ async fn rollback_method(telos: web::Data<Telos>, path: web::Path<(String, Strin
     get_method(telos, web::Path::from((oid, name))).await
 }
 
-fn personas_down(e: actix::MailboxError) -> TelosError {
-    TelosError::Unavailable(format!("the persona host is not running: {e}"))
-}
-
 /// `GET /api/personas`: each persona's backend, model, settings and whether it is loaded.
 async fn list_personas(telos: web::Data<Telos>) -> ApiResult {
     // From the board: answers at once even while a persona is generating.
@@ -209,7 +204,7 @@ async fn set_persona(
             config: body.into_inner(),
         })
         .await
-        .map_err(personas_down)??;
+        .map_err(crate::actors::down("the persona host"))??;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -220,7 +215,7 @@ async fn unload_persona(telos: web::Data<Telos>, name: web::Path<String>) -> Api
         .personas
         .send(crate::actors::persona::Unload { name: name.clone() })
         .await
-        .map_err(personas_down)??;
+        .map_err(crate::actors::down("the persona host"))??;
     Ok(HttpResponse::Ok().json(json!({ "persona": name, "unloaded": unloaded })))
 }
 
@@ -348,10 +343,6 @@ async fn embed(telos: web::Data<Telos>, body: web::Json<EmbedBody>) -> ApiResult
     })))
 }
 
-fn memory_down(e: actix::MailboxError) -> TelosError {
-    TelosError::Unavailable(format!("the memory is not running: {e}"))
-}
-
 #[derive(Deserialize)]
 struct SearchQuery {
     q: String,
@@ -433,7 +424,7 @@ async fn memory_reindex(
         .memory
         .send(crate::actors::memory::Reindex)
         .await
-        .map_err(memory_down)??;
+        .map_err(crate::actors::down("the memory"))??;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "records": records,
         "retrievable_objects": objects,

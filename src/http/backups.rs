@@ -26,7 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {
-    TelosError::Unavailable(format!("the backup actor is not running: {e}")).into()
+    crate::actors::down("the backup actor")(e).into()
 }
 
 async fn list(telos: web::Data<Telos>) -> ApiResult {

@@ -59,7 +59,7 @@ impl std::fmt::Display for ApiError {
 /// The status of each error kind. Exhaustive on purpose: a new kind must choose its status.
 pub fn status_of(error: &TelosError) -> StatusCode {
     match error {
-        TelosError::NotFound(_) => StatusCode::NOT_FOUND,
+        TelosError::NotFound(_) | TelosError::NoObject(_) => StatusCode::NOT_FOUND,
         TelosError::BadRequest(_) => StatusCode::BAD_REQUEST,
         TelosError::DoesNotUnderstand { .. } | TelosError::NotLearned { .. } => {
             StatusCode::UNPROCESSABLE_ENTITY

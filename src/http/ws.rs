@@ -393,9 +393,7 @@ impl WsSession {
                     temperature: None,
                 })
                 .await
-                .map_err(|e| {
-                    TelosError::Unavailable(format!("the persona host is not running: {e}"))
-                })
+                .map_err(crate::actors::down("the persona host"))
                 .and_then(|r| r);
             drop(slot);
             me.do_send(Out(match answer {

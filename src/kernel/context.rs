@@ -17,8 +17,7 @@ pub fn receiver_context<F>(miss: &Miss, mut fetch: F) -> Result<ReceiverContext>
 where
     F: FnMut(&str) -> Result<Option<Arc<ObjectState>>>,
 {
-    let obj = fetch(&miss.receiver)?
-        .ok_or_else(|| TelosError::NotFound(format!("no object {}", miss.receiver)))?;
+    let obj = fetch(&miss.receiver)?.ok_or_else(|| TelosError::NoObject(miss.receiver.clone()))?;
     let chain = ancestors(&miss.receiver, &mut fetch)?;
     let mut values: Vec<(String, String)> = Vec::new();
     let mut methods = BTreeSet::new();
@@ -150,7 +149,7 @@ mod tests {
     fn a_missing_receiver_is_not_found() {
         let w = world();
         let e = receiver_context(&miss("nobody"), |o| Ok(w.get(o).cloned())).unwrap_err();
-        assert!(matches!(e, TelosError::NotFound(_)), "{e}");
+        assert!(matches!(e, TelosError::NoObject(_)), "{e}");
     }
 
     #[test]
