@@ -315,10 +315,19 @@ async fn a_retrievable_object_is_found_by_what_its_method_does() {
         "function area(self) { return 'the temperature in Celsius is ' + ((self.width - 32) * 5 / 9); }",
     )
     .await;
+    // Waits for the new chunk itself: the object's other chunks may rank first before it lands.
+    let celsius = oid.clone();
     eventually(
         &app,
         "convert Fahrenheit to Celsius temperature",
-        owner_first(oid.clone()),
+        move |v: &Json| {
+            v.as_array().is_some_and(|hits| {
+                hits.iter().any(|h| {
+                    h["owner"] == celsius.as_str()
+                        && h["text"].as_str().unwrap_or_default().contains("Celsius")
+                })
+            })
+        },
     )
     .await;
     let (_, records) = app.get(&format!("/api/memory/records?owner={oid}")).await;
