@@ -271,12 +271,12 @@ const PRELUDE: &str = r#"
   // A send to a method runs here, in JavaScript: the host looks the method up (compiled once
   // per script thread) and keeps the call stack, limits and error translation. Arguments are
   // copied as the caller, the result as the callee.
-  const call = (oid, k, f, args) => {
+  const call = (oid, k, f, args, self) => {
     const a = args.length === 0 ? args : args.map(copy);
     const depth = host.enter(oid, k);
     let out;
     try {
-      out = copy(f(ref(oid), ...a));
+      out = copy(f(self, ...a));
     } catch (e) {
       host.fail(oid, k, e, depth);
       throw e;
@@ -305,7 +305,7 @@ const PRELUDE: &str = r#"
         r = host.get(oid, k);
         if (typeof r === "function") {
           const f = r;
-          r = (...args) => call(oid, k, f, args);
+          r = (...args) => call(oid, k, f, args, p);
         } else if (r !== null && typeof r === "object") {
           return r; // a fresh copy at every read: the caller may change it
         }
@@ -332,7 +332,7 @@ const PRELUDE: &str = r#"
   globalThis.send = (target, selector, ...args) => {
     const oid = idOf(target), s = String(selector);
     const f = host.method(oid, s);
-    if (typeof f === "function") return call(oid, s, f, args);
+    if (typeof f === "function") return call(oid, s, f, args, ref(oid));
     gen++; // setters, clone and doesNotUnderstand_ may write
     return decode(host.send(oid, s, encode(args)));
   };
