@@ -311,6 +311,27 @@ fn backups_summary(dir: &std::path::Path) -> Json {
 }
 
 impl Telos {
+    /// The Retrievable indexer's dependencies.
+    pub fn indexer(&self) -> crate::actors::retrievable::Indexer {
+        crate::actors::retrievable::Indexer {
+            world: self.world.clone(),
+            exec: self.exec.clone(),
+            embedder: self.embedder.clone(),
+            memory: self.memory.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+
+    /// The backup actor's dependencies.
+    pub fn backup_deps(&self) -> crate::actors::backup::BackupDeps {
+        crate::actors::backup::BackupDeps {
+            world: self.world.clone(),
+            exec: self.exec.clone(),
+            memory: self.memory.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+
     /// Saves what is kept in memory only (the vector index) before the process exits.
     pub async fn shutdown(&self) {
         // A generation in flight (e.g. a learn stage after its answer) ends before the process
@@ -370,8 +391,9 @@ impl Application {
             .with_context(|| format!("binding {}", settings.bind))?;
         let addr = listener.local_addr()?;
         let telos = Telos::start(settings, None).await?;
-        crate::actors::retrievable::start(telos.clone());
-        let backups = BackupActor::new(telos.clone(), telos.settings.backup_dir.clone()).start();
+        crate::actors::retrievable::start(telos.indexer());
+        let backups =
+            BackupActor::new(telos.backup_deps(), telos.settings.backup_dir.clone()).start();
         let server = crate::http::server(telos.clone(), backups, listener)?;
         Ok(Application {
             telos,

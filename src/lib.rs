@@ -26,6 +26,12 @@
 //!
 //! Edges: [`http`] (REST, WebSocket, the page), [`app`] (the one startup path), [`config`]
 //! (file → env → flags), [`bench`] (printed figures).
+//!
+//! Layers, lowest first: cores → [`actors`] → [`app`] (the [`Telos`] handle and the wiring) →
+//! [`http`] and the CLI ([`bench`], `main.rs`). Nothing imports from a layer above its own; actors
+//! take narrow dependencies ([`actors::retrievable::Indexer`], [`actors::backup::BackupDeps`],
+//! [`actors::kernel_deps::KernelDeps`]), not the handle. `layers::nothing_imports_from_above`
+//! checks it on every test run.
 
 pub mod actors;
 pub mod app;
@@ -50,3 +56,62 @@ pub mod world;
 pub use app::{Application, Telos};
 pub use config::Settings;
 pub use error::TelosError;
+
+/// The layer rule of the crate map above, checked over the source text.
+#[cfg(test)]
+mod layers {
+    /// `crate::` paths each layer may not name: the layers above it.
+    fn forbidden(file: &str) -> &'static [&'static str] {
+        const ABOVE_CORES: &[&str] =
+            &["crate::actors", "crate::app", "crate::http", "crate::bench"];
+        const ABOVE_ACTORS: &[&str] =
+            &["crate::app", "crate::http", "crate::bench", "crate::Telos"];
+        const ABOVE_HTTP: &[&str] = &["crate::bench"];
+        match file.split('/').next().unwrap_or_default() {
+            "actors" => ABOVE_ACTORS,
+            "http" => ABOVE_HTTP,
+            "app.rs" | "bench" | "main.rs" | "lib.rs" => &[],
+            _ => ABOVE_CORES,
+        }
+    }
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("reading src") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_imports_from_above() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&root, &mut files);
+        let mut wrong = Vec::new();
+        for path in files {
+            let rel = path
+                .strip_prefix(&root)
+                .expect("under src")
+                .to_string_lossy()
+                .replace('\\', "/");
+            let text = std::fs::read_to_string(&path).expect("reading a source file");
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                for above in forbidden(&rel) {
+                    if code.contains(above) {
+                        wrong.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "imports from a layer above:\n{}",
+            wrong.join("\n")
+        );
+    }
+}

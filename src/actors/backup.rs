@@ -14,10 +14,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
-use crate::app::Telos;
+use std::sync::Arc;
+
+use super::memory::MemoryActor;
 use crate::backup::{self, Kind, Manifest, Retention, Verification};
+use crate::config::Settings;
 use crate::error::TelosError;
+use crate::exec::Executor;
 use crate::sandbox::Op;
+use crate::sandbox::Outcome;
+use crate::world::World;
 
 pub const DEFAULT_FULL_CRON: &str = "0 0 3 * * SUN";
 pub const DEFAULT_INCREMENTAL_CRON: &str = "0 0 3 * * *";
@@ -118,7 +124,7 @@ pub fn check_retention(r: &Retention) -> Result<(), TelosError> {
 }
 
 pub struct BackupActor {
-    telos: Telos,
+    telos: BackupDeps,
     dir: PathBuf,
     retention: Retention,
     schedule: Schedule,
@@ -126,7 +132,7 @@ pub struct BackupActor {
 }
 
 impl BackupActor {
-    pub fn new(telos: Telos, dir: PathBuf) -> Self {
+    pub fn new(telos: BackupDeps, dir: PathBuf) -> Self {
         BackupActor {
             telos,
             dir,
@@ -173,7 +179,7 @@ impl BackupActor {
 
 /// Takes a backup, applies retention, and records the result in `backup_manager`.
 async fn run(
-    telos: Telos,
+    telos: BackupDeps,
     dir: PathBuf,
     retention: Retention,
     kind: Kind,
@@ -238,18 +244,47 @@ where
     .map_err(TelosError::internal)?
 }
 
-async fn set_slot(telos: &Telos, name: &str, value: Json) {
-    let reply = telos
-        .call(
-            MANAGER,
-            Op::SystemSet {
-                name: name.into(),
-                value,
-            },
-        )
-        .await;
-    if let Err(e) = reply.result {
-        tracing::error!(error = %e, slot = name, "could not record in backup_manager");
+/// What the backup actor needs: the world (its store), the script threads (to record results
+/// in `backup_manager`), the memory (to save its index first) and the settings.
+#[derive(Clone)]
+pub struct BackupDeps {
+    pub world: Arc<World>,
+    pub exec: Executor,
+    pub memory: Addr<MemoryActor>,
+    pub settings: Arc<Settings>,
+}
+
+impl BackupDeps {
+    /// Sets a policy slot of `backup_manager` as the server (no message may).
+    async fn system_set(&self, name: &str, value: Json) -> Result<(), TelosError> {
+        let op = Op::SystemSet {
+            name: name.into(),
+            value,
+        };
+        match self.exec.run(MANAGER, op).await? {
+            Outcome::Done { .. } => Ok(()),
+            Outcome::Failed { error, .. } => Err(error),
+            Outcome::Miss { miss, .. } => Err(TelosError::DoesNotUnderstand {
+                receiver: miss.receiver,
+                selector: miss.selector,
+            }),
+        }
+    }
+
+    /// An object as REST shows it.
+    async fn view(&self, oid: &'static str) -> Result<Json, TelosError> {
+        let world = self.world.clone();
+        tokio::task::spawn_blocking(move || world.get(oid))
+            .await
+            .map_err(TelosError::internal)??
+            .map(|o| o.to_view())
+            .ok_or_else(|| TelosError::NoObject(oid.to_string()))
+    }
+}
+
+async fn set_slot(telos: &BackupDeps, name: &str, value: Json) {
+    if let Err(error) = telos.system_set(name, value).await {
+        tracing::error!(%error, slot = name, "could not record in backup_manager");
     }
 }
 
@@ -371,16 +406,7 @@ impl Handler<SetRetention> for BackupActor {
         let job = async move {
             check_retention(&next)?;
             let value = serde_json::to_value(next).map_err(TelosError::internal)?;
-            telos
-                .call(
-                    MANAGER,
-                    Op::SystemSet {
-                        name: "retention".into(),
-                        value,
-                    },
-                )
-                .await
-                .result?;
+            telos.system_set("retention", value).await?;
             Ok(next)
         };
         AtomicResponse::new(Box::pin(job.into_actor(self).map(|res, act, _| {
@@ -421,16 +447,7 @@ impl Handler<SetSchedule> for BackupActor {
         let value = serde_json::to_value(&next).unwrap_or_default();
         let job = async move {
             checked?;
-            telos
-                .call(
-                    MANAGER,
-                    Op::SystemSet {
-                        name: "schedule".into(),
-                        value,
-                    },
-                )
-                .await
-                .result?;
+            telos.system_set("schedule", value).await?;
             Ok(next)
         };
         AtomicResponse::new(Box::pin(job.into_actor(self).map(|res, act, ctx| {

@@ -13,12 +13,20 @@ use std::collections::BTreeMap;
 use serde_json::Value as Json;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::app::Telos;
+use std::sync::Arc;
+
+use actix::Addr;
+
+use super::memory::MemoryActor;
+use super::persona::EmbedClient;
+use crate::config::Settings;
 use crate::error::TelosError;
+use crate::exec::Executor;
 use crate::memory::NewMemory;
 use crate::memory::chunker::{code_chunks, semantic_chunks};
 use crate::object::{Slot, ancestors};
 use crate::sandbox::{Op, Outcome};
+use crate::world::World;
 
 /// The trait's oid.
 pub const RETRIEVABLE: &str = "Retrievable";
@@ -27,8 +35,19 @@ pub const TO_TEXT_CHUNKS: &str = "to_text_chunks";
 /// Chunks kept of one object's `to_text_chunks` answer (each cut to `chunk_max_chars`).
 const MAX_CUSTOM_CHUNKS: usize = 256;
 
+/// What the indexer needs: the world to read and follow, the script threads (for a custom
+/// `to_text_chunks`), the embedder (for the chunker), the memory and the chunking settings.
+#[derive(Clone)]
+pub struct Indexer {
+    pub world: Arc<World>,
+    pub exec: Executor,
+    pub embedder: EmbedClient,
+    pub memory: Addr<MemoryActor>,
+    pub settings: Arc<Settings>,
+}
+
 /// Starts following the world's changes (on the current actix system).
-pub fn start(telos: Telos) {
+pub fn start(telos: Indexer) {
     let mut changes = telos.world.subscribe();
     actix::spawn(async move {
         loop {
@@ -59,7 +78,11 @@ pub fn start(telos: Telos) {
 
 /// Brings the memories of `oid` up to date. Answers how many chunks it now has in memory
 /// (`None` when it is not Retrievable and had nothing to forget).
-pub async fn reindex(telos: &Telos, oid: &str, deleted: bool) -> Result<Option<usize>, TelosError> {
+pub async fn reindex(
+    telos: &Indexer,
+    oid: &str,
+    deleted: bool,
+) -> Result<Option<usize>, TelosError> {
     let chunks = if deleted {
         None
     } else {
@@ -89,7 +112,7 @@ pub async fn reindex(telos: &Telos, oid: &str, deleted: bool) -> Result<Option<u
 }
 
 /// The text chunks of `oid` if it is Retrievable, else `None`.
-async fn chunks_of(telos: &Telos, oid: &str) -> Result<Option<Vec<String>>, TelosError> {
+async fn chunks_of(telos: &Indexer, oid: &str) -> Result<Option<Vec<String>>, TelosError> {
     let world = telos.world.clone();
     let id = oid.to_string();
     let found = tokio::task::spawn_blocking(move || {

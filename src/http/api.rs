@@ -411,8 +411,9 @@ async fn memory_reindex(
     let mut objects = 0;
     if body.objects {
         let oids = telos.world.store().all_oids().await?;
+        let indexer = telos.indexer();
         for oid in oids {
-            if crate::actors::retrievable::reindex(&telos, &oid, false)
+            if crate::actors::retrievable::reindex(&indexer, &oid, false)
                 .await?
                 .is_some()
             {
