@@ -71,6 +71,22 @@ impl TelosError {
         }
     }
 
+    /// What a client is told. An internal failure's text (database messages, paths) stays in
+    /// the server's log under an incident id; the client gets the id to quote.
+    pub fn public_message(&self) -> String {
+        match self {
+            TelosError::Internal(detail) => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let incident = &id[..12];
+                tracing::error!(incident, error = %detail, "internal error answered to a client");
+                format!(
+                    "an internal error occurred (incident {incident}); the server log has the details"
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The kernel stage that failed, for a [`TelosError::NotLearned`].
     pub fn stage(&self) -> Option<crate::kernel::Stage> {
         match self {
@@ -92,3 +108,19 @@ impl From<anyhow::Error> for TelosError {
 }
 
 pub type Result<T, E = TelosError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_is_told_by_incident_not_by_its_detail() {
+        let told =
+            TelosError::Internal("database: IO error at /var/lib/telos/world/0001.sst".into())
+                .public_message();
+        assert!(!told.contains("/var/lib"), "{told}");
+        assert!(told.contains("incident"), "{told}");
+        let plain = TelosError::NotFound("no slot x".into());
+        assert_eq!(plain.public_message(), "no slot x");
+    }
+}

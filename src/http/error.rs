@@ -80,10 +80,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if matches!(self.error, TelosError::Internal(_)) {
-            tracing::error!(error = %self.error, "internal error answered to a client");
-        }
-        let mut body = json!({ "code": self.error.code(), "message": self.error.to_string() });
+        let mut body = json!({ "code": self.error.code(), "message": self.error.public_message() });
         if let Some(stage) = self.error.stage() {
             body["stage"] = json!(stage);
         }

@@ -161,7 +161,7 @@ fn stage_frame(event: &StageEvent) -> Json {
 }
 
 fn error_frame(err: &TelosError, id: &Option<Json>) -> Json {
-    let mut frame = json!({ "type": "error", "code": err.code(), "message": err.to_string() });
+    let mut frame = json!({ "type": "error", "code": err.code(), "message": err.public_message() });
     if let Some(stage) = err.stage() {
         frame["stage"] = json!(stage);
     }
