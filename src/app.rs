@@ -85,9 +85,9 @@ impl Telos {
         // and with two workers a search does not wait for the kernel's own embeddings either.
         let embedders = EmbedderActor::start(&settings, &persona_board);
         if settings.llm_preload {
-            for _ in 0..settings.embedder_workers.max(1) {
-                embedders.do_send(crate::actors::persona::LoadEmbedder);
-            }
+            // One worker loads now (two loading libtorch models at once gain nothing); the
+            // other loads on its first use.
+            embedders.do_send(crate::actors::persona::LoadEmbedder);
         }
         let embedder = EmbedClient::start(embedders, settings.embedder_workers);
         let memory = {

@@ -1058,6 +1058,12 @@ fn translate(receiver: &str, name: &str, message: &str, stack: &str) -> TelosErr
     {
         return p;
     }
+    // Only the methods' own frames: the prelude's (`eval_script`) say nothing to their author.
+    let stack = stack
+        .lines()
+        .filter(|l| !l.contains("eval_script"))
+        .collect::<Vec<_>>()
+        .join("\n");
     let stack = stack.trim_end();
     if stack.is_empty() {
         TelosError::MethodError(format!("{receiver}.{name}: {message}"))

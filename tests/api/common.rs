@@ -29,6 +29,8 @@ pub fn test_settings(dir: &Path) -> Settings {
         backup_dir: dir.join("backups"),
         // No language model in the black-box tests unless a test scripts one: a miss fails fast.
         persona_backend: "scripted".into(),
+        // Models load when a test first needs them, not at every start.
+        llm_preload: false,
         ..Settings::default()
     }
 }

@@ -135,6 +135,28 @@ async fn reads_within_a_message_see_every_write_before_them_and_values_are_copie
         ]),
         "{v}"
     );
+    // An error names the methods it passed through, not the bridge between them.
+    app.set_method(
+        &other,
+        "fail",
+        "function fail(self) { throw new Error('broken'); }",
+    )
+    .await;
+    app.set_method(
+        &o,
+        "relay",
+        "function relay(self) { return self.other.fail(); }",
+    )
+    .await;
+    let (s, v) = app.send(&o, "relay", json!([])).await;
+    assert_eq!(s, 422, "{v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("{other}.fail: broken")),
+        "{message}"
+    );
+    assert!(message.contains(&format!("{other}.fail:1")), "{message}");
+    assert!(!message.contains("eval_script"), "{message}");
     // Nothing read in one message is remembered in the next.
     assert_eq!(app.send(&o, "n_", json!([100])).await.0, 200);
     assert_eq!(app.send(&o, "bump", json!([])).await.1["value"], 101);
