@@ -91,13 +91,11 @@ impl Telos {
         }
         let embedder = EmbedClient::start(embedders, settings.embedder_workers);
         let memory = {
-            let (world, embedder) = (world.clone(), embedder.clone());
+            let world = world.clone();
             let (path, every) = (settings.memory_index_path(), settings.memory_save_every);
-            let actor = tokio::task::spawn_blocking(move || {
-                MemoryActor::open(world, embedder, &path, every)
-            })
-            .await
-            .context("opening the memory")??;
+            let actor = tokio::task::spawn_blocking(move || MemoryActor::open(world, &path, every))
+                .await
+                .context("opening the memory")??;
             start_sync(actor)
         };
         let settings = Arc::new(settings);

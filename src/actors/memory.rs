@@ -21,13 +21,13 @@ use crate::memory::index::VectorIndex;
 use crate::memory::{NewMemory, Record};
 use crate::world::World;
 
-/// Remembers texts: embeds them (one batch), stores the records, indexes them. Answers the keys.
+/// Remembers texts with their embeddings: stores the records, indexes them. Answers the keys.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<u64>, TelosError>")]
 pub struct Remember {
     pub items: Vec<NewMemory>,
-    /// The items' embeddings, when the caller made them (see [`remember`]); else the actor embeds.
-    pub vectors: Option<Vec<Vec<f32>>>,
+    /// The items' embeddings, one per item (see [`remember`]).
+    pub vectors: Vec<Vec<f32>>,
 }
 
 /// Replaces every memory of `owner` of `kind` with `items` (one transaction). Answers the new keys.
@@ -37,8 +37,8 @@ pub struct Replace {
     pub owner: String,
     pub kind: String,
     pub items: Vec<NewMemory>,
-    /// The items' embeddings, when the caller made them (see [`replace`]); else the actor embeds.
-    pub vectors: Option<Vec<Vec<f32>>>,
+    /// The items' embeddings, one per item (see [`replace`]).
+    pub vectors: Vec<Vec<f32>>,
 }
 
 /// The `k` records nearest to `query`, optionally only of one kind.
@@ -48,8 +48,8 @@ pub struct Search {
     pub query: String,
     pub k: usize,
     pub kind: Option<String>,
-    /// The query's embedding, when the caller made it (see [`search`]); else the actor embeds.
-    pub vector: Option<Vec<f32>>,
+    /// The query's embedding (see [`search`]).
+    pub vector: Vec<f32>,
 }
 
 /// Searches memory with the query embedded first, outside the memory actor: the actor's one
@@ -65,7 +65,11 @@ pub async fn search(
     if query.trim().is_empty() {
         return Err(TelosError::BadRequest("the search query is empty".into()));
     }
-    let vector = embedder.embed(vec![query.clone()]).await?.pop();
+    let vector = embedder
+        .embed(vec![query.clone()])
+        .await?
+        .pop()
+        .ok_or_else(|| TelosError::Internal("the embedder answered no vector".into()))?;
     memory
         .send(Search {
             query,
@@ -115,15 +119,11 @@ pub async fn replace(
 async fn embed_items(
     embedder: &EmbedClient,
     items: &[NewMemory],
-) -> Result<Option<Vec<Vec<f32>>>, TelosError> {
+) -> Result<Vec<Vec<f32>>, TelosError> {
     check_texts(items)?;
-    if items.is_empty() {
-        return Ok(None);
-    }
-    let vectors = embedder
+    embedder
         .embed(items.iter().map(|i| i.text.clone()).collect())
-        .await?;
-    Ok(Some(vectors))
+        .await
 }
 
 fn check_texts(items: &[NewMemory]) -> Result<(), TelosError> {
@@ -154,11 +154,8 @@ pub struct Stats;
 
 pub struct MemoryActor {
     world: Arc<World>,
-    embedder: EmbedClient,
     index: VectorIndex,
     save_every: usize,
-    /// Texts embedded by this actor since start (a restart must not re-embed anything).
-    embedded: u64,
     /// What happened to the index file at start.
     opened: String,
     /// The last key given out; keys grow with time and are never reused.
@@ -171,7 +168,6 @@ impl MemoryActor {
     /// the records. Blocking.
     pub fn open(
         world: Arc<World>,
-        embedder: EmbedClient,
         path: &std::path::Path,
         save_every: usize,
     ) -> anyhow::Result<MemoryActor> {
@@ -188,10 +184,8 @@ impl MemoryActor {
         };
         let mut actor = MemoryActor {
             world,
-            embedder,
             index,
             save_every: save_every.max(1),
-            embedded: 0,
             opened,
             last_key: 0,
             last_save: None,
@@ -280,51 +274,31 @@ impl MemoryActor {
         Ok(())
     }
 
-    fn embed(&mut self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, TelosError> {
-        let n = texts.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let vectors = self.embedder.embed_blocking(texts)?;
-        self.embedded += n as u64;
-        if vectors.len() != n {
-            return Err(TelosError::Internal(format!(
-                "the embedder answered {} vectors for {n} texts",
-                vectors.len()
-            )));
-        }
-        Ok(vectors)
-    }
-
     fn next_key(&mut self) -> u64 {
         let now = chrono::Utc::now().timestamp_micros().max(0) as u64;
         self.last_key = now.max(self.last_key + 1);
         self.last_key
     }
 
-    /// Embeds `items` (unless their `vectors` came with them), then commits them (and the
-    /// removal of `forget`) and updates the index.
+    /// Commits `items` with their `vectors` (and the removal of `forget`) and updates the
+    /// index. The memory never embeds: its callers do, before they ask (see [`remember`]).
     fn write(
         &mut self,
         items: Vec<NewMemory>,
-        vectors: Option<Vec<Vec<f32>>>,
+        vectors: Vec<Vec<f32>>,
         forget: Vec<u64>,
     ) -> Result<Vec<u64>, TelosError> {
         if items.is_empty() && forget.is_empty() {
             return Ok(Vec::new());
         }
         check_texts(&items)?;
-        let vectors = match vectors {
-            Some(v) if v.len() == items.len() && v.iter().all(|v| v.len() == DIMS) => v,
-            Some(v) => {
-                return Err(TelosError::Internal(format!(
-                    "{} vectors came with {} memories",
-                    v.len(),
-                    items.len()
-                )));
-            }
-            None => self.embed(items.iter().map(|i| i.text.clone()).collect())?,
-        };
+        if vectors.len() != items.len() || vectors.iter().any(|v| v.len() != DIMS) {
+            return Err(TelosError::Internal(format!(
+                "{} vectors came with {} memories",
+                vectors.len(),
+                items.len()
+            )));
+        }
         let created = chrono::Utc::now().to_rfc3339();
         let records: Vec<Record> = items
             .into_iter()
@@ -407,10 +381,7 @@ impl Handler<Search> for MemoryActor {
             return Err(TelosError::BadRequest("the search query is empty".into()));
         }
         let k = msg.k.clamp(1, 100);
-        let query = match msg.vector {
-            Some(v) => v,
-            None => self.embed(vec![msg.query])?.pop().expect("one vector"),
-        };
+        let query = msg.vector;
         // A kind filter is applied after the search: look further so k remain.
         let want = if msg.kind.is_some() { k * 4 } else { k };
         let hits = self.index.search(&query, want)?;
@@ -481,7 +452,8 @@ impl Handler<Stats> for MemoryActor {
             "records": self.index.len(),
             "unsaved": self.index.unsaved(),
             "save_every": self.save_every,
-            "embedded_since_start": self.embedded,
+            // The memory never embeds (its callers do), so a restart never re-embeds.
+            "embedded_since_start": 0,
             "index": self.index.path().display().to_string(),
             "index_at_start": self.opened,
             "last_save": self.last_save,

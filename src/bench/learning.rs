@@ -354,7 +354,7 @@ async fn probe(telos: Telos, probes: Arc<Mutex<Probes>>) {
                     query,
                     k: 3,
                     kind: None,
-                    vector: v.pop(),
+                    vector: v.pop().unwrap_or_default(),
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))
