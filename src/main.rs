@@ -142,6 +142,10 @@ enum Command {
         /// With --learning: only the first N families.
         #[arg(long)]
         families: Option<usize>,
+        /// Instead: memory searches and health reads during SECONDS of generation by the
+        /// configured local model (what an operator waits for while objects learn).
+        #[arg(long, value_name = "SECONDS")]
+        busy: Option<u64>,
     },
 }
 
@@ -257,6 +261,7 @@ fn main() -> ExitCode {
             commits: Some(n), ..
         } => telos::bench::store::run(n),
         Command::Bench { kernel: true, .. } => telos::bench::kernel::run(settings),
+        Command::Bench { busy: Some(s), .. } => telos::bench::busy::run(settings, s),
         Command::Bench {
             backup_objects: Some(n),
             ..

@@ -93,6 +93,7 @@ pub async fn cli_reindex(server: &str, objects: bool, settings: &Settings) -> an
     Ok(())
 }
 
+pub mod busy;
 pub mod kernel;
 pub mod learning;
 pub mod load;
