@@ -10,6 +10,7 @@ use actix::prelude::*;
 use anyhow::{Context as _, bail};
 use serde_json::{Value as Json, json};
 
+use crate::actors::Who;
 use crate::actors::backup::BackupActor;
 use crate::actors::directory::{Activate, Directory, LiveCount};
 use crate::actors::kernel::{GenerativeKernel, KernelDeps, Progress, StageEvent, Understand};
@@ -42,6 +43,8 @@ pub struct Telos {
     pub stages: tokio::sync::broadcast::Sender<StageEvent>,
     directory: Addr<Directory>,
     started: Instant,
+    /// The backups part of health, refreshed by the backup actor.
+    backups: crate::backup::SummaryCache,
 }
 
 impl Telos {
@@ -131,6 +134,7 @@ impl Telos {
             settings,
             directory,
             started: Instant::now(),
+            backups: crate::backup::SummaryCache::default(),
         })
     }
 
@@ -173,7 +177,7 @@ impl Telos {
                 .await
             {
                 Ok(addr) => addr,
-                Err(e) => return unavailable(e),
+                Err(e) => return unreachable(crate::actors::down(Who::Directory)(e)),
             };
             match addr
                 .send(Dispatch {
@@ -184,17 +188,19 @@ impl Telos {
             {
                 Ok(reply) => return reply,
                 Err(MailboxError::Closed) => continue,
-                Err(e) => return unavailable(e),
+                Err(e) => return unreachable(crate::actors::down(Who::Object)(e)),
             }
         }
-        unavailable("the object's actor kept stopping")
+        unreachable(TelosError::Unavailable(
+            "the object's actor kept stopping: try again".into(),
+        ))
     }
 
     /// The messages the system objects answer natively (bridges to their actors):
     /// `memory_manager.search(query, k)`, `.count()`, `.reindex()`; `backup_manager.list()`,
     /// `.status()`. `None`: not a native message.
     async fn native(&self, target: &str, selector: &str, args: &[Json]) -> Option<Result<Json>> {
-        let down = crate::actors::down("the memory");
+        let down = crate::actors::down(crate::actors::Who::Memory);
         match (target, selector) {
             ("memory_manager", "search") => {
                 let Some(query) = args.first().and_then(Json::as_str) else {
@@ -218,11 +224,14 @@ impl Telos {
                     .and_then(|r| r)
                     .map(|n| json!({ "records": n })),
             ),
-            ("backup_manager", "list") => Some(
-                crate::backup::list(&self.settings.backup_dir)
-                    .map(|l| json!(l))
-                    .map_err(TelosError::from),
-            ),
+            ("backup_manager", "list") => {
+                let dir = self.settings.backup_dir.clone();
+                let listed = tokio::task::spawn_blocking(move || crate::backup::list(&dir)).await;
+                Some(match listed {
+                    Ok(l) => l.map(|l| json!(l)).map_err(TelosError::from),
+                    Err(e) => Err(TelosError::internal(e)),
+                })
+            }
             ("backup_manager", "status") => Some(self.health().await.map(|h| h["backups"].clone())),
             _ => None,
         }
@@ -265,11 +274,16 @@ impl Telos {
         let live = self.directory.send(LiveCount).await.unwrap_or(0);
         let personas = Some(self.persona_board.status());
         let memory = self.memory.send(memory::Stats).await.ok();
-        // Manifests and verifications are files: read on a blocking worker, not on the arbiter.
-        let dir = self.settings.backup_dir.clone();
-        let backups = tokio::task::spawn_blocking(move || backups_summary(&dir))
-            .await
-            .map_err(TelosError::internal)?;
+        // Cached when backups change; computed once (on a blocking worker) if not yet.
+        let backups = match self.backups.get() {
+            Some(b) => b,
+            None => {
+                let (cache, dir) = (self.backups.clone(), self.settings.backup_dir.clone());
+                tokio::task::spawn_blocking(move || cache.refresh(&dir))
+                    .await
+                    .map_err(TelosError::internal)?
+            }
+        };
         Ok(json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
@@ -285,27 +299,6 @@ impl Telos {
             "backups": backups,
         }))
     }
-}
-
-/// The backups part of `/api/health` (blocking: reads the manifests).
-fn backups_summary(dir: &std::path::Path) -> Json {
-    let backups = crate::backup::list(dir).unwrap_or_default();
-    let last_of = |kind: crate::backup::Kind| {
-        backups.iter().rev().find(|m| m.kind == kind).map(|m| {
-            json!({
-                "id": m.id,
-                "at": m.created_at,
-                "size": crate::backup::size_of(m),
-                "verification": crate::backup::last_verification(dir, &m.id),
-            })
-        })
-    };
-    json!({
-        "count": backups.len(),
-        "bytes": backups.iter().map(crate::backup::size_of).sum::<u64>(),
-        "last_full": last_of(crate::backup::Kind::Full),
-        "last_incremental": last_of(crate::backup::Kind::Incremental),
-    })
 }
 
 impl Telos {
@@ -327,6 +320,7 @@ impl Telos {
             exec: self.exec.clone(),
             memory: self.memory.clone(),
             settings: self.settings.clone(),
+            summary: self.backups.clone(),
         }
     }
 
@@ -365,11 +359,9 @@ where
     })
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Reply {
+fn unreachable(error: TelosError) -> Reply {
     Reply {
-        result: Err(TelosError::Unavailable(format!(
-            "the object could not be reached: {e}"
-        ))),
+        result: Err(error),
         logs: Vec::new(),
     }
 }

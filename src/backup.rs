@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
@@ -351,6 +352,47 @@ fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
         .with_context(|| format!("reading {}", path.join(MANIFEST).display()))?;
     serde_json::from_str(&text)
         .with_context(|| format!("parsing {}", path.join(MANIFEST).display()))
+}
+
+/// The backups part of `/api/health` (blocking: reads every manifest and verification).
+pub fn summary(dir: &Path) -> Json {
+    let backups = list(dir).unwrap_or_default();
+    let last_of = |kind: Kind| {
+        backups.iter().rev().find(|m| m.kind == kind).map(|m| {
+            serde_json::json!({
+                "id": m.id,
+                "at": m.created_at,
+                "size": size_of(m),
+                "verification": last_verification(dir, &m.id),
+            })
+        })
+    };
+    serde_json::json!({
+        "count": backups.len(),
+        "bytes": backups.iter().map(size_of).sum::<u64>(),
+        "last_full": last_of(Kind::Full),
+        "last_incremental": last_of(Kind::Incremental),
+    })
+}
+
+/// [`summary`] as last computed: health and `/metrics` read it without touching a disk; the
+/// backup actor refreshes it (on a blocking worker) whenever a backup, a verification or a
+/// purge changes what is on disk.
+#[derive(Clone, Default)]
+pub struct SummaryCache(Arc<RwLock<Option<Json>>>);
+
+impl SummaryCache {
+    /// The cached summary, if one was computed yet.
+    pub fn get(&self) -> Option<Json> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Recomputes the summary from `dir` (blocking).
+    pub fn refresh(&self, dir: &Path) -> Json {
+        let fresh = summary(dir);
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        fresh
+    }
 }
 
 /// The last recorded verification of a backup, if any.

@@ -71,6 +71,17 @@ impl TelosError {
         }
     }
 
+    /// A part of the server that another depends on failed: a client reads `what`, the cause
+    /// (paths, URLs, a library's own text) goes to the log under an incident id the client gets.
+    pub fn unavailable(what: impl fmt::Display, cause: impl fmt::Display) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let incident = &id[..12];
+        tracing::warn!(incident, cause = %format!("{cause:#}"), "{what}");
+        TelosError::Unavailable(format!(
+            "{what} (incident {incident}; the server log has the details)"
+        ))
+    }
+
     /// What a client is told. An internal failure's text (database messages, paths) stays in
     /// the server's log under an incident id; the client gets the id to quote.
     pub fn public_message(&self) -> String {
@@ -97,7 +108,7 @@ impl TelosError {
 
     /// Wraps any internal failure, keeping its whole cause chain in the message.
     pub fn internal(err: impl fmt::Display) -> Self {
-        TelosError::Internal(err.to_string())
+        TelosError::Internal(format!("{err:#}"))
     }
 }
 

@@ -131,6 +131,24 @@ impl Op {
     fn is_dry(&self) -> bool {
         matches!(self, Op::Check { .. } | Op::Trial { .. } | Op::Query { .. })
     }
+
+    /// The operation's name and the selector or slot it concerns, for logs and spans.
+    pub fn describe(&self) -> (&'static str, &str) {
+        match self {
+            Op::Send { selector, .. } => ("send", selector),
+            Op::Query { selector, .. } => ("query", selector),
+            Op::Clone { .. } => ("clone", ""),
+            Op::SetValue { name, .. } => ("set_value", name),
+            Op::SystemSet { name, .. } => ("system_set", name),
+            Op::SetMethod { name, .. } => ("set_method", name),
+            Op::RemoveSlot { name } => ("remove_slot", name),
+            Op::Delete => ("delete", ""),
+            Op::Check { name, .. } => ("check", name),
+            Op::Trial { name, .. } => ("trial", name),
+            Op::Install { name, .. } => ("install", name),
+            Op::Rollback { name } => ("rollback", name),
+        }
+    }
 }
 
 /// A message nothing in the chain understood: the generative kernel's business.

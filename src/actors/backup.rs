@@ -184,6 +184,30 @@ async fn run(
     retention: Retention,
     kind: Kind,
 ) -> Result<Manifest, TelosError> {
+    let span = tracing::info_span!("backup", ?kind, id = tracing::field::Empty);
+    let started = std::time::Instant::now();
+    let result =
+        tracing::Instrument::instrument(take(telos, dir, retention, kind), span.clone()).await;
+    span.in_scope(|| match &result {
+        Ok(m) => {
+            span.record("id", m.id.as_str());
+            tracing::info!(
+                objects = m.total_objects,
+                ms = started.elapsed().as_millis() as u64,
+                "backup taken"
+            )
+        }
+        Err(e) => tracing::error!(error = %e, "backup failed"),
+    });
+    result
+}
+
+async fn take(
+    telos: BackupDeps,
+    dir: PathBuf,
+    retention: Retention,
+    kind: Kind,
+) -> Result<Manifest, TelosError> {
     let now = Utc::now();
     // The index is a cache of the records the backup carries, but a saved index makes the next
     // start quick; a failure here is logged and does not stop the backup.
@@ -213,9 +237,21 @@ async fn run(
         _ => slot,
     };
     set_slot(&telos, slot, record).await;
-    let manifest = result.map_err(|e| TelosError::Internal(format!("backup failed: {e:#}")))?;
-    let purged =
-        off_the_arbiter(move || async move { backup::purge(&dir, now, retention) }).await?;
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let (summary, dir) = (telos.summary.clone(), dir.clone());
+            let _ = tokio::task::spawn_blocking(move || summary.refresh(&dir)).await;
+            return Err(TelosError::Internal(format!("backup failed: {e:#}")));
+        }
+    };
+    let summary = telos.summary.clone();
+    let purged = off_the_arbiter(move || async move {
+        let purged = backup::purge(&dir, now, retention);
+        summary.refresh(&dir);
+        purged
+    })
+    .await?;
     match purged {
         Ok(purged) if !purged.is_empty() => tracing::info!(?purged, "retention applied"),
         Ok(_) => {}
@@ -252,6 +288,8 @@ pub struct BackupDeps {
     pub exec: Executor,
     pub memory: Addr<MemoryActor>,
     pub settings: Arc<Settings>,
+    /// What health reports of the backups, refreshed here whenever they change.
+    pub summary: backup::SummaryCache,
 }
 
 impl BackupDeps {
@@ -293,7 +331,18 @@ impl Actor for BackupActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let telos = self.telos.clone();
-        let load = async move { telos.view(MANAGER).await };
+        let dir = self.dir.clone();
+        let load = async move {
+            // Half-written backups of an interrupted run go, and health gets its first summary:
+            // both read the disk, so on a blocking worker.
+            let summary = telos.summary.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                backup::remove_leftovers(&dir);
+                summary.refresh(&dir);
+            })
+            .await;
+            telos.view(MANAGER).await
+        };
         ctx.wait(load.into_actor(self).map(|view, act, ctx| {
             let view = view.unwrap_or(Json::Null);
             let slots = &view["slots"];
@@ -312,7 +361,6 @@ impl Actor for BackupActor {
                 Ok(r) => tracing::warn!(?r, "backup_manager.retention is out of range: keeping the default policy"),
                 Err(_) => {}
             }
-            crate::backup::remove_leftovers(&act.dir);
             // Missed runs: the schedule fired since the last run (or since it took effect).
             let now = Utc::now();
             let last = |slot: &str| {
@@ -361,6 +409,8 @@ impl Handler<VerifyBackup> for BackupActor {
     fn handle(&mut self, msg: VerifyBackup, _: &mut Context<Self>) -> Self::Result {
         let dir = self.dir.clone();
         let telos = self.telos.clone();
+        let summary = telos.summary.clone();
+        let span = tracing::info_span!("verify", id = ?msg.id);
         let job = async move {
             let v = off_the_arbiter(move || async move {
                 let id = match msg.id {
@@ -374,7 +424,9 @@ impl Handler<VerifyBackup> for BackupActor {
                 if !backup::path_of(&dir, &id).join("manifest.json").exists() {
                     return Err(TelosError::NotFound(format!("no backup {id}")));
                 }
-                Ok(backup::verify(&dir, &id, Utc::now()).await?)
+                let v = backup::verify(&dir, &id, Utc::now()).await?;
+                summary.refresh(&dir);
+                Ok(v)
             })
             .await??;
             set_slot(
@@ -383,8 +435,10 @@ impl Handler<VerifyBackup> for BackupActor {
                 serde_json::to_value(&v).unwrap_or_default(),
             )
             .await;
+            tracing::info!(ok = v.ok, "backup verified");
             Ok(v)
         };
+        let job = tracing::Instrument::instrument(job, span);
         AtomicResponse::new(Box::pin(job.into_actor(self)))
     }
 }

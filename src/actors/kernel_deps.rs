@@ -50,7 +50,7 @@ impl Personas for KernelDeps {
         async move {
             request
                 .await
-                .map_err(|e| format!("the persona host is not running: {e}"))?
+                .map_err(|e| super::down(super::Who::Personas)(e).to_string())?
                 .map_err(|e| e.to_string())
         }
     }

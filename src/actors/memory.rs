@@ -78,7 +78,7 @@ pub async fn search(
             vector,
         })
         .await
-        .map_err(super::down("the memory"))?
+        .map_err(super::down(super::Who::Memory))?
 }
 
 /// Embeds `items` outside the memory actor, then remembers them there: the actor's one thread
@@ -93,7 +93,7 @@ pub async fn remember(
     memory
         .send(Remember { items, vectors })
         .await
-        .map_err(super::down("the memory"))?
+        .map_err(super::down(super::Who::Memory))?
 }
 
 /// Like [`remember`], replacing every memory of `owner` of `kind` (one transaction).
@@ -113,7 +113,7 @@ pub async fn replace(
             vectors,
         })
         .await
-        .map_err(super::down("the memory"))?
+        .map_err(super::down(super::Who::Memory))?
 }
 
 async fn embed_items(

@@ -15,10 +15,36 @@
 
 use crate::error::TelosError;
 
-/// How a closed mailbox reads to a caller: `who` (e.g. "the memory") is not running. The one
-/// mapping of an actor's [`actix::MailboxError`], used wherever an actor is asked.
-pub fn down(who: &'static str) -> impl Fn(actix::MailboxError) -> TelosError + Copy {
-    move |e| TelosError::Unavailable(format!("{who} is not running: {e}"))
+/// The actors a caller may find not running, as a person reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    Directory,
+    Object,
+    Memory,
+    Personas,
+    Embedder,
+    Backups,
+    Kernel,
+}
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Who::Directory => "the object directory",
+            Who::Object => "the object's actor",
+            Who::Memory => "the memory",
+            Who::Personas => "the persona host",
+            Who::Embedder => "the embedder",
+            Who::Backups => "the backup actor",
+            Who::Kernel => "the generative kernel",
+        })
+    }
+}
+
+/// How a closed mailbox reads to a caller: `who` is not running. The one mapping of an actor's
+/// [`actix::MailboxError`], used wherever an actor is asked.
+pub fn down(who: Who) -> impl Fn(actix::MailboxError) -> TelosError + Copy {
+    move |e| TelosError::Unavailable(format!("{who} is not running ({e})"))
 }
 
 pub mod backup;

@@ -89,6 +89,18 @@ impl Handler<Dispatch> for ObjectActor {
         let kernel = self.kernel.clone();
         let oid = self.oid.clone();
         let deleting = matches!(msg.op, Op::Delete);
+        let (op, selector) = msg.op.describe();
+        // One span per top-level message: everything logged while it runs (a kernel run, its
+        // stages) is attributed to it; its outcome and duration are recorded when it ends.
+        let span = tracing::info_span!(
+            "message",
+            target = %oid,
+            op,
+            selector,
+            outcome = tracing::field::Empty,
+            ms = tracing::field::Empty,
+        );
+        let started = Instant::now();
         let work = async move {
             let mut all_logs = Vec::new();
             let mut learned: Option<super::kernel::KernelRun> = None;
@@ -130,12 +142,7 @@ impl Handler<Dispatch> for ObjectActor {
                             }
                             Ok(Err(e)) => return (Err(e), all_logs),
                             Err(e) => {
-                                return (
-                                    Err(TelosError::Unavailable(format!(
-                                        "the kernel is not available: {e}"
-                                    ))),
-                                    all_logs,
-                                );
+                                return (Err(super::down(super::Who::Kernel)(e)), all_logs);
                             }
                         }
                     }
@@ -148,9 +155,19 @@ impl Handler<Dispatch> for ObjectActor {
                 all_logs,
             )
         };
+        let work = tracing::Instrument::instrument(work, span.clone());
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |(result, logs), act, ctx| {
                 act.last_active = Instant::now();
+                span.record(
+                    "outcome",
+                    match &result {
+                        Ok(_) => "done",
+                        Err(e) => e.code(),
+                    },
+                );
+                span.record("ms", started.elapsed().as_secs_f64() * 1000.0);
+                span.in_scope(|| tracing::debug!("message answered"));
                 // The object is gone (deleted, or never existed): no reason to stay alive.
                 let gone = match &result {
                     Ok(_) => deleting,

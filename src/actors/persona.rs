@@ -236,9 +236,8 @@ impl EmbedderActor {
     fn embedder(&mut self) -> Result<&Embedder, TelosError> {
         if self.embedder.is_none() {
             let t = Instant::now();
-            let e = Embedder::load(&self.models_dir, self.threads).map_err(|e| {
-                TelosError::Unavailable(format!("the embedder could not be loaded: {e:#}"))
-            })?;
+            let e = Embedder::load(&self.models_dir, self.threads)
+                .map_err(|e| TelosError::unavailable("the embedder could not be loaded", e))?;
             tracing::info!(
                 ms = t.elapsed().as_millis() as u64,
                 "MiniLM embedder loaded"
@@ -404,7 +403,7 @@ impl PersonaActor {
             }
             let model =
                 LocalModel::load(&path, self.settings.llm_threads, self.settings.llm_context)
-                    .map_err(|e| TelosError::Unavailable(format!("{e:#}")))?;
+                    .map_err(|e| TelosError::unavailable("the model could not be loaded", e))?;
             self.loaded.insert(
                 path.clone(),
                 Loaded {
@@ -479,6 +478,7 @@ impl PersonaActor {
             }
         };
         let (text, tokens) = answer.map_err(|e| {
+            // The model server's own words (e.g. "out of GPU memory") are what a person needs.
             TelosError::Unavailable(format!("persona {name} ({backend}) failed: {e:#}"))
         })?;
         tracing::debug!(persona = %name, %backend, reply = %text, "persona answered");
@@ -578,7 +578,7 @@ impl Handler<Warm> for PersonaActor {
                         1,
                         Stop::Line,
                     )
-                    .map_err(|e| TelosError::Unavailable(format!("{e:#}")))
+                    .map_err(|e| TelosError::unavailable("warming the model failed", e))
             }));
             self.board.state().busy = None;
             match warmed {
@@ -705,7 +705,7 @@ impl EmbedClient {
                 actix::spawn(async move {
                     let answer = match request.await {
                         Ok(a) => a,
-                        Err(e) => Err(super::down("the model host")(e)),
+                        Err(e) => Err(super::down(super::Who::Embedder)(e)),
                     };
                     drop(worker);
                     match answer {

@@ -204,7 +204,7 @@ async fn set_persona(
             config: body.into_inner(),
         })
         .await
-        .map_err(crate::actors::down("the persona host"))??;
+        .map_err(crate::actors::down(crate::actors::Who::Personas))??;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -215,7 +215,7 @@ async fn unload_persona(telos: web::Data<Telos>, name: web::Path<String>) -> Api
         .personas
         .send(crate::actors::persona::Unload { name: name.clone() })
         .await
-        .map_err(crate::actors::down("the persona host"))??;
+        .map_err(crate::actors::down(crate::actors::Who::Personas))??;
     Ok(HttpResponse::Ok().json(json!({ "persona": name, "unloaded": unloaded })))
 }
 
@@ -425,7 +425,7 @@ async fn memory_reindex(
         .memory
         .send(crate::actors::memory::Reindex)
         .await
-        .map_err(crate::actors::down("the memory"))??;
+        .map_err(crate::actors::down(crate::actors::Who::Memory))??;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "records": records,
         "retrievable_objects": objects,

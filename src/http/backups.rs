@@ -26,22 +26,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn mailbox(e: actix::MailboxError) -> ApiError {
-    crate::actors::down("the backup actor")(e).into()
+    crate::actors::down(crate::actors::Who::Backups)(e).into()
 }
 
 async fn list(telos: web::Data<Telos>) -> ApiResult {
     let dir = telos.settings.backup_dir.clone();
-    let all = backup::list(&dir).map_err(TelosError::from)?;
-    let rows: Vec<_> = all
-        .iter()
-        .rev()
-        .map(|m| {
-            let mut v = serde_json::to_value(m).unwrap_or_default();
-            v["size"] = json!(backup::size_of(m));
-            v["verification"] = json!(backup::last_verification(&dir, &m.id));
-            v
-        })
-        .collect();
+    // Manifests and verifications are files: read on a blocking worker.
+    let rows = web::block(move || {
+        let all = backup::list(&dir)?;
+        Ok::<_, anyhow::Error>(
+            all.iter()
+                .rev()
+                .map(|m| {
+                    let mut v = serde_json::to_value(m).unwrap_or_default();
+                    v["size"] = json!(backup::size_of(m));
+                    v["verification"] = json!(backup::last_verification(&dir, &m.id));
+                    v
+                })
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await
+    .map_err(TelosError::internal)?
+    .map_err(TelosError::from)?;
     Ok(HttpResponse::Ok().json(rows))
 }
 

@@ -393,7 +393,7 @@ impl WsSession {
                     temperature: None,
                 })
                 .await
-                .map_err(crate::actors::down("the persona host"))
+                .map_err(crate::actors::down(crate::actors::Who::Personas))
                 .and_then(|r| r);
             drop(slot);
             me.do_send(Out(match answer {

@@ -658,7 +658,12 @@ pub async fn generate<X: Personas + Sandbox>(
                 json!({ "round": rounds, "of": cfg.repair_rounds, "stage": fb.stage, "error": fb.error }),
             );
         }
-        let span = tracing::debug_span!("round", round = rounds);
+        // Round 0 writes; every later round is a repair of the one before.
+        let span = if rounds == 0 {
+            tracing::info_span!("round", round = rounds)
+        } else {
+            tracing::info_span!("stage", stage = "repair", round = rounds)
+        };
         let outcome = async {
             let w = match write(
                 x,

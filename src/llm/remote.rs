@@ -81,9 +81,9 @@ impl Backend for Remote {
         messages: &[Message],
     ) -> anyhow::Result<(String, Option<u32>)> {
         if self.base.starts_with("https://") {
+            tracing::warn!(url = %self.base, "the model server's address is HTTPS");
             bail!(
-                "{} is HTTPS; this build talks plain HTTP to model servers (put a local proxy in front)",
-                self.base
+                "the model server's address is HTTPS; this build talks plain HTTP to model servers (put a local proxy in front)"
             );
         }
         let (url, body) = self.request(cfg, messages);
@@ -98,15 +98,16 @@ impl Backend for Remote {
             if !key.is_empty() {
                 req = req.bearer_auth(&key);
             }
-            let mut resp = req
-                .send_json(&body)
-                .await
-                .map_err(|e| anyhow!("cannot reach {url}: {e}"))?;
+            let mut resp = req.send_json(&body).await.map_err(|e| {
+                // The address is the operator's business: logged, not told to clients.
+                tracing::warn!(%url, error = %e, "cannot reach the model server");
+                anyhow!("cannot reach the model server: {e}")
+            })?;
             let bytes = resp
                 .body()
                 .limit(16 << 20)
                 .await
-                .with_context(|| format!("reading the answer of {url}"))?;
+                .context("reading the model server's answer")?;
             Ok::<_, anyhow::Error>((resp.status(), bytes))
         })?;
         if !status.is_success() {
