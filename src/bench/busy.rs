@@ -138,7 +138,7 @@ impl Samples {
 /// Probes every 100 ms for `seconds`, as `GET /api/memory/search` (a new query each time, in
 /// its two parts) and `GET /api/health` do; with `generating`, only while a generation runs.
 async fn probe(
-    telos: &crate::app::Telos,
+    telos: &crate::telos::Telos,
     seconds: u64,
     generating: bool,
 ) -> anyhow::Result<Samples> {

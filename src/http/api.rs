@@ -6,9 +6,9 @@ use serde_json::{Value as Json, json};
 
 use super::error::ApiError;
 use crate::actors::object::Reply;
-use crate::app::Telos;
 use crate::object::Slot;
 use crate::sandbox::Op;
+use crate::telos::Telos;
 use crate::world::slots_arg;
 
 type ApiResult = Result<HttpResponse, ApiError>;

@@ -9,9 +9,9 @@ use super::error::ApiError;
 use crate::actors::backup::{
     BackupActor, GetRetention, GetSchedule, RunBackup, SetRetention, SetSchedule, VerifyBackup,
 };
-use crate::app::Telos;
 use crate::backup::{self, Kind};
 use crate::error::TelosError;
+use crate::telos::Telos;
 
 type ApiResult = Result<HttpResponse, ApiError>;
 

@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 
-use crate::app::Telos;
+use crate::telos::Telos;
 use error::ApiError;
 
 /// The page, embedded so the binary serves it from anywhere (no build step, no CDN).

@@ -23,9 +23,9 @@ use super::error::ApiError;
 use super::guard::Boundary;
 use crate::actors::kernel::{Progress, StageEvent};
 use crate::actors::object::Reply;
-use crate::app::Telos;
 use crate::error::TelosError;
 use crate::line;
+use crate::telos::Telos;
 use crate::world::Change;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
