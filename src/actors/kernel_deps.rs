@@ -176,7 +176,7 @@ impl Facts for KernelDeps {
         receiver: &str,
         selector: &str,
         since: i64,
-    ) -> impl Future<Output = Result<Vec<Json>, TelosError>> + Send {
+    ) -> impl Future<Output = Result<Vec<crate::store::Failure>, TelosError>> + Send {
         let world = self.world.clone();
         let (receiver, selector) = (receiver.to_string(), selector.to_string());
         async move {
@@ -187,7 +187,7 @@ impl Facts for KernelDeps {
         }
     }
 
-    fn record_attempt(&self, attempt: Json) -> impl Future<Output = ()> + Send {
+    fn record_attempt(&self, attempt: crate::store::Attempt) -> impl Future<Output = ()> + Send {
         let world = self.world.clone();
         async move {
             if let Err(e) = world.store().record_attempt(attempt).await {

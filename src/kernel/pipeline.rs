@@ -27,6 +27,7 @@ use crate::llm::{Generated, Message, prompt_text};
 use crate::memory::{Found, NewMemory, ORIGIN_KERNEL};
 use crate::object::Method;
 use crate::sandbox::Miss;
+use crate::store::{Attempt, Failure};
 
 /// One step of a kernel run, as streamed to clients.
 #[derive(Debug, Clone, Serialize)]
@@ -161,14 +162,13 @@ pub trait Facts: Sync {
     /// Whether `a` and `b` share a non-primordial ancestor.
     fn related(&self, a: &str, b: &str) -> impl Future<Output = bool> + Send;
     /// Failed attempts of `selector` on `receiver` since `since` (unix seconds), oldest first:
-    /// `{"stage","reason","at"}`.
     fn failures(
         &self,
         receiver: &str,
         selector: &str,
         since: i64,
-    ) -> impl Future<Output = Result<Vec<Json>, TelosError>> + Send;
-    fn record_attempt(&self, attempt: Json) -> impl Future<Output = ()> + Send;
+    ) -> impl Future<Output = Result<Vec<Failure>, TelosError>> + Send;
+    fn record_attempt(&self, attempt: Attempt) -> impl Future<Output = ()> + Send;
 }
 
 /// The kernel's settings.
@@ -273,17 +273,18 @@ pub async fn gate<F: Facts>(
         .failures(&miss.receiver, &miss.selector, since)
         .await?;
     if cfg.max_failures > 0 && failures.len() >= cfg.max_failures {
-        let last = failures.last().cloned().unwrap_or(Json::Null);
-        let retry_at = last["at"].as_i64().unwrap_or(0) + cfg.failure_window_secs as i64;
+        let (stage, why, at) = failures
+            .last()
+            .map(|f| (f.stage.as_str(), f.reason.as_str(), f.at))
+            .unwrap_or(("?", "?", 0));
+        let retry_at = at + cfg.failure_window_secs as i64;
         let when = chrono::DateTime::from_timestamp(retry_at, 0)
             .map(|t| t.to_rfc3339())
             .unwrap_or_default();
         let reason = format!(
-            "it failed {} times in the last {} s (last at the {} stage: {}); not trying again before {when}",
+            "it failed {} times in the last {} s (last at the {stage} stage: {why}); not trying again before {when}",
             failures.len(),
             cfg.failure_window_secs,
-            last["stage"].as_str().unwrap_or("?"),
-            last["reason"].as_str().unwrap_or("?"),
         );
         em.emit(Stage::Gate, Status::Failed, json!({ "error": reason }));
         return Err(fail(miss, Stage::Gate, reason));
@@ -293,8 +294,8 @@ pub async fn gate<F: Facts>(
         .rev()
         .take(3)
         .map(|f| PastFailure {
-            stage: f["stage"].as_str().unwrap_or("?").to_string(),
-            reason: f["reason"].as_str().unwrap_or("?").to_string(),
+            stage: f.stage.clone(),
+            reason: f.reason.clone(),
         })
         .collect())
 }
@@ -893,16 +894,16 @@ pub async fn run_recorded<X: Personas + Memory + Sandbox + Facts>(
         Err(e) => (false, "kernel", e.to_string()),
     };
     if stage != Stage::Gate.as_str() {
-        x.record_attempt(json!({
-            "run": em.run,
-            "receiver": miss.receiver,
-            "selector": miss.selector,
-            "ok": ok,
-            "stage": stage,
-            "reason": reason,
-            "at": now,
-            "ms": em.elapsed_ms(),
-        }))
+        x.record_attempt(Attempt {
+            run: em.run.to_string(),
+            receiver: miss.receiver.clone(),
+            selector: miss.selector.clone(),
+            ok,
+            stage: stage.to_string(),
+            reason,
+            at: now,
+            ms: em.elapsed_ms(),
+        })
         .await;
     }
     match &result {
@@ -1009,8 +1010,8 @@ mod tests {
         throws: Vec<String>,
         trials: Mutex<Vec<String>>,
         installed: Mutex<Vec<Method>>,
-        failures: Vec<Json>,
-        attempts: Mutex<Vec<Json>>,
+        failures: Vec<Failure>,
+        attempts: Mutex<Vec<Attempt>>,
         related: bool,
         slots: Vec<(String, String)>,
         recall_fails: bool,
@@ -1169,11 +1170,11 @@ mod tests {
             _: &str,
             _: &str,
             _: i64,
-        ) -> impl Future<Output = Result<Vec<Json>, TelosError>> + Send {
+        ) -> impl Future<Output = Result<Vec<Failure>, TelosError>> + Send {
             let f = self.failures.clone();
             async move { Ok(f) }
         }
-        fn record_attempt(&self, attempt: Json) -> impl Future<Output = ()> + Send {
+        fn record_attempt(&self, attempt: Attempt) -> impl Future<Output = ()> + Send {
             self.attempts.lock().unwrap().push(attempt);
             async {}
         }
@@ -1253,12 +1254,16 @@ mod tests {
         let installed = x.installed.lock().unwrap();
         assert_eq!(installed[0].origin, "kernel");
         assert_eq!(installed[0].provenance.as_ref().unwrap()["trial"], 12);
-        assert_eq!(x.attempts.lock().unwrap()[0]["ok"], true);
+        assert!(x.attempts.lock().unwrap()[0].ok);
     }
 
     #[tokio::test]
     async fn the_gate_refuses_a_selector_that_keeps_failing_and_records_nothing() {
-        let failure = json!({"stage": "trial", "reason": "NaN", "at": 100});
+        let failure = Failure {
+            stage: "trial".into(),
+            reason: "NaN".into(),
+            at: 100,
+        };
         let x = Fake {
             failures: vec![failure.clone(), failure.clone(), failure],
             ..Fake::default()
@@ -1274,7 +1279,11 @@ mod tests {
     #[tokio::test]
     async fn past_failures_reach_brick_as_mistakes_not_to_repeat() {
         let x = Fake {
-            failures: vec![json!({"stage": "trial", "reason": "self.slot is undefined", "at": 1})],
+            failures: vec![Failure {
+                stage: "trial".into(),
+                reason: "self.slot is undefined".into(),
+                at: 1,
+            }],
             slots: box_slots(),
             ..Fake::default()
         }

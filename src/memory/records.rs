@@ -35,6 +35,19 @@ fn rows_to_records(rows: Vec<Json>) -> Result<Vec<Record>> {
 }
 
 impl Store {
+    /// How many memory records there are.
+    pub async fn memory_count(&self) -> Result<u64> {
+        self.run(|db| async move {
+            let mut res = db
+                .query("SELECT count() AS n FROM memory GROUP ALL")
+                .await
+                .map_err(db_err)?;
+            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+            Ok(rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0))
+        })
+        .await?
+    }
+
     /// Writes `add` and deletes (with tombstones) `remove`, in one transaction at `seq`.
     pub fn memory_commit_blocking(&self, add: &[Record], remove: &[u64], seq: u64) -> Result<()> {
         let rows: Vec<Json> = add

@@ -1,0 +1,278 @@
+//! The store: SurrealDB, embedded (`surrealkv://` under the data dir) or remote (`ws://`).
+//!
+//! SurrealDB's client spawns background tasks on the Tokio runtime it is connected from, and its
+//! queries are CPU work. The store therefore owns a small multi-threaded runtime of its own: async
+//! callers await a task spawned there, and the script threads (plain OS threads) block on one.
+//! Nothing here knows about actors.
+//!
+//! One concept per file: [`config`] (where the world lives), [`schema`] (the schema files),
+//! [`data_dir`] (the lock, the damage marker, the corruption watch), and one repository per
+//! table: [`objects`], [`feed`] (the change feed backups read and restores apply), [`attempts`]
+//! (the kernel's attempt log); memory records live in [`crate::memory::records`].
+
+use std::fs::File;
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow, bail};
+use surrealdb::Surreal;
+use surrealdb::engine::any::{Any, connect};
+use surrealdb::opt::auth::Root;
+
+use crate::error::{Result, TelosError};
+use crate::object::primordial_objects;
+
+pub mod attempts;
+pub mod config;
+pub mod data_dir;
+pub mod feed;
+pub mod objects;
+pub mod schema;
+
+pub use attempts::{Attempt, Failure};
+pub use config::StoreConfig;
+pub use data_dir::{CorruptionWatch, DAMAGED_MARKER, check_world_expected};
+pub use feed::Changes;
+pub use objects::ObjectSummary;
+pub use schema::SCHEMA;
+
+use data_dir::{check_not_damaged, lock_data_dir, take_corruption};
+use schema::apply_schema;
+
+/// A handle on the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` only while closing.
+    db: Option<Surreal<Any>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Held for the life of the process so a second server on the same data dir fails early.
+    _lock: Option<File>,
+    /// Where the database files are (for operators and error messages).
+    location: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The storage engine closes (flushes, releases its lock) when the last client handle is
+        // dropped on a live runtime; then the runtime may stop. Done on a plain thread so it may
+        // block even when the store is dropped from async code.
+        let (Some(rt), db) = (self.runtime.take(), self.db.take()) else {
+            return;
+        };
+        let closing = std::thread::spawn(move || {
+            rt.block_on(async move {
+                drop(db);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            });
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        });
+        let _ = closing.join();
+    }
+}
+
+impl Store {
+    /// Opens (and if needed creates and awakens) the world's database.
+    pub fn open(cfg: &StoreConfig) -> anyhow::Result<Store> {
+        if cfg.db_url.is_empty() {
+            check_world_expected(&cfg.data_dir)?;
+        }
+        let store = Store::open_empty(cfg)?;
+        store.awaken()?;
+        Ok(store)
+    }
+
+    /// Opens the database and applies the schema, without awakening a world (restores).
+    pub fn open_empty(cfg: &StoreConfig) -> anyhow::Result<Store> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("telos-store")
+            .enable_all()
+            .build()
+            .context("starting the store's runtime")?;
+
+        let (endpoint, lock, location) = if cfg.db_url.is_empty() {
+            std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+                format!("creating the data directory {}", cfg.data_dir.display())
+            })?;
+            let dir = cfg
+                .data_dir
+                .canonicalize()
+                .with_context(|| format!("resolving {}", cfg.data_dir.display()))?;
+            let lock = lock_data_dir(&dir)?;
+            check_not_damaged(&dir)?;
+            take_corruption();
+            let db_path = dir.join("world");
+            (
+                format!("surrealkv://{}", db_path.display()),
+                Some(lock),
+                db_path.display().to_string(),
+            )
+        } else {
+            (cfg.db_url.clone(), None, cfg.db_url.clone())
+        };
+
+        let db = runtime.block_on(async {
+            // We hold the data dir's own lock, so a locked engine can only be a handle of this
+            // process that is still closing (e.g. right after a restore): give it a moment.
+            let mut attempts = 0;
+            let db = loop {
+                match connect(endpoint.as_str()).await {
+                    Ok(db) => break db,
+                    Err(e) if e.to_string().contains("already locked") && attempts < 30 => {
+                        attempts += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(e) if e.to_string().contains("already locked") => {
+                        bail!(
+                            "the database at {location} is in use by another process; stop it or choose another TELOS_DATA_DIR"
+                        )
+                    }
+                    Err(e) => bail!("opening the database at {location}: {e}"),
+                }
+            };
+            if !cfg.db_url.is_empty() && !cfg.db_user.is_empty() {
+                db.signin(Root {
+                    username: cfg.db_user.clone(),
+                    password: cfg.db_pass.clone(),
+                })
+                .await
+                .with_context(|| format!("signing in to {location}"))?;
+            }
+            db.use_ns(cfg.namespace.as_str())
+                .use_db(cfg.database.as_str())
+                .await
+                .context("selecting namespace and database")?;
+            anyhow::Ok(db)
+        })?;
+
+        if cfg.db_url.is_empty()
+            && let Some(detail) = take_corruption()
+        {
+            let dir = cfg.data_dir.clone();
+            let _ = std::fs::write(
+                dir.join(DAMAGED_MARKER),
+                format!("storage engine reported: {detail}\n"),
+            );
+            let err = check_not_damaged(&dir)
+                .err()
+                .unwrap_or_else(|| anyhow!("the database in {} is damaged", dir.display()));
+            drop(db);
+            runtime.shutdown_background();
+            return Err(err);
+        }
+        let store = Store {
+            inner: Arc::new(Inner {
+                db: Some(db),
+                runtime: Some(runtime),
+                _lock: lock,
+                location,
+            }),
+        };
+        store.block(|db| async move { apply_schema(&db).await })??;
+        Ok(store)
+    }
+
+    /// Where the database lives, for logs.
+    pub fn location(&self) -> &str {
+        &self.inner.location
+    }
+
+    pub(crate) fn db(&self) -> Surreal<Any> {
+        self.inner
+            .db
+            .clone()
+            .expect("the client lives as long as the store")
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.inner
+            .runtime
+            .as_ref()
+            .expect("runtime lives as long as the store")
+            .handle()
+    }
+
+    /// Runs `f(db)` on the store's runtime and waits for it from a plain (non-async) thread.
+    pub fn block<F, Fut, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Surreal<Any>) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = self.handle().spawn(f(self.db()));
+        self.handle()
+            .block_on(task)
+            .map_err(|e| TelosError::Internal(format!("store task failed: {e}")))
+    }
+
+    /// Runs `f(db)` on the store's runtime and awaits it from any async context.
+    pub async fn run<F, Fut, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Surreal<Any>) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.handle()
+            .spawn(f(self.db()))
+            .await
+            .map_err(|e| TelosError::Internal(format!("store task failed: {e}")))
+    }
+
+    /// Creates the primordial objects in one transaction if the world is empty.
+    fn awaken(&self) -> anyhow::Result<()> {
+        if self.load_blocking("traits_obj")?.is_some() {
+            return Ok(());
+        }
+        let objects = primordial_objects();
+        tracing::info!(count = objects.len(), "awakening a fresh world");
+        self.commit_blocking(&objects, &[], 1)?;
+        Ok(())
+    }
+
+    /// The world's identity: made once (at the first ask), kept in the database, carried by
+    /// every backup, so that an incremental never chains onto another world's full.
+    pub async fn world_id(&self) -> Result<String> {
+        self.run(|db| async move {
+            let mut res = db
+                .query("SELECT VALUE value FROM ONLY meta:world")
+                .await
+                .map_err(db_err)?;
+            let v: Option<String> = res.take(0).map_err(db_err)?;
+            if let Some(id) = v.filter(|v| !v.is_empty()) {
+                return Ok(id);
+            }
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            db.query("UPSERT meta:world SET value = $v RETURN NONE")
+                .bind(("v", id.clone()))
+                .await
+                .map_err(db_err)?
+                .check()
+                .map_err(db_err)?;
+            Ok(id)
+        })
+        .await?
+    }
+
+    /// Sets the world's identity (a restore keeps the identity of the world it restores).
+    pub async fn set_world_id(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.run(|db| async move {
+            db.query("UPSERT meta:world SET value = $v RETURN NONE")
+                .bind(("v", id))
+                .await
+                .map_err(db_err)?
+                .check()
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await?
+    }
+}
+
+pub(crate) fn db_err(e: surrealdb::Error) -> TelosError {
+    TelosError::Internal(format!("database: {e}"))
+}
