@@ -410,3 +410,141 @@ pub(super) fn stack_address() -> usize {
     let here = 0u8;
     std::hint::black_box(&here) as *const u8 as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use std::time::Duration;
+
+    use crate::store::{Store, StoreConfig};
+
+    fn engine() -> (tempfile::TempDir, Engine) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::embedded(dir.path().join("data"))).unwrap();
+        let world = World::new(store).unwrap();
+        let limits = Limits {
+            wall_time: Duration::from_secs(2),
+            ..Limits::default()
+        };
+        (dir, Engine::new(world, limits).unwrap())
+    }
+
+    fn send(e: &Engine, target: &str, selector: &str, args: Json) -> Outcome {
+        let args = args.as_array().cloned().unwrap_or_default();
+        e.run(
+            target,
+            &Op::Send {
+                selector: selector.into(),
+                args,
+            },
+        )
+    }
+
+    fn value(o: Outcome) -> Json {
+        match o {
+            Outcome::Done { value, .. } => value,
+            other => panic!("expected a value, got {other:?}"),
+        }
+    }
+
+    fn object(e: &Engine, slots: Json) -> String {
+        let slots = slots.as_object().cloned().unwrap();
+        let v = value(e.run("genesis_obj", &Op::Clone { slots }));
+        v["oid"].as_str().unwrap().to_string()
+    }
+
+    fn method(e: &Engine, oid: &str, name: &str, source: &str) {
+        value(e.run(
+            oid,
+            &Op::SetMethod {
+                name: name.into(),
+                source: source.into(),
+            },
+        ));
+    }
+
+    #[test]
+    fn a_value_slot_answers_its_getter_and_a_setter_writes_it() {
+        let (_dir, e) = engine();
+        let o = object(&e, json!({"w": 3}));
+        assert_eq!(value(send(&e, &o, "w", json!([]))), json!(3));
+        value(send(&e, &o, "w_", json!([5])));
+        assert_eq!(value(send(&e, &o, "w", json!([]))), json!(5));
+    }
+
+    #[test]
+    fn a_method_reads_slots_along_the_chain_and_sends_to_self() {
+        let (_dir, e) = engine();
+        let parent = object(&e, json!({"h": 4}));
+        method(
+            &e,
+            &parent,
+            "area",
+            "function area(self) { return self.w * self.h; }",
+        );
+        method(
+            &e,
+            &parent,
+            "twice",
+            "function twice(self) { return 2 * self.area(); }",
+        );
+        let child = value(e.run(
+            &parent,
+            &Op::Clone {
+                slots: json!({"w": 3}).as_object().cloned().unwrap(),
+            },
+        ))["oid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(value(send(&e, &child, "twice", json!([]))), json!(24));
+    }
+
+    #[test]
+    fn a_message_nothing_understands_is_a_miss_naming_receiver_and_selector() {
+        let (_dir, e) = engine();
+        let o = object(&e, json!({}));
+        match send(&e, &o, "perimeter", json!([1])) {
+            Outcome::Miss { miss, .. } => {
+                assert_eq!(miss.receiver, o);
+                assert_eq!(miss.selector, "perimeter");
+                assert_eq!(miss.args, vec![json!(1)]);
+            }
+            other => panic!("expected a miss, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_method_that_throws_part_way_leaves_nothing_changed() {
+        let (_dir, e) = engine();
+        let a = object(&e, json!({"n": 1}));
+        let b = object(&e, json!({"n": 1}));
+        let source = format!(
+            "function spoil(self) {{ self.n = 2; send(\"{b}\", \"n_\", 2); throw new Error(\"no\"); }}"
+        );
+        method(&e, &a, "spoil", &source);
+        assert!(matches!(
+            send(&e, &a, "spoil", json!([])),
+            Outcome::Failed { .. }
+        ));
+        assert_eq!(value(send(&e, &a, "n", json!([]))), json!(1));
+        assert_eq!(value(send(&e, &b, "n", json!([]))), json!(1));
+    }
+
+    #[test]
+    fn a_method_that_never_ends_is_stopped_by_the_wall_time_limit() {
+        let (_dir, e) = engine();
+        let o = object(&e, json!({"n": 1}));
+        method(&e, &o, "spin", "function spin(self) { for (;;) {} }");
+        match send(&e, &o, "spin", json!([])) {
+            Outcome::Failed { error, .. } => {
+                assert_eq!(error.code(), "limit_exceeded", "{error}")
+            }
+            other => panic!("expected a limit, got {other:?}"),
+        }
+        // The engine serves the next message.
+        assert_eq!(value(send(&e, &o, "n", json!([]))), json!(1));
+    }
+}
