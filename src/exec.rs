@@ -20,6 +20,8 @@ struct Job {
     target: String,
     op: Op,
     reply: oneshot::Sender<Ran>,
+    /// Counts the job in `telos_script_queue_depth` until a script thread takes it.
+    queued: crate::metrics::Held,
 }
 
 /// Operations that may wait for a script thread before new ones are refused as `busy`.
@@ -65,6 +67,7 @@ impl Executor {
                             queue.recv()
                         };
                         let Ok(job) = job else { break };
+                        drop(job.queued);
                         let span = tracing::debug_span!("operation", target = %job.target);
                         let _enter = span.enter();
                         // Writes are queued for the committer; the caller waits for them to be
@@ -110,6 +113,7 @@ impl Executor {
             target: target.to_string(),
             op,
             reply,
+            queued: crate::metrics::Held::new(&crate::metrics::metrics().script_queue),
         })?;
         let ran = outcome
             .await
@@ -124,6 +128,7 @@ impl Executor {
             target: target.to_string(),
             op,
             reply,
+            queued: crate::metrics::Held::new(&crate::metrics::metrics().script_queue),
         })?;
         let ran = outcome
             .blocking_recv()

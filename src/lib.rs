@@ -46,6 +46,7 @@ pub mod kernel;
 pub mod line;
 pub mod llm;
 pub mod memory;
+pub mod metrics;
 pub mod object;
 pub mod sandbox;
 pub mod store;

@@ -188,6 +188,26 @@ async fn run(
     let started = std::time::Instant::now();
     let result =
         tracing::Instrument::instrument(take(telos, dir, retention, kind), span.clone()).await;
+    let m = crate::metrics::metrics();
+    let kind_label = match kind {
+        Kind::Full => "full",
+        Kind::Incremental => "incremental",
+    };
+    m.count(
+        "telos_backups_total",
+        "Backups taken, by kind and outcome.",
+        &[
+            ("kind", kind_label),
+            ("outcome", if result.is_ok() { "ok" } else { "failed" }),
+        ],
+        1,
+    );
+    m.observe(
+        "telos_backup_duration_seconds",
+        "How long a backup took (taking, recording, retention).",
+        &[("kind", kind_label)],
+        started.elapsed(),
+    );
     span.in_scope(|| match &result {
         Ok(m) => {
             span.record("id", m.id.as_str());

@@ -65,12 +65,13 @@ pub async fn search(
     if query.trim().is_empty() {
         return Err(TelosError::BadRequest("the search query is empty".into()));
     }
+    let started = std::time::Instant::now();
     let vector = embedder
         .embed(vec![query.clone()])
         .await?
         .pop()
         .ok_or_else(|| TelosError::Internal("the embedder answered no vector".into()))?;
-    memory
+    let found = memory
         .send(Search {
             query,
             k,
@@ -78,7 +79,14 @@ pub async fn search(
             vector,
         })
         .await
-        .map_err(super::down(super::Who::Memory))?
+        .map_err(super::down(super::Who::Memory))?;
+    crate::metrics::metrics().observe(
+        "telos_memory_search_duration_seconds",
+        "Memory searches: embedding the query and the index lookup.",
+        &[],
+        started.elapsed(),
+    );
+    found
 }
 
 /// Embeds `items` outside the memory actor, then remembers them there: the actor's one thread

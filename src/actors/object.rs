@@ -159,14 +159,26 @@ impl Handler<Dispatch> for ObjectActor {
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |(result, logs), act, ctx| {
                 act.last_active = Instant::now();
-                span.record(
-                    "outcome",
-                    match &result {
-                        Ok(_) => "done",
-                        Err(e) => e.code(),
-                    },
+                let outcome = match &result {
+                    Ok(_) => "done",
+                    Err(e) => e.code(),
+                };
+                span.record("outcome", outcome);
+                let took = started.elapsed();
+                span.record("ms", took.as_secs_f64() * 1000.0);
+                let m = crate::metrics::metrics();
+                m.count(
+                    "telos_messages_total",
+                    "Top-level messages answered, by operation and outcome (an error code).",
+                    &[("op", op), ("outcome", outcome)],
+                    1,
                 );
-                span.record("ms", started.elapsed().as_secs_f64() * 1000.0);
+                m.observe(
+                    "telos_message_duration_seconds",
+                    "Time from a top-level message reaching its object's actor to its answer.",
+                    &[("op", op)],
+                    took,
+                );
                 span.in_scope(|| tracing::debug!("message answered"));
                 // The object is gone (deleted, or never existed): no reason to stay alive.
                 let gone = match &result {

@@ -273,12 +273,26 @@ impl Handler<Embed> for EmbedderActor {
 
     fn handle(&mut self, msg: Embed, _: &mut SyncContext<Self>) -> Self::Result {
         let n = msg.texts.len() as u64;
+        let started = Instant::now();
         let embedded = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.embedder()?
                 .embed(&msg.texts)
                 .map_err(|e| TelosError::Internal(format!("embedding failed: {e:#}")))
         }))
         .unwrap_or_else(|_| Err(TelosError::Internal("the embedder panicked".into())))?;
+        let m = crate::metrics::metrics();
+        m.count(
+            "telos_embedded_texts_total",
+            "Texts embedded by MiniLM.",
+            &[],
+            n,
+        );
+        m.observe(
+            "telos_embedding_duration_seconds",
+            "One embedding batch on an embedder thread.",
+            &[],
+            started.elapsed(),
+        );
         self.stats.texts.fetch_add(n, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         Ok(Embedded {
@@ -742,6 +756,7 @@ impl EmbedClient {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let _queued = crate::metrics::Held::new(&crate::metrics::metrics().embed_queue);
         let rx = self.submit(texts)?;
         rx.await
             .map_err(|_| TelosError::Unavailable("the embedder has stopped".into()))?

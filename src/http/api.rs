@@ -318,6 +318,7 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
         ));
     }
+    out.push_str(&crate::metrics::metrics().render());
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out))

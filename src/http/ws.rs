@@ -180,6 +180,18 @@ pub struct WsSession {
     max_frame: usize,
     /// Messages sent on this connection and not answered yet, against `ws_inflight`.
     inflight: Arc<AtomicUsize>,
+    /// Counts this connection in `telos_ws_connections`.
+    _open: crate::metrics::Held,
+}
+
+/// Counts one text frame received (`in`) or sent (`out`).
+fn frames(direction: &'static str) {
+    crate::metrics::metrics().count(
+        "telos_ws_frames_total",
+        "WebSocket text frames, by direction.",
+        &[("direction", direction)],
+        1,
+    );
 }
 
 impl WsSession {
@@ -196,10 +208,12 @@ impl WsSession {
             rate,
             max_frame,
             inflight: Arc::new(AtomicUsize::new(0)),
+            _open: crate::metrics::Held::new(&crate::metrics::metrics().ws_connections),
         }
     }
 
     fn send_json(ctx: &mut ws::WebsocketContext<Self>, frame: Json) {
+        frames("out");
         ctx.text(frame.to_string());
     }
 
@@ -208,6 +222,7 @@ impl WsSession {
     }
 
     fn handle_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        frames("in");
         if text.len() > self.max_frame {
             let err = TelosError::BadRequest(format!(
                 "frame of {} bytes is over the limit of {} bytes",

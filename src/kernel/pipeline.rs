@@ -62,6 +62,8 @@ pub struct Emitter {
     started: Instant,
     stages: broadcast::Sender<StageEvent>,
     progress: Option<Progress>,
+    /// When each stage last started, for the per-stage duration histogram.
+    begun: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Stage, Instant>>>,
 }
 
 impl Emitter {
@@ -78,6 +80,7 @@ impl Emitter {
             started: Instant::now(),
             stages,
             progress,
+            begun: Default::default(),
         }
     }
 
@@ -93,6 +96,24 @@ impl Emitter {
             origin: self.progress.as_ref().map(|p| p.origin).unwrap_or(0),
         };
         tracing::debug!(run = %self.run, stage = %stage, ?status, "kernel stage");
+        {
+            let mut begun = self.begun.lock().unwrap_or_else(|p| p.into_inner());
+            match status {
+                Status::Started => {
+                    begun.insert(stage, Instant::now());
+                }
+                Status::Done | Status::Failed => {
+                    if let Some(t) = begun.remove(&stage) {
+                        crate::metrics::metrics().observe(
+                            "telos_kernel_stage_duration_seconds",
+                            "How long each kernel stage took.",
+                            &[("stage", stage.as_str())],
+                            t.elapsed(),
+                        );
+                    }
+                }
+            }
+        }
         if let Some(p) = &self.progress {
             let _ = p.sink.send(event.clone());
         }
@@ -885,6 +906,17 @@ pub async fn run_recorded<X: Personas + Memory + Sandbox + Facts>(
     let now = chrono::Utc::now().timestamp();
     let span = tracing::info_span!("kernel_run", run = %em.run, receiver = %miss.receiver, selector = %miss.selector);
     let result = run(x, cfg, miss, now, em).instrument(span).await;
+    let outcome = match &result {
+        Ok(l) if l.reused.is_some() => "reused",
+        Ok(_) => "learned",
+        Err(_) => "failed",
+    };
+    crate::metrics::metrics().count(
+        "telos_kernel_runs_total",
+        "Kernel runs by outcome (learned, reused, failed).",
+        &[("outcome", outcome)],
+        1,
+    );
     // An error outside the stages (e.g. the receiver vanished) is recorded as the kernel's.
     let (ok, stage, reason) = match &result {
         Ok(_) => (true, "", String::new()),

@@ -928,3 +928,48 @@ fn kill_9_during_concurrent_method_writes_loses_no_acknowledged_one_and_halves_n
         }
     });
 }
+
+/// The value of the first sample line of `/metrics` that starts with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[actix_web::test]
+async fn metrics_count_messages_by_outcome_and_time_them_in_a_histogram() {
+    let app = spawn_app().await;
+    let oid = app.clone_obj("genesis_obj", json!({ "n": 1 })).await;
+    let (s, _) = app.send(&oid, "n", json!([])).await;
+    assert_eq!(s, 200);
+    let (s, _) = app.send(&oid, "nothingHere", json!([])).await;
+    assert_ne!(s, 200);
+    let (s, body) = app.get("/metrics").await;
+    assert_eq!(s, 200);
+    let text = body["raw"].as_str().expect("Prometheus text").to_string();
+    for line in [
+        "# TYPE telos_messages_total counter",
+        "# TYPE telos_message_duration_seconds histogram",
+        "# TYPE telos_ws_connections gauge",
+        "# TYPE telos_script_queue_depth gauge",
+        "# TYPE telos_objects gauge",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    let done = "telos_messages_total{op=\"send\",outcome=\"done\"}";
+    let missed = "telos_messages_total{op=\"send\",outcome=\"does_not_understand\"}";
+    let before = sample(&text, done).expect("sends that were answered are counted");
+    assert!(sample(&text, missed).is_some(), "{text}");
+    assert!(
+        sample(&text, "telos_message_duration_seconds_count{op=\"send\"}")
+            .is_some_and(|n| n >= 2.0),
+        "{text}"
+    );
+
+    let (s, _) = app.send(&oid, "n", json!([])).await;
+    assert_eq!(s, 200);
+    let (_, body) = app.get("/metrics").await;
+    let after = sample(body["raw"].as_str().unwrap(), done).unwrap();
+    assert!(after > before, "{before} then {after}");
+}
