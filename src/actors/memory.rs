@@ -169,6 +169,10 @@ pub struct MemoryActor {
     /// The last key given out; keys grow with time and are never reused.
     last_key: u64,
     last_save: Option<String>,
+    /// How many records each (owner, kind) has: a replacement that would forget nothing and
+    /// write nothing (an ordinary object changed; only Retrievable ones have object memories)
+    /// costs no query.
+    owned: HashMap<(String, String), usize>,
 }
 
 impl MemoryActor {
@@ -197,8 +201,10 @@ impl MemoryActor {
             opened,
             last_key: 0,
             last_save: None,
+            owned: HashMap::new(),
         };
         let (added, dropped) = actor.catch_up()?;
+        actor.owned = actor.world.store().memory_owner_counts_blocking()?;
         if added > 0 || dropped > 0 || !path.exists() {
             actor.save()?;
         }
@@ -341,6 +347,10 @@ impl MemoryActor {
         }
         for r in &records {
             self.index.add(r.key, &r.vector)?;
+            *self
+                .owned
+                .entry((r.owner.clone(), r.kind.clone()))
+                .or_default() += 1;
         }
         if self.index.unsaved() >= self.save_every {
             self.save()?;
@@ -373,11 +383,23 @@ impl Handler<Replace> for MemoryActor {
     type Result = Result<Vec<u64>, TelosError>;
 
     fn handle(&mut self, msg: Replace, _: &mut SyncContext<Self>) -> Self::Result {
+        let key = (msg.owner.clone(), msg.kind.clone());
+        if msg.items.is_empty() && !self.owned.contains_key(&key) {
+            return Ok(Vec::new());
+        }
         let old = self
             .world
             .store()
             .memory_keys_of_blocking(&msg.owner, &msg.kind)?;
-        self.write(msg.items, msg.vectors, old)
+        let forgotten = old.len();
+        let written = self.write(msg.items, msg.vectors, old)?;
+        if let Some(n) = self.owned.get_mut(&key) {
+            *n = n.saturating_sub(forgotten);
+            if *n == 0 {
+                self.owned.remove(&key);
+            }
+        }
+        Ok(written)
     }
 }
 

@@ -80,6 +80,29 @@ impl Store {
         })?
     }
 
+    /// How many records each (owner, kind) has.
+    pub fn memory_owner_counts_blocking(
+        &self,
+    ) -> Result<std::collections::HashMap<(String, String), usize>> {
+        self.block(|db| async move {
+            let mut res = db
+                .query("SELECT owner, kind, count() AS n FROM memory GROUP BY owner, kind")
+                .await
+                .map_err(db_err)?;
+            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| {
+                    let text = |f: &str| r[f].as_str().unwrap_or_default().to_string();
+                    (
+                        (text("owner"), text("kind")),
+                        r["n"].as_u64().unwrap_or(0) as usize,
+                    )
+                })
+                .collect())
+        })?
+    }
+
     /// Every memory key.
     pub fn memory_keys_blocking(&self) -> Result<Vec<u64>> {
         self.block(|db| async move {
