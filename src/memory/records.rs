@@ -8,7 +8,15 @@ use serde_json::Value as Json;
 
 use super::Record;
 use crate::error::{Result, TelosError};
-use crate::store::{Store, db_err};
+use crate::store::{Store, Tombstoned, db_err, write_tombstoned};
+
+/// Memory records, written once; a forgotten one leaves a tombstone.
+const MEMORY: Tombstoned = Tombstoned {
+    table: "memory",
+    key: "key",
+    tombstones: "memory_tombstone",
+    write: "CREATE",
+};
 
 /// The fields of a memory row without its vector.
 const LIST_FIELDS: &str =
@@ -60,23 +68,9 @@ impl Store {
             .collect();
         let gone: Vec<i64> = remove.iter().map(|k| *k as i64).collect();
         self.block(move |db| async move {
-            db.query(
-                "BEGIN TRANSACTION;
-                 FOR $r IN $rows { CREATE type::record('memory', $r.key) CONTENT $r RETURN NONE; };
-                 FOR $k IN $gone {
-                     DELETE type::record('memory', $k) RETURN NONE;
-                     UPSERT type::record('memory_tombstone', $k) CONTENT { key: $k, seq: $seq } RETURN NONE;
-                 };
-                 UPSERT meta:seq SET value = $seq RETURN NONE;
-                 COMMIT TRANSACTION;",
-            )
-            .bind(("rows", rows))
-            .bind(("gone", gone))
-            .bind(("seq", seq as i64))
-            .await
-            .and_then(|r| r.check())
-            .map(|_| ())
-            .map_err(|e| TelosError::Internal(format!("writing memory records: {e}")))
+            write_tombstoned(&db, &MEMORY, Json::from(rows), Json::from(gone), seq)
+                .await
+                .map_err(|e| TelosError::Internal(format!("writing memory records: {e}")))
         })?
     }
 

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
+use serde_json::Value as Json;
 use surrealdb::Surreal;
 use surrealdb::engine::any::{Any, connect};
 use surrealdb::opt::auth::Root;
@@ -271,6 +272,51 @@ impl Store {
         })
         .await?
     }
+}
+
+/// A table whose deleted rows leave tombstones (`{key: id, seq}`), so that backups carry
+/// deletions as they carry writes.
+pub(crate) struct Tombstoned {
+    pub table: &'static str,
+    /// The field the record id is made from.
+    pub key: &'static str,
+    pub tombstones: &'static str,
+    /// `UPSERT` (rows are rewritten) or `CREATE` (rows are written once).
+    pub write: &'static str,
+}
+
+/// Writes `rows` into `t`, deletes the ids in `gone` leaving their tombstones, and records the
+/// global sequence number `seq`: one transaction.
+pub(crate) async fn write_tombstoned(
+    db: &Surreal<Any>,
+    t: &Tombstoned,
+    rows: Json,
+    gone: Json,
+    seq: u64,
+) -> std::result::Result<(), surrealdb::Error> {
+    let Tombstoned {
+        table,
+        key,
+        tombstones,
+        write,
+    } = t;
+    let sql = format!(
+        "BEGIN TRANSACTION;
+         FOR $r IN $rows {{ {write} type::record('{table}', $r.{key}) CONTENT $r RETURN NONE; }};
+         FOR $x IN $gone {{
+             DELETE type::record('{table}', $x) RETURN NONE;
+             UPSERT type::record('{tombstones}', $x) CONTENT {{ {key}: $x, seq: $seq }} RETURN NONE;
+         }};
+         UPSERT meta:seq SET value = $seq RETURN NONE;
+         COMMIT TRANSACTION;"
+    );
+    db.query(sql)
+        .bind(("rows", rows))
+        .bind(("gone", gone))
+        .bind(("seq", seq as i64))
+        .await
+        .and_then(|r| r.check())
+        .map(|_| ())
 }
 
 pub(crate) fn db_err(e: surrealdb::Error) -> TelosError {

@@ -4,7 +4,7 @@ use serde_json::{Value as Json, json};
 use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 
-use super::{Store, db_err};
+use super::{Store, Tombstoned, db_err, write_tombstoned};
 use crate::error::{Result, TelosError};
 use crate::object::ObjectState;
 
@@ -151,24 +151,18 @@ fn commit_rows(objects: &[ObjectState], deleted: &[String], seq: u64) -> (Json, 
     (Json::Array(rows), json!(deleted))
 }
 
+/// Objects, rewritten whole at each commit; a deleted one leaves a tombstone.
+const OBJECTS: Tombstoned = Tombstoned {
+    table: "object",
+    key: "oid",
+    tombstones: "tombstone",
+    write: "UPSERT",
+};
+
 async fn commit(db: Surreal<Any>, rows: Json, gone: Json, seq: u64) -> Result<()> {
-    db.query(
-        "BEGIN TRANSACTION;
-         FOR $o IN $rows { UPSERT type::record('object', $o.oid) CONTENT $o RETURN NONE; };
-         FOR $x IN $gone {
-             DELETE type::record('object', $x) RETURN NONE;
-             UPSERT type::record('tombstone', $x) CONTENT { oid: $x, seq: $seq } RETURN NONE;
-         };
-         UPSERT meta:seq SET value = $seq RETURN NONE;
-         COMMIT TRANSACTION;",
-    )
-    .bind(("rows", rows))
-    .bind(("gone", gone))
-    .bind(("seq", seq as i64))
-    .await
-    .and_then(|r| r.check())
-    .map_err(|e| TelosError::Internal(format!("committing to the database: {e}")))?;
-    Ok(())
+    write_tombstoned(&db, &OBJECTS, rows, gone, seq)
+        .await
+        .map_err(|e| TelosError::Internal(format!("committing to the database: {e}")))
 }
 
 #[cfg(test)]
