@@ -273,7 +273,7 @@ fn main() -> ExitCode {
         Command::Bench {
             backup_objects: Some(n),
             ..
-        } => telos::bench::run_backup(n),
+        } => telos::bench::run_backup(settings, n),
         Command::Bench {
             sends, round_trips, ..
         } => telos::bench::run(settings, sends, round_trips),
