@@ -10,7 +10,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use anyhow::{Context as _, bail};
 
-use crate::actors::backup::BackupActor;
+use crate::actors::backup::Backups;
 use crate::actors::directory::Directory;
 use crate::actors::kernel::{GenerativeKernel, KernelDeps, Understand};
 use crate::actors::memory::MemoryActor;
@@ -145,8 +145,7 @@ impl Application {
         let addr = listener.local_addr()?;
         let telos = Telos::start(settings, None).await?;
         crate::actors::retrievable::start(telos.indexer());
-        let backups =
-            BackupActor::new(telos.backup_deps(), telos.settings.backup_dir.clone()).start();
+        let backups = Backups::start(telos.backup_deps(), telos.settings.backup_dir.clone());
         let server = crate::http::server(telos.clone(), backups, listener)?;
         Ok(Application {
             telos,

@@ -533,3 +533,64 @@ impl Handler<SetSchedule> for BackupActor {
         })))
     }
 }
+
+/// The backup actor as its callers use it: typed requests, the closed mailbox mapped once.
+#[derive(Clone)]
+pub struct Backups(Addr<BackupActor>);
+
+impl Backups {
+    /// Starts the backup actor (on the current actix system).
+    pub fn start(deps: BackupDeps, dir: PathBuf) -> Backups {
+        Backups(BackupActor::new(deps, dir).start())
+    }
+
+    /// Takes a backup now (after any running one).
+    pub async fn run(&self, kind: Kind) -> Result<Manifest, TelosError> {
+        self.0
+            .send(RunBackup { kind })
+            .await
+            .map_err(super::down(super::Who::Backups))?
+    }
+
+    /// Verifies backup `id` (default: the newest).
+    pub async fn verify(&self, id: Option<String>) -> Result<Verification, TelosError> {
+        self.0
+            .send(VerifyBackup { id })
+            .await
+            .map_err(super::down(super::Who::Backups))?
+    }
+
+    pub async fn schedule(&self) -> Result<Schedule, TelosError> {
+        self.0
+            .send(GetSchedule)
+            .await
+            .map_err(super::down(super::Who::Backups))
+    }
+
+    /// Replaces one or both cron expressions (validated).
+    pub async fn set_schedule(
+        &self,
+        full: Option<String>,
+        incremental: Option<String>,
+    ) -> Result<Schedule, TelosError> {
+        self.0
+            .send(SetSchedule { full, incremental })
+            .await
+            .map_err(super::down(super::Who::Backups))?
+    }
+
+    pub async fn retention(&self) -> Result<Retention, TelosError> {
+        self.0
+            .send(GetRetention)
+            .await
+            .map_err(super::down(super::Who::Backups))
+    }
+
+    /// Replaces the retention policy (validated).
+    pub async fn set_retention(&self, r: Retention) -> Result<Retention, TelosError> {
+        self.0
+            .send(SetRetention(r))
+            .await
+            .map_err(super::down(super::Who::Backups))?
+    }
+}

@@ -1,14 +1,11 @@
 //! REST: `/api/backups` — list, run, verify, schedule.
 
-use actix::Addr;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::actors::backup::{
-    BackupActor, GetRetention, GetSchedule, RunBackup, SetRetention, SetSchedule, VerifyBackup,
-};
+use crate::actors::backup::Backups;
 use crate::backup::{self, Kind};
 use crate::error::TelosError;
 use crate::telos::Telos;
@@ -23,10 +20,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/backups/retention", web::get().to(get_retention))
         .route("/backups/retention", web::put().to(put_retention))
         .route("/backups/{id}/verify", web::post().to(verify));
-}
-
-fn mailbox(e: actix::MailboxError) -> ApiError {
-    crate::actors::down(crate::actors::Who::Backups)(e).into()
 }
 
 async fn list(telos: web::Data<Telos>) -> ApiResult {
@@ -58,27 +51,24 @@ struct RunBody {
     kind: String,
 }
 
-async fn run(backups: web::Data<Addr<BackupActor>>, body: web::Json<RunBody>) -> ApiResult {
+async fn run(backups: web::Data<Backups>, body: web::Json<RunBody>) -> ApiResult {
     let kind: Kind = body
         .kind
         .parse()
         .map_err(|e: anyhow::Error| ApiError::bad_request(e.to_string()))?;
-    let manifest = backups.send(RunBackup { kind }).await.map_err(mailbox)??;
+    let manifest = backups.run(kind).await?;
     Ok(HttpResponse::Created().json(manifest))
 }
 
-async fn verify(backups: web::Data<Addr<BackupActor>>, id: web::Path<String>) -> ApiResult {
+async fn verify(backups: web::Data<Backups>, id: web::Path<String>) -> ApiResult {
     let id = id.into_inner();
     backup::validate_id(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let v = backups
-        .send(VerifyBackup { id: Some(id) })
-        .await
-        .map_err(mailbox)??;
+    let v = backups.verify(Some(id)).await?;
     Ok(HttpResponse::Ok().json(v))
 }
 
-async fn get_schedule(backups: web::Data<Addr<BackupActor>>) -> ApiResult {
-    let s = backups.send(GetSchedule).await.map_err(mailbox)?;
+async fn get_schedule(backups: web::Data<Backups>) -> ApiResult {
+    let s = backups.schedule().await?;
     Ok(HttpResponse::Ok().json(s))
 }
 
@@ -89,31 +79,22 @@ struct ScheduleBody {
     incremental: Option<String>,
 }
 
-async fn put_schedule(
-    backups: web::Data<Addr<BackupActor>>,
-    body: web::Json<ScheduleBody>,
-) -> ApiResult {
+async fn put_schedule(backups: web::Data<Backups>, body: web::Json<ScheduleBody>) -> ApiResult {
     let ScheduleBody { full, incremental } = body.into_inner();
-    let s = backups
-        .send(SetSchedule { full, incremental })
-        .await
-        .map_err(mailbox)??;
+    let s = backups.set_schedule(full, incremental).await?;
     Ok(HttpResponse::Ok().json(s))
 }
 
-async fn get_retention(backups: web::Data<Addr<BackupActor>>) -> ApiResult {
-    let r = backups.send(GetRetention).await.map_err(mailbox)?;
+async fn get_retention(backups: web::Data<Backups>) -> ApiResult {
+    let r = backups.retention().await?;
     Ok(HttpResponse::Ok().json(r))
 }
 
 /// `PUT /api/backups/retention` `{"keep_full": 4, "keep_incremental_days": 14}`.
 async fn put_retention(
-    backups: web::Data<Addr<BackupActor>>,
+    backups: web::Data<Backups>,
     body: web::Json<backup::Retention>,
 ) -> ApiResult {
-    let r = backups
-        .send(SetRetention(body.into_inner()))
-        .await
-        .map_err(mailbox)??;
+    let r = backups.set_retention(body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(r))
 }

@@ -23,7 +23,7 @@ const STYLE_CSS: &str = include_str!("../../frontend/style.css");
 /// Builds the HTTP server over `listener`.
 pub fn server(
     telos: Telos,
-    backups: actix::Addr<crate::actors::backup::BackupActor>,
+    backups: crate::actors::backup::Backups,
     listener: TcpListener,
 ) -> anyhow::Result<Server> {
     let max_body = telos.settings.max_frame_bytes();
