@@ -683,11 +683,18 @@ const BATCH_TEXTS: usize = 64;
 type EmbedAnswer = Result<Vec<Vec<f32>>, TelosError>;
 type EmbedReply = oneshot::Sender<EmbedAnswer>;
 
-/// The way to embed: a cheap handle that micro-batches concurrent requests into one `Embed`.
+/// The way to embed: a cheap handle that micro-batches concurrent requests into one `Embed`,
+/// and remembers the vectors of recent single texts (a search repeated, the recall query of the
+/// same selector on objects of the same shape): embedding is deterministic, so a repeated text
+/// costs no model call.
 #[derive(Clone)]
 pub struct EmbedClient {
     tx: mpsc::UnboundedSender<(Vec<String>, EmbedReply)>,
+    recent: Arc<Mutex<lru::LruCache<String, Vec<f32>>>>,
 }
+
+/// Single texts whose vectors are kept (384 floats each: ~400 KiB in all).
+const RECENT_TEXTS: usize = 256;
 
 impl EmbedClient {
     /// Starts the batcher (on the current actix system) in front of `embedder`, which runs
@@ -740,7 +747,12 @@ impl EmbedClient {
                 });
             }
         });
-        EmbedClient { tx }
+        EmbedClient {
+            tx,
+            recent: Arc::new(Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(RECENT_TEXTS).expect("non-zero"),
+            ))),
+        }
     }
 
     fn submit(&self, texts: Vec<String>) -> Result<oneshot::Receiver<EmbedAnswer>, TelosError> {
@@ -756,10 +768,44 @@ impl EmbedClient {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        if let [text] = texts.as_slice()
+            && let Some(v) = self.recall(text)
+        {
+            return Ok(vec![v]);
+        }
         let _queued = crate::metrics::Held::new(&crate::metrics::metrics().embed_queue);
+        let single = (texts.len() == 1).then(|| texts[0].clone());
         let rx = self.submit(texts)?;
-        rx.await
-            .map_err(|_| TelosError::Unavailable("the embedder has stopped".into()))?
+        let vectors = rx
+            .await
+            .map_err(|_| TelosError::Unavailable("the embedder has stopped".into()))??;
+        if let (Some(text), [v]) = (single, vectors.as_slice()) {
+            self.keep(text, v.clone());
+        }
+        Ok(vectors)
+    }
+
+    fn recall(&self, text: &str) -> Option<Vec<f32>> {
+        let hit = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(text)
+            .cloned();
+        crate::metrics::metrics().count(
+            "telos_embed_cache_total",
+            "Single-text embeddings asked for, by whether a recent vector answered them.",
+            &[("result", if hit.is_some() { "hit" } else { "miss" })],
+            1,
+        );
+        hit
+    }
+
+    fn keep(&self, text: String, vector: Vec<f32>) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(text, vector);
     }
 
     /// [`EmbedClient::embed`] for plain threads (sync actors, blocking tasks).

@@ -340,11 +340,17 @@ fn pass(
 /// What an operator does while objects learn: searches memory and reads health.
 async fn probe(telos: Telos, probes: Arc<Mutex<Probes>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut i = 0usize;
     loop {
         tick.tick().await;
         let t = Instant::now();
-        // As `GET /api/memory/search` does it (`actors::memory::search`), in its two parts.
-        let query = "the area of a rectangle from its width and height".to_string();
+        // As `GET /api/memory/search` does it (`actors::memory::search`), in its two parts; a
+        // new query each time, so no recent vector answers it.
+        i += 1;
+        let query = format!(
+            "the area of a rectangle from its width and height ({})",
+            super::memory::sentence(i)
+        );
         let embedded = telos.embedder.embed(vec![query.clone()]).await;
         let embed = t.elapsed();
         let searched = match embedded {
