@@ -594,3 +594,58 @@ impl Backups {
             .map_err(super::down(super::Who::Backups))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_five_field_cron_expression_is_refused_with_the_six_field_form_shown() {
+        let err = parse_cron("0 3 * * *").unwrap_err().to_string();
+        assert!(err.contains("six, seconds first"), "{err}");
+        assert!(parse_cron("0 0 3 * * *").is_ok());
+        let err = parse_cron("every day").unwrap_err().to_string();
+        assert!(err.contains("bad cron expression"), "{err}");
+    }
+
+    #[test]
+    fn the_defaults_fire_weekly_full_and_daily_incremental_at_three() {
+        let after = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let incr = next_fire(DEFAULT_INCREMENTAL_CRON, after).unwrap();
+        assert_eq!(incr.to_rfc3339(), "2026-11-29T03:00:00+00:00");
+        let full = next_fire(DEFAULT_FULL_CRON, after).unwrap();
+        assert_eq!(
+            full.to_rfc3339(),
+            "2026-11-29T03:00:00+00:00",
+            "the 29th is a Sunday"
+        );
+    }
+
+    #[test]
+    fn retention_always_keeps_a_full_backup_and_bounds_the_days() {
+        let ok = Retention {
+            keep_full: 4,
+            keep_incremental_days: 14,
+        };
+        assert!(check_retention(&ok).is_ok());
+        for bad in [
+            Retention { keep_full: 0, ..ok },
+            Retention {
+                keep_full: 1001,
+                ..ok
+            },
+            Retention {
+                keep_incremental_days: 0,
+                ..ok
+            },
+            Retention {
+                keep_incremental_days: 3651,
+                ..ok
+            },
+        ] {
+            assert_eq!(check_retention(&bad).unwrap_err().code(), "bad_request");
+        }
+    }
+}

@@ -492,3 +492,95 @@ impl Handler<Stats> for MemoryActor {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix::SyncArbiter;
+
+    use super::*;
+    use crate::store::{Store, StoreConfig};
+
+    fn one_hot(i: usize) -> Vec<f32> {
+        let mut v = vec![0.0; DIMS];
+        v[i % DIMS] = 1.0;
+        v
+    }
+
+    fn note(owner: &str, text: &str) -> NewMemory {
+        NewMemory {
+            kind: "object".into(),
+            text: text.into(),
+            owner: owner.into(),
+            ..NewMemory::default()
+        }
+    }
+
+    #[actix_web::test]
+    async fn replacing_an_owners_memories_forgets_the_old_ones_and_an_owner_without_any_costs_nothing()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        // Opening blocks on the store's own runtime: not on this one.
+        let (world, actor) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&StoreConfig::embedded(root.join("data"))).unwrap();
+            let world = crate::world::World::new(store).unwrap();
+            let actor =
+                MemoryActor::open(world.clone(), &root.join("memory.usearch"), 100).unwrap();
+            (world, actor)
+        })
+        .await
+        .unwrap();
+        let slot = std::sync::Mutex::new(Some(actor));
+        let memory =
+            SyncArbiter::start(1, move || slot.lock().unwrap().take().expect("built once"));
+        let seq = world.seq();
+
+        // Nothing to forget and nothing to write: no transaction at all.
+        let keys = memory
+            .send(Replace {
+                owner: "o1".into(),
+                kind: "object".into(),
+                items: vec![],
+                vectors: vec![],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(keys.is_empty());
+        assert_eq!(world.seq(), seq, "an empty replacement committed something");
+
+        memory
+            .send(Remember {
+                items: vec![note("o1", "first"), note("o1", "second")],
+                vectors: vec![one_hot(1), one_hot(2)],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let new = memory
+            .send(Replace {
+                owner: "o1".into(),
+                kind: "object".into(),
+                items: vec![note("o1", "third")],
+                vectors: vec![one_hot(3)],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(new.len(), 1);
+        assert_eq!(world.store().memory_count().await.unwrap(), 1);
+
+        // The owner leaves the trait: its last memory goes.
+        memory
+            .send(Replace {
+                owner: "o1".into(),
+                kind: "object".into(),
+                items: vec![],
+                vectors: vec![],
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(world.store().memory_count().await.unwrap(), 0);
+    }
+}
