@@ -41,6 +41,15 @@ pub enum Kind {
     Incremental,
 }
 
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Full => "full",
+            Kind::Incremental => "incremental",
+        }
+    }
+}
+
 impl std::str::FromStr for Kind {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Kind> {

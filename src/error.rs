@@ -74,8 +74,7 @@ impl TelosError {
     /// A part of the server that another depends on failed: a client reads `what`, the cause
     /// (paths, URLs, a library's own text) goes to the log under an incident id the client gets.
     pub fn unavailable(what: impl fmt::Display, cause: impl fmt::Display) -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let incident = &id[..12];
+        let incident = incident();
         tracing::warn!(incident, cause = %format!("{cause:#}"), "{what}");
         TelosError::Unavailable(format!(
             "{what} (incident {incident}; the server log has the details)"
@@ -87,8 +86,7 @@ impl TelosError {
     pub fn public_message(&self) -> String {
         match self {
             TelosError::Internal(detail) => {
-                let id = uuid::Uuid::new_v4().simple().to_string();
-                let incident = &id[..12];
+                let incident = incident();
                 tracing::error!(incident, error = %detail, "internal error answered to a client");
                 format!(
                     "an internal error occurred (incident {incident}); the server log has the details"
@@ -110,6 +108,11 @@ impl TelosError {
     pub fn internal(err: impl fmt::Display) -> Self {
         TelosError::Internal(format!("{err:#}"))
     }
+}
+
+/// A short id a client can quote and the log carries beside the detail.
+fn incident() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
 impl From<anyhow::Error> for TelosError {

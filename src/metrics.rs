@@ -78,16 +78,7 @@ impl Metrics {
         by: u64,
     ) {
         let mut all = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let family = all.entry(name).or_insert_with(|| Family {
-            help,
-            series: BTreeMap::new(),
-        });
-        match family.series.get_mut(labels) {
-            Some(n) => *n += by,
-            None => {
-                family.series.insert(labels.to_vec(), by);
-            }
-        }
+        *series(&mut all, name, help, labels) += by;
     }
 
     /// Records one duration in the histogram `name` with `labels`.
@@ -99,18 +90,7 @@ impl Metrics {
         d: Duration,
     ) {
         let mut all = self.histograms.lock().unwrap_or_else(|p| p.into_inner());
-        let family = all.entry(name).or_insert_with(|| Family {
-            help,
-            series: BTreeMap::new(),
-        });
-        match family.series.get_mut(labels) {
-            Some(h) => h.observe(d),
-            None => {
-                let mut h = Histogram::default();
-                h.observe(d);
-                family.series.insert(labels.to_vec(), h);
-            }
-        }
+        series(&mut all, name, help, labels).observe(d);
     }
 
     /// The value of a counter series (tests and benchmarks).
@@ -206,6 +186,24 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The series of `name` with `labels`, made (empty) on first use; the labels are copied only
+/// then.
+fn series<'a, T: Default>(
+    all: &'a mut BTreeMap<&'static str, Family<T>>,
+    name: &'static str,
+    help: &'static str,
+    labels: &[(&'static str, &'static str)],
+) -> &'a mut T {
+    let family = all.entry(name).or_insert_with(|| Family {
+        help,
+        series: BTreeMap::new(),
+    });
+    if !family.series.contains_key(labels) {
+        family.series.insert(labels.to_vec(), T::default());
+    }
+    family.series.get_mut(labels).expect("just made")
 }
 
 /// `{a="x",le="0.5"}`, or nothing for no labels. Label values are static identifiers: nothing

@@ -169,11 +169,8 @@ impl BackupActor {
     /// Runs a backup, holding the mailbox so runs never overlap.
     fn run_in_turn(&mut self, kind: Kind, ctx: &mut Context<Self>) {
         let job = run(self.telos.clone(), self.dir.clone(), self.retention, kind);
-        ctx.wait(job.into_actor(self).map(|res, _, _| {
-            if let Err(e) = res {
-                tracing::error!(error = %e, "scheduled backup failed");
-            }
-        }));
+        // `run` logs the outcome.
+        ctx.wait(job.into_actor(self).map(|_, _, _| ()));
     }
 }
 
@@ -189,10 +186,7 @@ async fn run(
     let result =
         tracing::Instrument::instrument(take(telos, dir, retention, kind), span.clone()).await;
     let m = crate::metrics::metrics();
-    let kind_label = match kind {
-        Kind::Full => "full",
-        Kind::Incremental => "incremental",
-    };
+    let kind_label = kind.as_str();
     m.count(
         "telos_backups_total",
         "Backups taken, by kind and outcome.",
@@ -257,27 +251,20 @@ async fn take(
         _ => slot,
     };
     set_slot(&telos, slot, record).await;
-    let manifest = match result {
-        Ok(m) => m,
-        Err(e) => {
-            let (summary, dir) = (telos.summary.clone(), dir.clone());
-            let _ = tokio::task::spawn_blocking(move || summary.refresh(&dir)).await;
-            return Err(TelosError::Internal(format!("backup failed: {e:#}")));
-        }
-    };
-    let summary = telos.summary.clone();
+    // Retention after a backup that was taken; health's summary after either outcome.
+    let (summary, taken) = (telos.summary.clone(), result.is_ok());
     let purged = off_the_arbiter(move || async move {
-        let purged = backup::purge(&dir, now, retention);
+        let purged = taken.then(|| backup::purge(&dir, now, retention));
         summary.refresh(&dir);
         purged
     })
     .await?;
     match purged {
-        Ok(purged) if !purged.is_empty() => tracing::info!(?purged, "retention applied"),
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "retention failed"),
+        Some(Ok(purged)) if !purged.is_empty() => tracing::info!(?purged, "retention applied"),
+        Some(Err(e)) => tracing::error!(error = %e, "retention failed"),
+        _ => {}
     }
-    Ok(manifest)
+    result.map_err(|e| TelosError::Internal(format!("backup failed: {e:#}")))
 }
 
 /// Runs a backup job (file writes, fsync, hashing, a scratch restore) on a blocking worker with

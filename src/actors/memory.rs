@@ -515,6 +515,20 @@ mod tests {
         }
     }
 
+    /// Replaces the `object` memories of `o1` with `texts` (one-hot vectors).
+    async fn replace_o1(memory: &actix::Addr<MemoryActor>, texts: &[&str]) -> Vec<u64> {
+        memory
+            .send(Replace {
+                owner: "o1".into(),
+                kind: "object".into(),
+                items: texts.iter().map(|t| note("o1", t)).collect(),
+                vectors: (0..texts.len()).map(|i| one_hot(10 + i)).collect(),
+            })
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     #[actix_web::test]
     async fn replacing_an_owners_memories_forgets_the_old_ones_and_an_owner_without_any_costs_nothing()
      {
@@ -536,17 +550,7 @@ mod tests {
         let seq = world.seq();
 
         // Nothing to forget and nothing to write: no transaction at all.
-        let keys = memory
-            .send(Replace {
-                owner: "o1".into(),
-                kind: "object".into(),
-                items: vec![],
-                vectors: vec![],
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(keys.is_empty());
+        assert!(replace_o1(&memory, &[]).await.is_empty());
         assert_eq!(world.seq(), seq, "an empty replacement committed something");
 
         memory
@@ -557,30 +561,11 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let new = memory
-            .send(Replace {
-                owner: "o1".into(),
-                kind: "object".into(),
-                items: vec![note("o1", "third")],
-                vectors: vec![one_hot(3)],
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(new.len(), 1);
+        assert_eq!(replace_o1(&memory, &["third"]).await.len(), 1);
         assert_eq!(world.store().memory_count().await.unwrap(), 1);
 
         // The owner leaves the trait: its last memory goes.
-        memory
-            .send(Replace {
-                owner: "o1".into(),
-                kind: "object".into(),
-                items: vec![],
-                vectors: vec![],
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        replace_o1(&memory, &[]).await;
         assert_eq!(world.store().memory_count().await.unwrap(), 0);
     }
 }

@@ -176,6 +176,11 @@ impl PersonaBoard {
         &self.tokens
     }
 
+    /// Texts embedded since start.
+    pub fn embedded_texts(&self) -> u64 {
+        self.embed.texts.load(Ordering::Relaxed)
+    }
+
     /// The personas, their settings and whether their model is loaded.
     pub fn list(&self) -> Vec<PersonaView> {
         self.state().views.clone()
@@ -280,14 +285,7 @@ impl Handler<Embed> for EmbedderActor {
                 .map_err(|e| TelosError::Internal(format!("embedding failed: {e:#}")))
         }))
         .unwrap_or_else(|_| Err(TelosError::Internal("the embedder panicked".into())))?;
-        let m = crate::metrics::metrics();
-        m.count(
-            "telos_embedded_texts_total",
-            "Texts embedded by MiniLM.",
-            &[],
-            n,
-        );
-        m.observe(
+        crate::metrics::metrics().observe(
             "telos_embedding_duration_seconds",
             "One embedding batch on an embedder thread.",
             &[],

@@ -153,21 +153,7 @@ async fn probe(
         }
         q += 1;
         let query = sentence(if generating { 100_000 } else { 0 } + q);
-        let t = Instant::now();
-        let mut vectors = telos.embedder.embed(vec![query.clone()]).await?;
-        let embed = t.elapsed();
-        telos
-            .memory
-            .send(crate::actors::memory::Search {
-                query,
-                k: 3,
-                kind: None,
-                vector: vectors.pop().unwrap_or_default(),
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let search = t.elapsed();
+        let (embed, search) = super::timed_search(telos, query).await?;
         let t = Instant::now();
         telos.health().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         s.health.push(t.elapsed());

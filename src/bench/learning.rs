@@ -343,36 +343,18 @@ async fn probe(telos: Telos, probes: Arc<Mutex<Probes>>) {
     let mut i = 0usize;
     loop {
         tick.tick().await;
-        let t = Instant::now();
-        // As `GET /api/memory/search` does it (`actors::memory::search`), in its two parts; a
-        // new query each time, so no recent vector answers it.
+        // A new query each time, so no recent vector answers it.
         i += 1;
         let query = format!(
             "the area of a rectangle from its width and height ({})",
             super::memory::sentence(i)
         );
-        let embedded = telos.embedder.embed(vec![query.clone()]).await;
-        let embed = t.elapsed();
-        let searched = match embedded {
-            Ok(mut v) => telos
-                .memory
-                .send(crate::actors::memory::Search {
-                    query,
-                    k: 3,
-                    kind: None,
-                    vector: v.pop().unwrap_or_default(),
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e}"))),
-            Err(e) => Err(anyhow::anyhow!("{e}")),
-        };
-        let search = t.elapsed();
+        let searched = super::timed_search(&telos, query).await;
         let t = Instant::now();
         let health = telos.health().await;
         let health_time = t.elapsed();
         let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
-        if searched.is_ok() {
+        if let Ok((embed, search)) = searched {
             p.search.push(search);
             p.embed.push(embed);
             p.lookup.push(search - embed);

@@ -109,6 +109,28 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// One memory search as `GET /api/memory/search` makes it (`actors::memory::search`), timed in
+/// its two parts: answers (embedding the query, the whole search).
+pub(crate) async fn timed_search(
+    telos: &Telos,
+    query: String,
+) -> anyhow::Result<(Duration, Duration)> {
+    let t = Instant::now();
+    let mut vectors = telos.embedder.embed(vec![query.clone()]).await?;
+    let embed = t.elapsed();
+    telos
+        .memory
+        .send(crate::actors::memory::Search {
+            query,
+            k: 3,
+            kind: None,
+            vector: vectors.pop().unwrap_or_default(),
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))??;
+    Ok((embed, t.elapsed()))
+}
+
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

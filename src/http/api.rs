@@ -301,6 +301,10 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
             value.load(std::sync::atomic::Ordering::Relaxed)
         ));
     }
+    out.push_str(&format!(
+        "# HELP telos_embedded_texts_total Texts embedded by MiniLM.\n# TYPE telos_embedded_texts_total counter\ntelos_embedded_texts_total {}\n",
+        telos.persona_board.embedded_texts()
+    ));
     let commits = telos.world.commit_stats();
     for (name, help, value) in [
         (

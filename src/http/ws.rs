@@ -33,16 +33,18 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client that must authenticate has this long to send its `auth` frame.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Open WebSocket sessions, against `max_connections`.
-static OPEN_SESSIONS: AtomicUsize = AtomicUsize::new(0);
-
 pub async fn index(
     req: HttpRequest,
     stream: web::Payload,
     telos: web::Data<Telos>,
     boundary: web::Data<Boundary>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    if OPEN_SESSIONS.load(Ordering::Relaxed) >= telos.settings.max_connections {
+    // Open sessions are counted by the `telos_ws_connections` gauge each session holds.
+    let open = crate::metrics::metrics()
+        .ws_connections
+        .load(Ordering::Relaxed)
+        .max(0) as usize;
+    if open >= telos.settings.max_connections {
         return Err(ApiError::from(TelosError::Unavailable(
             "too many WebSocket connections are open; try again later".into(),
         ))
@@ -447,7 +449,6 @@ impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        OPEN_SESSIONS.fetch_add(1, Ordering::Relaxed);
         ctx.run_later(AUTH_TIMEOUT, |act, ctx| {
             if !act.authed {
                 tracing::debug!("websocket client did not authenticate in time");
@@ -486,10 +487,6 @@ impl Actor for WsSession {
             }
         });
         ctx.add_stream(stream);
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        OPEN_SESSIONS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
