@@ -38,7 +38,7 @@ pub struct Settings {
     /// and the bind address: requests naming any other `Host` are refused (DNS rebinding).
     pub allowed_hosts: String,
     /// `local`, `ollama`, `openai` or `scripted` (used by the personas).
-    pub persona_backend: String,
+    pub persona_backend: crate::llm::BackendKind,
     /// File of the scripted persona backend (tests only).
     pub scripted_personas: String,
     /// The GGUF file of the `local` backend when a persona names none (empty: the default
@@ -124,7 +124,18 @@ pub struct Settings {
     /// Tracing filter, e.g. `info` or `telos=debug`.
     pub log: String,
     /// `text` (for people) or `json` (one object per line, for log collectors).
-    pub log_format: String,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One object per line with the span fields, for log collectors.
+    Json,
 }
 
 impl Default for Settings {
@@ -144,7 +155,7 @@ impl Default for Settings {
             db_database: "world".into(),
             admin_token: String::new(),
             allowed_hosts: String::new(),
-            persona_backend: "local".into(),
+            persona_backend: crate::llm::BackendKind::Local,
             scripted_personas: String::new(),
             persona_model: String::new(),
             personas: crate::llm::PERSONAS
@@ -190,7 +201,7 @@ impl Default for Settings {
             max_frame_kib: 1024,
             ws_rate_per_sec: 500,
             log: "info".into(),
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -278,34 +289,13 @@ impl Settings {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !matches!(
-            self.persona_backend.as_str(),
-            "local" | "ollama" | "openai" | "scripted"
-        ) {
-            bail!(
-                "persona_backend must be local, ollama, openai or scripted, not {:?}",
-                self.persona_backend
-            );
-        }
-        for (name, p) in &self.personas {
+        for name in self.personas.keys() {
             if !crate::llm::PERSONAS.contains(&name.as_str()) {
                 bail!(
                     "unknown persona {name:?}: the personas are {}",
                     crate::llm::PERSONAS.join(", ")
                 );
             }
-            if !matches!(
-                p.backend.as_str(),
-                "" | "local" | "ollama" | "openai" | "scripted"
-            ) {
-                bail!(
-                    "persona {name}: backend must be local, ollama, openai or scripted, not {:?}",
-                    p.backend
-                );
-            }
-        }
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            bail!("log_format must be text or json, not {:?}", self.log_format);
         }
         if self.script_threads == 0 {
             bail!("script_threads must be at least 1");
@@ -427,11 +417,21 @@ mod tests {
     }
 
     #[test]
-    fn a_log_format_is_text_or_json() {
-        let mut s = Settings::default();
-        for (format, ok) in [("text", true), ("json", true), ("xml", false), ("", false)] {
-            s.log_format = format.into();
-            assert_eq!(s.validate().is_ok(), ok, "{format}");
-        }
+    fn closed_choices_are_enums_with_clear_errors() {
+        let load = |key: &str, value: &str| {
+            toml::from_str::<Settings>(&format!("{key} = {value:?}")).map_err(anyhow::Error::from)
+        };
+        assert_eq!(
+            load("log_format", "json").unwrap().log_format,
+            LogFormat::Json
+        );
+        let err = format!("{:#}", load("log_format", "xml").unwrap_err());
+        assert!(err.contains("xml") && err.contains("json"), "{err}");
+        assert_eq!(
+            load("persona_backend", "ollama").unwrap().persona_backend,
+            crate::llm::BackendKind::Ollama
+        );
+        let err = format!("{:#}", load("persona_backend", "telepathy").unwrap_err());
+        assert!(err.contains("telepathy") && err.contains("openai"), "{err}");
     }
 }

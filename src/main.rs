@@ -172,7 +172,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&settings.log, &settings.log_format);
+    init_tracing(&settings.log, settings.log_format);
     let result = match cli.command {
         Command::Serve {
             bind,
@@ -316,13 +316,13 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     })
 }
 
-fn init_tracing(filter: &str, format: &str) {
+fn init_tracing(filter: &str, format: telos::config::LogFormat) {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     // JSON: one object per line with the span fields (a kernel run, its stage), for collectors.
-    let fmt = if format == "json" {
+    let fmt = if format == telos::config::LogFormat::Json {
         fmt.json().with_current_span(true).boxed()
     } else {
         fmt.boxed()

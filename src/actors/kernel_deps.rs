@@ -64,9 +64,15 @@ impl Memory for KernelDeps {
     ) -> impl Future<Output = Result<Vec<Found>, String>> + Send {
         let (embedder, memory) = (self.embedder.clone(), self.memory.clone());
         async move {
-            super::memory::search(&embedder, &memory, query, k, Some("method".into()))
-                .await
-                .map_err(|e| e.to_string())
+            super::memory::search(
+                &embedder,
+                &memory,
+                query,
+                k,
+                Some(crate::memory::MemoryKind::Method),
+            )
+            .await
+            .map_err(|e| e.to_string())
         }
     }
 

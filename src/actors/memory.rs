@@ -18,7 +18,7 @@ use super::persona::EmbedClient;
 use crate::embed::{DIMS, EMBEDDER_ID};
 use crate::error::TelosError;
 use crate::memory::index::VectorIndex;
-use crate::memory::{NewMemory, Record};
+use crate::memory::{MemoryKind, NewMemory, Record};
 use crate::world::World;
 
 /// Remembers texts with their embeddings: stores the records, indexes them. Answers the keys.
@@ -35,7 +35,7 @@ pub struct Remember {
 #[rtype(result = "Result<Vec<u64>, TelosError>")]
 pub struct Replace {
     pub owner: String,
-    pub kind: String,
+    pub kind: MemoryKind,
     pub items: Vec<NewMemory>,
     /// The items' embeddings, one per item (see [`replace`]).
     pub vectors: Vec<Vec<f32>>,
@@ -47,7 +47,7 @@ pub struct Replace {
 pub struct Search {
     pub query: String,
     pub k: usize,
-    pub kind: Option<String>,
+    pub kind: Option<MemoryKind>,
     /// The query's embedding (see [`search`]).
     pub vector: Vec<f32>,
 }
@@ -60,7 +60,7 @@ pub async fn search(
     memory: &Addr<MemoryActor>,
     query: String,
     k: usize,
-    kind: Option<String>,
+    kind: Option<MemoryKind>,
 ) -> Result<Vec<Found>, TelosError> {
     if query.trim().is_empty() {
         return Err(TelosError::BadRequest("the search query is empty".into()));
@@ -109,7 +109,7 @@ pub async fn replace(
     embedder: &EmbedClient,
     memory: &Addr<MemoryActor>,
     owner: String,
-    kind: String,
+    kind: MemoryKind,
     items: Vec<NewMemory>,
 ) -> Result<Vec<u64>, TelosError> {
     let vectors = embed_items(embedder, &items).await?;
@@ -172,7 +172,7 @@ pub struct MemoryActor {
     /// How many records each (owner, kind) has: a replacement that would forget nothing and
     /// write nothing (an ordinary object changed; only Retrievable ones have object memories)
     /// costs no query.
-    owned: HashMap<(String, String), usize>,
+    owned: HashMap<(String, MemoryKind), usize>,
 }
 
 impl MemoryActor {
@@ -319,11 +319,7 @@ impl MemoryActor {
             .zip(vectors)
             .map(|(item, vector)| Record {
                 key: self.next_key(),
-                kind: if item.kind.is_empty() {
-                    "note".into()
-                } else {
-                    item.kind
-                },
+                kind: item.kind,
                 text: item.text,
                 prompt: item.prompt,
                 owner: item.owner,
@@ -347,10 +343,7 @@ impl MemoryActor {
         }
         for r in &records {
             self.index.add(r.key, &r.vector)?;
-            *self
-                .owned
-                .entry((r.owner.clone(), r.kind.clone()))
-                .or_default() += 1;
+            *self.owned.entry((r.owner.clone(), r.kind)).or_default() += 1;
         }
         if self.index.unsaved() >= self.save_every {
             self.save()?;
@@ -383,14 +376,14 @@ impl Handler<Replace> for MemoryActor {
     type Result = Result<Vec<u64>, TelosError>;
 
     fn handle(&mut self, msg: Replace, _: &mut SyncContext<Self>) -> Self::Result {
-        let key = (msg.owner.clone(), msg.kind.clone());
+        let key = (msg.owner.clone(), msg.kind);
         if msg.items.is_empty() && !self.owned.contains_key(&key) {
             return Ok(Vec::new());
         }
         let old = self
             .world
             .store()
-            .memory_keys_of_blocking(&msg.owner, &msg.kind)?;
+            .memory_keys_of_blocking(&msg.owner, msg.kind)?;
         let forgotten = old.len();
         let written = self.write(msg.items, msg.vectors, old)?;
         if let Some(n) = self.owned.get_mut(&key) {
@@ -427,7 +420,7 @@ impl Handler<Search> for MemoryActor {
             .iter()
             .filter_map(|h| {
                 let record = by_key.remove(&h.key)?;
-                if msg.kind.as_ref().is_some_and(|k| *k != record.kind) {
+                if msg.kind.is_some_and(|k| k != record.kind) {
                     return None;
                 }
                 Some(Found {
@@ -508,7 +501,7 @@ mod tests {
 
     fn note(owner: &str, text: &str) -> NewMemory {
         NewMemory {
-            kind: "object".into(),
+            kind: MemoryKind::Object,
             text: text.into(),
             owner: owner.into(),
             ..NewMemory::default()
@@ -520,7 +513,7 @@ mod tests {
         memory
             .send(Replace {
                 owner: "o1".into(),
-                kind: "object".into(),
+                kind: MemoryKind::Object,
                 items: texts.iter().map(|t| note("o1", t)).collect(),
                 vectors: (0..texts.len()).map(|i| one_hot(10 + i)).collect(),
             })

@@ -33,7 +33,7 @@ use crate::error::TelosError;
 use crate::llm::local::{LocalModel, Stop};
 use crate::llm::remote::{Dialect, Remote};
 use crate::llm::scripted::Scripted;
-use crate::llm::{Backend, Generated, Message, PERSONAS, PersonaConfig, prompt_text};
+use crate::llm::{Backend, BackendKind, Generated, Message, PERSONAS, PersonaConfig, prompt_text};
 
 /// Embeds texts; answers one normalised vector per text.
 #[derive(Message)]
@@ -74,7 +74,7 @@ pub struct ListPersonas;
 pub struct PersonaView {
     pub name: String,
     /// The backend in effect (the server default when the persona names none).
-    pub backend: String,
+    pub backend: BackendKind,
     /// The model in effect (for `local`: the GGUF path).
     pub model: String,
     pub temperature: f32,
@@ -111,7 +111,7 @@ pub struct PersonaStatus {
     /// Forward passes (batches) run: fewer than requests when micro-batching works.
     pub batches: u64,
     pub torch_threads: i32,
-    pub default_backend: String,
+    pub default_backend: BackendKind,
     pub loaded_models: Vec<String>,
     pub loaded_mib: u64,
     pub budget_mib: u64,
@@ -142,7 +142,7 @@ pub struct PersonaBoard {
     embed: Arc<EmbedStats>,
     tokens: Arc<TokenStats>,
     torch_threads: i32,
-    default_backend: String,
+    default_backend: BackendKind,
     budget_mib: u64,
 }
 
@@ -162,7 +162,7 @@ impl PersonaBoard {
             embed: Arc::default(),
             tokens: Arc::default(),
             torch_threads: settings.torch_threads,
-            default_backend: settings.persona_backend.clone(),
+            default_backend: settings.persona_backend,
             budget_mib: settings.model_budget_mib,
         }
     }
@@ -195,7 +195,7 @@ impl PersonaBoard {
             embedded_texts: self.embed.texts.load(Ordering::Relaxed),
             batches: self.embed.batches.load(Ordering::Relaxed),
             torch_threads: self.torch_threads,
-            default_backend: self.default_backend.clone(),
+            default_backend: self.default_backend,
             loaded_models: st.loaded_models.clone(),
             loaded_mib: st.loaded_mib,
             budget_mib: self.budget_mib,
@@ -360,17 +360,13 @@ impl PersonaActor {
     }
 
     /// The backend and model in effect for `cfg`.
-    fn effective(&self, cfg: &PersonaConfig) -> (String, String) {
-        let backend = if cfg.backend.is_empty() {
-            self.settings.persona_backend.clone()
-        } else {
-            cfg.backend.clone()
-        };
-        let model = match backend.as_str() {
-            "local" if cfg.model.is_empty() => {
+    fn effective(&self, cfg: &PersonaConfig) -> (BackendKind, String) {
+        let backend = cfg.backend.unwrap_or(self.settings.persona_backend);
+        let model = match backend {
+            BackendKind::Local if cfg.model.is_empty() => {
                 self.settings.default_model_path().display().to_string()
             }
-            "scripted" => self.settings.scripted_personas.clone(),
+            BackendKind::Scripted => self.settings.scripted_personas.clone(),
             _ => cfg.model.clone(),
         };
         (backend, model)
@@ -380,7 +376,8 @@ impl PersonaActor {
         let (backend, model) = self.effective(cfg);
         PersonaView {
             name: name.to_string(),
-            loaded: backend == "local" && self.loaded.contains_key(&PathBuf::from(&model)),
+            loaded: backend == BackendKind::Local
+                && self.loaded.contains_key(&PathBuf::from(&model)),
             backend,
             model,
             temperature: cfg.temperature,
@@ -445,23 +442,25 @@ impl PersonaActor {
         let timeout = Duration::from_secs(self.settings.llm_timeout_secs.max(1));
         let mut prompt_tokens = None;
         let mut reused_tokens = None;
-        let answer = match backend.as_str() {
-            "scripted" => match self.scripted.as_mut() {
+        let answer = match backend {
+            BackendKind::Scripted => match self.scripted.as_mut() {
                 Some(s) => s.complete(&name, &cfg, messages),
                 None => Err(anyhow::anyhow!(
                     "persona {name} uses the scripted backend but no scripted_personas file is configured"
                 )),
             },
-            "ollama" => Remote::new(Dialect::Ollama, &self.settings.ollama_url, "", timeout)
-                .complete(&name, &cfg, messages),
-            "openai" => Remote::new(
+            BackendKind::Ollama => {
+                Remote::new(Dialect::Ollama, &self.settings.ollama_url, "", timeout)
+                    .complete(&name, &cfg, messages)
+            }
+            BackendKind::Openai => Remote::new(
                 Dialect::OpenAi,
                 &self.settings.openai_url,
                 &self.settings.openai_api_key,
                 timeout,
             )
             .complete(&name, &cfg, messages),
-            _ => {
+            BackendKind::Local => {
                 let model = self.local_model(PathBuf::from(&model))?;
                 model
                     .generate(
@@ -576,7 +575,7 @@ impl Handler<Warm> for PersonaActor {
                 continue;
             };
             let (backend, model) = self.effective(&cfg);
-            if backend != "local" {
+            if backend != BackendKind::Local {
                 continue;
             }
             self.board.state().busy = Some((format!("{name} (warming up)"), Instant::now()));
@@ -624,21 +623,12 @@ impl Handler<SetPersona> for PersonaActor {
     fn handle(&mut self, msg: SetPersona, _: &mut SyncContext<Self>) -> Self::Result {
         let (name, _) = self.persona(&msg.name)?;
         let c = &msg.config;
-        if !matches!(
-            c.backend.as_str(),
-            "" | "local" | "ollama" | "openai" | "scripted"
-        ) {
-            return Err(TelosError::BadRequest(format!(
-                "backend must be local, ollama, openai or scripted, not {:?}",
-                c.backend
-            )));
-        }
         if !(0.0..=2.0).contains(&c.temperature) || c.max_tokens == 0 || c.max_tokens > 8192 {
             return Err(TelosError::BadRequest(
                 "temperature must be within 0..2 and max_tokens within 1..8192".into(),
             ));
         }
-        if c.backend == "scripted" && self.scripted.is_none() {
+        if c.backend == Some(BackendKind::Scripted) && self.scripted.is_none() {
             return Err(TelosError::BadRequest(
                 "the scripted backend needs the scripted_personas file set at start".into(),
             ));
@@ -655,7 +645,7 @@ impl Handler<Unload> for PersonaActor {
     fn handle(&mut self, msg: Unload, _: &mut SyncContext<Self>) -> Self::Result {
         let (_, cfg) = self.persona(&msg.name)?;
         let (backend, model) = self.effective(&cfg);
-        if backend != "local" {
+        if backend != BackendKind::Local {
             return Ok(false);
         }
         let was = self.loaded.remove(&PathBuf::from(&model)).is_some();

@@ -93,7 +93,7 @@ pub async fn reindex(
         .unwrap_or_default()
         .into_iter()
         .map(|text| NewMemory {
-            kind: "object".into(),
+            kind: crate::memory::MemoryKind::Object,
             text,
             owner: oid.to_string(),
             ..NewMemory::default()
@@ -104,7 +104,7 @@ pub async fn reindex(
         &telos.embedder,
         &telos.memory,
         oid.to_string(),
-        "object".into(),
+        crate::memory::MemoryKind::Object,
         items,
     )
     .await?;

@@ -123,8 +123,8 @@ pub fn run(settings: Settings, file: &Path, limit: Option<usize>) -> anyhow::Res
     if let Some(n) = limit {
         families.truncate(n);
     }
-    let model = match settings.persona_backend.as_str() {
-        "local" => settings.default_model_path().display().to_string(),
+    let model = match settings.persona_backend {
+        crate::llm::BackendKind::Local => settings.default_model_path().display().to_string(),
         other => other.to_string(),
     };
     println!(

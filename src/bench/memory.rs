@@ -198,7 +198,7 @@ fn cold_start(
         .enumerate()
         .map(|(k, (v, text))| Record {
             key: k as u64 + 1,
-            kind: "note".into(),
+            kind: crate::memory::MemoryKind::Note,
             text: text.clone(),
             prompt: String::new(),
             owner: String::new(),

@@ -358,14 +358,15 @@ struct SearchQuery {
 /// `GET /api/memory/search?q=&k=&kind=`: the nearest memories to `q`, closest first.
 async fn memory_search(telos: web::Data<Telos>, query: web::Query<SearchQuery>) -> ApiResult {
     let SearchQuery { q, k, kind } = query.into_inner();
-    let found = crate::actors::memory::search(
-        &telos.embedder,
-        &telos.memory,
-        q,
-        k.unwrap_or(5),
-        kind.filter(|k| !k.is_empty()),
-    )
-    .await?;
+    let kind = match kind.as_deref() {
+        None | Some("") => None,
+        Some(name) => {
+            Some(crate::memory::MemoryKind::parse(name).map_err(|e| ApiError::bad_request(e))?)
+        }
+    };
+    let found =
+        crate::actors::memory::search(&telos.embedder, &telos.memory, q, k.unwrap_or(5), kind)
+            .await?;
     Ok(HttpResponse::Ok().json(found))
 }
 

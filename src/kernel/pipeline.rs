@@ -981,7 +981,7 @@ pub async fn learn<X: Personas + Memory>(
             // The situation comes first: a later message of the same shape finds it closest.
             let key = x
                 .remember(NewMemory {
-                    kind: "method".into(),
+                    kind: crate::memory::MemoryKind::Method,
                     text: format!("{}: {}", ctx.situation(), description),
                     prompt: ctx.situation(),
                     owner: miss.receiver.clone(),
@@ -1072,7 +1072,7 @@ mod tests {
     fn generated(persona: &str, text: String) -> Generated {
         Generated {
             persona: persona.into(),
-            backend: "fake".into(),
+            backend: crate::llm::BackendKind::Scripted,
             model: "fake".into(),
             text,
             ms: 1,
@@ -1435,7 +1435,7 @@ mod tests {
         Found {
             id: 7,
             distance: 0.4,
-            kind: "method".into(),
+            kind: crate::memory::MemoryKind::Method,
             selector: "area".into(),
             owner: "o9".into(),
             prompt: prompt.into(),

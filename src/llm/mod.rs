@@ -51,12 +51,64 @@ pub fn prompt_text(messages: &[Message]) -> String {
         .join("\n")
 }
 
+/// Which kind of language-model server answers a persona.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// llama.cpp in this process, over a GGUF file.
+    Local,
+    /// An Ollama server (`ollama_url`).
+    Ollama,
+    /// An OpenAI-compatible server (`openai_url`, `openai_api_key`).
+    Openai,
+    /// Replies read from the `scripted_personas` file (tests only).
+    Scripted,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Ollama => "ollama",
+            BackendKind::Openai => "openai",
+            BackendKind::Scripted => "scripted",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A persona's backend: absent, null or `""` mean the server's `persona_backend`.
+fn backend_or_default<'de, D>(d: D) -> Result<Option<BackendKind>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    match Option::<String>::deserialize(d)?.as_deref() {
+        None | Some("") => Ok(None),
+        Some(name) => BackendKind::deserialize(serde::de::value::StrDeserializer::new(name))
+            .map(Some)
+            .map_err(|_: serde::de::value::Error| {
+                serde::de::Error::custom(format!(
+                    "backend must be local, ollama, openai or scripted, not {name:?}"
+                ))
+            }),
+    }
+}
+
 /// How one persona is run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PersonaConfig {
-    /// `local`, `ollama`, `openai` or `scripted`; empty: the server's `persona_backend`.
-    pub backend: String,
+    /// None: the server's `persona_backend`.
+    #[serde(
+        deserialize_with = "backend_or_default",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend: Option<BackendKind>,
     /// `local`: a GGUF path (empty: the default model in `models_dir`); `ollama`/`openai`: the
     /// model name.
     pub model: String,
@@ -67,7 +119,7 @@ pub struct PersonaConfig {
 impl Default for PersonaConfig {
     fn default() -> Self {
         PersonaConfig {
-            backend: String::new(),
+            backend: None,
             model: String::new(),
             temperature: 0.2,
             max_tokens: 512,
@@ -97,7 +149,7 @@ impl PersonaConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct Generated {
     pub persona: String,
-    pub backend: String,
+    pub backend: BackendKind,
     pub model: String,
     pub text: String,
     pub ms: u64,

@@ -8,13 +8,60 @@ pub mod records;
 
 use serde::{Deserialize, Serialize};
 
+/// What a memory is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryKind {
+    /// A method the kernel learned (or one posted with its source).
+    Method,
+    /// A chunk of a Retrievable object's text, kept by the indexer.
+    Object,
+    /// Anything else a client asked to remember. A stored kind this server does not know
+    /// (written by hand into the database) reads as a note.
+    #[default]
+    #[serde(other)]
+    Note,
+}
+
+impl MemoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryKind::Method => "method",
+            MemoryKind::Object => "object",
+            MemoryKind::Note => "note",
+        }
+    }
+
+    /// A kind named by a client: `method`, `object` or `note` (empty: note); anything else is an
+    /// error that names the choices, never a silent note.
+    pub fn parse(name: &str) -> Result<MemoryKind, String> {
+        match name {
+            "method" => Ok(MemoryKind::Method),
+            "object" => Ok(MemoryKind::Object),
+            "note" | "" => Ok(MemoryKind::Note),
+            other => Err(format!(
+                "a memory's kind is method, object or note, not {other:?}"
+            )),
+        }
+    }
+
+    fn strict<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MemoryKind, D::Error> {
+        MemoryKind::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for MemoryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One memory: a text, its embedding, and where it came from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
     /// The key in the vector index (also the record id); never reused.
     pub key: u64,
-    /// `method` (learned by the kernel), `object` (a Retrievable's chunk) or `note`.
-    pub kind: String,
+    pub kind: MemoryKind,
     /// What was embedded.
     pub text: String,
     /// The request that led to it (e.g. the selector and arguments of a miss).
@@ -48,7 +95,7 @@ pub struct Found {
     /// The record's key.
     pub id: u64,
     pub distance: f32,
-    pub kind: String,
+    pub kind: MemoryKind,
     pub text: String,
     pub prompt: String,
     pub owner: String,
@@ -64,8 +111,8 @@ pub struct Found {
 #[serde(deny_unknown_fields)]
 pub struct NewMemory {
     /// Default: `note`.
-    #[serde(default)]
-    pub kind: String,
+    #[serde(default, deserialize_with = "MemoryKind::strict")]
+    pub kind: MemoryKind,
     pub text: String,
     #[serde(default)]
     pub prompt: String,

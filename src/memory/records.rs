@@ -6,7 +6,7 @@
 
 use serde_json::Value as Json;
 
-use super::Record;
+use super::{MemoryKind, Record};
 use crate::error::{Result, TelosError};
 use crate::store::{Store, Tombstoned, db_err, write_tombstoned};
 
@@ -77,7 +77,7 @@ impl Store {
     /// How many records each (owner, kind) has.
     pub fn memory_owner_counts_blocking(
         &self,
-    ) -> Result<std::collections::HashMap<(String, String), usize>> {
+    ) -> Result<std::collections::HashMap<(String, MemoryKind), usize>> {
         self.block(|db| async move {
             let mut res = db
                 .query("SELECT owner, kind, count() AS n FROM memory GROUP BY owner, kind")
@@ -89,7 +89,10 @@ impl Store {
                 .map(|r| {
                     let text = |f: &str| r[f].as_str().unwrap_or_default().to_string();
                     (
-                        (text("owner"), text("kind")),
+                        (
+                            text("owner"),
+                            serde_json::from_value(r["kind"].clone()).unwrap_or_default(),
+                        ),
                         r["n"].as_u64().unwrap_or(0) as usize,
                     )
                 })
@@ -137,13 +140,13 @@ impl Store {
     }
 
     /// The keys of the memories of `owner` of `kind`.
-    pub fn memory_keys_of_blocking(&self, owner: &str, kind: &str) -> Result<Vec<u64>> {
-        let (owner, kind) = (owner.to_string(), kind.to_string());
+    pub fn memory_keys_of_blocking(&self, owner: &str, kind: MemoryKind) -> Result<Vec<u64>> {
+        let owner = owner.to_string();
         self.block(move |db| async move {
             let mut res = db
                 .query("SELECT VALUE key FROM memory WHERE owner = $owner AND kind = $kind")
                 .bind(("owner", owner))
-                .bind(("kind", kind))
+                .bind(("kind", kind.as_str()))
                 .await
                 .map_err(db_err)?;
             let keys: Vec<i64> = res.take(0).map_err(db_err)?;

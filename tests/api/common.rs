@@ -28,7 +28,7 @@ pub fn test_settings(dir: &Path) -> Settings {
         data_dir: dir.join("data"),
         backup_dir: dir.join("backups"),
         // No language model in the black-box tests unless a test scripts one: a miss fails fast.
-        persona_backend: "scripted".into(),
+        persona_backend: telos::llm::BackendKind::Scripted,
         // Models load when a test first needs them, not at every start.
         llm_preload: false,
         ..Settings::default()

@@ -588,7 +588,7 @@ async fn free_text_goes_to_robin_and_personas_are_administered() {
 #[actix_web::test]
 async fn the_real_local_model_learns_methods_that_read_slots() {
     let app = spawn_app_with(|s| {
-        s.persona_backend = "local".into();
+        s.persona_backend = telos::llm::BackendKind::Local;
         s.kernel_repair_rounds = 3;
     })
     .await;

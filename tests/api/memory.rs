@@ -412,6 +412,24 @@ async fn memory_endpoints_reject_bad_input() {
         .post("/api/memory/records", json!({"items": [{"txt": "typo"}]}))
         .await;
     assert_eq!(s, 400, "{v}");
+    // A kind is method, object or note: anything else is named back, never stored as a note.
+    let (s, v) = app
+        .post(
+            "/api/memory/records",
+            json!({"items": [{"text": "a fact", "kind": "fact"}]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("\"fact\""), "{v}");
+    let (s, v) = app.get("/api/memory/search?q=area&k=3&kind=fact").await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("method, object or note"),
+        "{v}"
+    );
     let (s, v) = app.post("/api/memory/reindex", json!({})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["records"], 0);
