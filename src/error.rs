@@ -110,6 +110,18 @@ impl TelosError {
     }
 }
 
+/// An error and its causes, outermost first, as one line: `a: b: c`.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// A short id a client can quote and the log carries beside the detail.
 fn incident() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()

@@ -261,10 +261,8 @@ impl ObjectState {
     }
 
     /// Rebuilds an object from its stored record.
-    pub fn from_doc(oid: String, doc: &str, version: u64) -> Result<Self> {
-        let doc: Doc = serde_json::from_str(doc).map_err(|e| {
-            TelosError::Internal(format!("stored object {oid} is not readable: {e}"))
-        })?;
+    pub fn from_doc(oid: String, doc: &str, version: u64) -> Result<Self, serde_json::Error> {
+        let doc: Doc = serde_json::from_str(doc)?;
         Ok(ObjectState {
             oid,
             slots: doc.slots,

@@ -119,9 +119,14 @@ impl Telos {
                     memory::search(&self.embedder, &self.memory, query.to_string(), k, None).await;
                 Some(found.map(|hits| json!(hits)))
             }
-            ("memory_manager", "count") => {
-                Some(self.world.store().memory_count().await.map(|n| json!(n)))
-            }
+            ("memory_manager", "count") => Some(
+                self.world
+                    .store()
+                    .memory_count()
+                    .await
+                    .map(|n| json!(n))
+                    .map_err(TelosError::from),
+            ),
             ("memory_manager", "reindex") => Some(
                 self.memory
                     .send(memory::Reindex)

@@ -361,7 +361,9 @@ impl World {
             .collect();
         // A panic in the write fails this batch; the committer carries on with the next.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.store.commit_blocking(&objects, &deleted, seq)
+            self.store
+                .commit_blocking(&objects, &deleted, seq)
+                .map_err(TelosError::from)
         }))
         .unwrap_or_else(|_| {
             Err(TelosError::Internal(
@@ -479,6 +481,12 @@ pub enum CommitError {
 impl From<TelosError> for CommitError {
     fn from(e: TelosError) -> Self {
         CommitError::Failed(e)
+    }
+}
+
+impl From<crate::store::StoreError> for CommitError {
+    fn from(e: crate::store::StoreError) -> Self {
+        CommitError::Failed(e.into())
     }
 }
 

@@ -190,6 +190,7 @@ impl Facts for KernelDeps {
                 .store()
                 .recent_failures(&receiver, &selector, since)
                 .await
+                .map_err(TelosError::from)
         }
     }
 

@@ -194,3 +194,198 @@ impl Handler<Dispatch> for ObjectActor {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::actors::directory::{Activate, Directory, LiveCount};
+    use crate::kernel::pipeline::Emitter;
+    use crate::sandbox::Limits;
+    use crate::store::{Store, StoreConfig};
+    use crate::world::World;
+
+    /// A kernel that teaches every miss `return 42` (or refuses, when `teach` is false),
+    /// counting what it was asked.
+    struct FakeKernel {
+        exec: Executor,
+        teach: bool,
+        asked: Arc<AtomicUsize>,
+    }
+
+    impl Actor for FakeKernel {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Understand> for FakeKernel {
+        type Result = ResponseFuture<Result<super::super::kernel::KernelRun, TelosError>>;
+
+        fn handle(&mut self, msg: Understand, _: &mut Context<Self>) -> Self::Result {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let (exec, teach) = (self.exec.clone(), self.teach);
+            Box::pin(async move {
+                if !teach {
+                    return Err(TelosError::DoesNotUnderstand {
+                        receiver: msg.miss.receiver,
+                        selector: msg.miss.selector,
+                    });
+                }
+                let install = Op::SetMethod {
+                    name: msg.miss.selector.clone(),
+                    source: "function (self) { return 42; }".into(),
+                };
+                match exec.run(&msg.miss.receiver, install).await? {
+                    Outcome::Done { .. } => {}
+                    other => panic!("installing failed: {other:?}"),
+                }
+                let (stages, _) = tokio::sync::broadcast::channel(16);
+                Ok(super::super::kernel::KernelRun {
+                    emitter: Emitter::new(&msg.miss, stages, None),
+                    answered: Arc::default(),
+                })
+            })
+        }
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        directory: Addr<Directory>,
+        asked: Arc<AtomicUsize>,
+    }
+
+    async fn setup(teach: bool, passivate_after: Duration) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        // Opening blocks on the store's own runtime: not on this one.
+        let world = tokio::task::spawn_blocking(move || {
+            World::new(Store::open(&StoreConfig::embedded(data)).unwrap()).unwrap()
+        })
+        .await
+        .unwrap();
+        let exec = Executor::start(world.clone(), Limits::default(), 1, 16).unwrap();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let kernel = FakeKernel {
+            exec: exec.clone(),
+            teach,
+            asked: asked.clone(),
+        }
+        .start();
+        let directory = Directory::new(world, exec, kernel.recipient(), passivate_after).start();
+        Setup {
+            _dir: dir,
+            directory,
+            asked,
+        }
+    }
+
+    async fn dispatch(s: &Setup, oid: &str, op: Op) -> Result<Json, TelosError> {
+        let actor = s
+            .directory
+            .send(Activate { oid: oid.into() })
+            .await
+            .unwrap();
+        actor
+            .send(Dispatch { op, progress: None })
+            .await
+            .unwrap()
+            .result
+    }
+
+    fn send(selector: &str) -> Op {
+        Op::Send {
+            selector: selector.into(),
+            args: vec![],
+        }
+    }
+
+    /// Polls `check` until it holds (no fixed sleep decides the outcome).
+    async fn eventually(mut check: impl AsyncFnMut() -> bool) {
+        for _ in 0..600 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the condition never held");
+    }
+
+    #[actix_web::test]
+    async fn a_miss_goes_to_the_kernel_once_and_the_message_is_answered_by_what_it_installed() {
+        let s = setup(true, Duration::from_secs(60)).await;
+        let child = dispatch(
+            &s,
+            "genesis_obj",
+            Op::Clone {
+                slots: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+        let child = child["oid"].as_str().unwrap().to_string();
+        assert_eq!(
+            dispatch(&s, &child, send("answer")).await.unwrap(),
+            json!(42)
+        );
+        // Learned: the second send finds the method and the kernel is not asked again.
+        assert_eq!(
+            dispatch(&s, &child, send("answer")).await.unwrap(),
+            json!(42)
+        );
+        assert_eq!(s.asked.load(Ordering::SeqCst), 1);
+    }
+
+    #[actix_web::test]
+    async fn a_kernel_that_cannot_help_answers_the_error_and_changes_nothing() {
+        let s = setup(false, Duration::from_secs(60)).await;
+        let err = dispatch(&s, "genesis_obj", send("fly")).await.unwrap_err();
+        assert_eq!(err.code(), "does_not_understand", "{err}");
+        let err = dispatch(&s, "genesis_obj", send("fly")).await.unwrap_err();
+        assert_eq!(err.code(), "does_not_understand", "{err}");
+        assert_eq!(s.asked.load(Ordering::SeqCst), 2);
+    }
+
+    #[actix_web::test]
+    async fn an_actor_for_a_missing_object_stops_and_idle_actors_are_passivated() {
+        let s = setup(false, Duration::from_millis(200)).await;
+        let err = dispatch(&s, "nobody", send("x")).await.unwrap_err();
+        assert!(
+            matches!(err, TelosError::NoObject(ref o) if o == "nobody"),
+            "{err}"
+        );
+        // The same actor while it lives; a fresh one after.
+        let a = s
+            .directory
+            .send(Activate {
+                oid: "genesis_obj".into(),
+            })
+            .await
+            .unwrap();
+        let b = s
+            .directory
+            .send(Activate {
+                oid: "genesis_obj".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(a, b);
+        let d = s.directory.clone();
+        eventually(async || d.send(LiveCount).await.unwrap() == 0).await;
+        assert!(!a.connected());
+        // A passivated object answers again: its state is in the store.
+        assert!(
+            dispatch(
+                &s,
+                "genesis_obj",
+                Op::Clone {
+                    slots: Default::default()
+                }
+            )
+            .await
+            .is_ok()
+        );
+    }
+}

@@ -360,9 +360,7 @@ async fn memory_search(telos: web::Data<Telos>, query: web::Query<SearchQuery>) 
     let SearchQuery { q, k, kind } = query.into_inner();
     let kind = match kind.as_deref() {
         None | Some("") => None,
-        Some(name) => {
-            Some(crate::memory::MemoryKind::parse(name).map_err(|e| ApiError::bad_request(e))?)
-        }
+        Some(name) => Some(crate::memory::MemoryKind::parse(name).map_err(ApiError::bad_request)?),
     };
     let found =
         crate::actors::memory::search(&telos.embedder, &telos.memory, q, k.unwrap_or(5), kind)

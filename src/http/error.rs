@@ -41,6 +41,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        TelosError::from(error).into()
+    }
+}
+
 impl From<TelosError> for ApiError {
     fn from(error: TelosError) -> Self {
         ApiError {

@@ -7,7 +7,7 @@
 use serde_json::Value as Json;
 
 use super::{MemoryKind, Record};
-use crate::error::{Result, TelosError};
+use crate::store::{Result, StoreError};
 use crate::store::{Store, Tombstoned, db_err, write_tombstoned};
 
 /// Memory records, written once; a forgotten one leaves a tombstone.
@@ -35,10 +35,7 @@ fn vector_of(row: &Json) -> Vec<f32> {
 
 fn rows_to_records(rows: Vec<Json>) -> Result<Vec<Record>> {
     rows.into_iter()
-        .map(|r| {
-            serde_json::from_value(r)
-                .map_err(|e| TelosError::Internal(format!("a memory record is malformed: {e}")))
-        })
+        .map(|r| serde_json::from_value(r).map_err(StoreError::malformed("a memory record")))
         .collect()
 }
 
@@ -70,7 +67,7 @@ impl Store {
         self.block(move |db| async move {
             write_tombstoned(&db, &MEMORY, Json::from(rows), Json::from(gone), seq)
                 .await
-                .map_err(|e| TelosError::Internal(format!("writing memory records: {e}")))
+                .map_err(StoreError::Database)
         })?
     }
 
@@ -214,7 +211,7 @@ impl Store {
                 let rows: Vec<Json> = res.take(0).map_err(db_err)?;
                 let counts: Vec<Json> = res.take(1).map_err(db_err)?;
                 let total = counts.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
-                Ok::<_, TelosError>((rows, total))
+                Ok::<_, StoreError>((rows, total))
             })
             .await??;
         Ok((rows_to_records(rows)?, total))

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use super::{Result, StoreError};
 use super::{Store, db_err};
-use crate::error::{Result, TelosError};
 
 /// One kernel run, as the `attempt` table holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,7 +35,7 @@ pub struct Failure {
 impl Store {
     /// Records one kernel run (learned or failed).
     pub async fn record_attempt(&self, attempt: Attempt) -> Result<()> {
-        let row = serde_json::to_value(attempt).map_err(TelosError::internal)?;
+        let row = serde_json::to_value(attempt).map_err(StoreError::malformed("an attempt"))?;
         self.run(move |db| async move {
             db.query("CREATE attempt CONTENT $a RETURN NONE")
                 .bind(("a", row))
@@ -70,11 +70,7 @@ impl Store {
                 .map_err(db_err)?;
             let rows = res.take::<Vec<Json>>(0).map_err(db_err)?;
             rows.into_iter()
-                .map(|r| {
-                    serde_json::from_value(r).map_err(|e| {
-                        TelosError::Internal(format!("an attempt row is malformed: {e}"))
-                    })
-                })
+                .map(|r| serde_json::from_value(r).map_err(StoreError::malformed("an attempt row")))
                 .collect()
         })
         .await?

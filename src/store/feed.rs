@@ -3,8 +3,7 @@
 
 use serde_json::Value as Json;
 
-use super::{Store, db_err};
-use crate::error::Result;
+use super::{Result, Store, db_err};
 
 /// The fields of an object row, as backups carry them.
 const ROW_FIELDS: &str = "oid, name, parents, doc, version, seq";

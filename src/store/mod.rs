@@ -20,12 +20,13 @@ use surrealdb::Surreal;
 use surrealdb::engine::any::{Any, connect};
 use surrealdb::opt::auth::Root;
 
-use crate::error::{Result, TelosError};
 use crate::object::primordial_objects;
+pub use error::{Result, StoreError};
 
 pub mod attempts;
 pub mod config;
 pub mod data_dir;
+pub mod error;
 pub mod feed;
 pub mod objects;
 pub mod schema;
@@ -205,9 +206,7 @@ impl Store {
         T: Send + 'static,
     {
         let task = self.handle().spawn(f(self.db()));
-        self.handle()
-            .block_on(task)
-            .map_err(|e| TelosError::Internal(format!("store task failed: {e}")))
+        self.handle().block_on(task).map_err(StoreError::Task)
     }
 
     /// Runs `f(db)` on the store's runtime and awaits it from any async context.
@@ -220,7 +219,7 @@ impl Store {
         self.handle()
             .spawn(f(self.db()))
             .await
-            .map_err(|e| TelosError::Internal(format!("store task failed: {e}")))
+            .map_err(StoreError::Task)
     }
 
     /// Creates the primordial objects in one transaction if the world is empty.
@@ -319,6 +318,6 @@ pub(crate) async fn write_tombstoned(
         .map(|_| ())
 }
 
-pub(crate) fn db_err(e: surrealdb::Error) -> TelosError {
-    TelosError::Internal(format!("database: {e}"))
+pub(crate) fn db_err(e: surrealdb::Error) -> StoreError {
+    StoreError::Database(e)
 }

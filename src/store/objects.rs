@@ -4,8 +4,8 @@ use serde_json::{Value as Json, json};
 use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 
+use super::{Result, StoreError};
 use super::{Store, Tombstoned, db_err, write_tombstoned};
-use crate::error::{Result, TelosError};
 use crate::object::ObjectState;
 
 /// A summary row of the object list.
@@ -129,9 +129,12 @@ async fn load(db: Surreal<Any>, oid: String) -> Result<Option<ObjectState>> {
     };
     let doc = row["doc"]
         .as_str()
-        .ok_or_else(|| TelosError::Internal(format!("object {oid} has no doc")))?;
+        .ok_or_else(|| StoreError::Incomplete(format!("object {oid} has no doc")))?;
     let version = row["version"].as_u64().unwrap_or(0);
-    ObjectState::from_doc(oid, doc, version).map(Some)
+    let what = format!("the stored object {oid}");
+    ObjectState::from_doc(oid, doc, version)
+        .map(Some)
+        .map_err(StoreError::malformed(what))
 }
 
 fn commit_rows(objects: &[ObjectState], deleted: &[String], seq: u64) -> (Json, Json) {
@@ -162,7 +165,7 @@ const OBJECTS: Tombstoned = Tombstoned {
 async fn commit(db: Surreal<Any>, rows: Json, gone: Json, seq: u64) -> Result<()> {
     write_tombstoned(&db, &OBJECTS, rows, gone, seq)
         .await
-        .map_err(|e| TelosError::Internal(format!("committing to the database: {e}")))
+        .map_err(StoreError::Database)
 }
 
 #[cfg(test)]
