@@ -126,7 +126,8 @@ pub struct Verification {
 }
 
 /// Takes a backup of `store` into `dir`. An incremental with no full to build on is taken as
-/// a full. Answers the manifest of the backup written.
+/// a full. Answers the manifest of the backup written. It reads the tables: under a live world
+/// call [`crate::world::World::settled`] first, so changes still in the commit log are in it.
 pub async fn take(
     store: &Store,
     dir: &Path,

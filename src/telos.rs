@@ -181,7 +181,7 @@ impl Telos {
 
     /// What `/api/health` reports.
     pub async fn health(&self) -> Result<Json> {
-        let objects = self.world.store().count().await?;
+        let objects = self.world.count().await?;
         let live = self.directory.send(LiveCount).await.unwrap_or(0);
         let personas = Some(self.persona_board.status());
         let memory = self.memory.send(memory::Stats).await.ok();

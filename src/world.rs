@@ -10,9 +10,13 @@
 //! At commit the world takes its commit lock and checks that every object the transaction read
 //! still has the version it saw (optimistic concurrency), counting transactions that are
 //! validated but not yet written. A valid transaction is queued and the script thread goes on
-//! with its next message; a committer thread writes *every* queued transaction in one database
-//! transaction (group commit: one fsync for all of them), then updates the cache, announces the
-//! changes and answers each transaction, whose message is answered only then (durable first).
+//! with its next message; a committer thread appends *every* queued transaction to the commit
+//! log as one record (group commit: one record and one fsync for all of them, see
+//! [`crate::store::log`]), then updates the cache, announces the changes and answers each
+//! transaction, whose message is answered only then (durable first). What the log holds and the
+//! object table does not yet is kept in memory (`unflushed`) and answers loads before the
+//! table; a checkpointer thread writes it into the table every [`CHECKPOINT_EVERY`] (or sooner
+//! when much is waiting), an object written many times once.
 //! A transaction whose reads went stale is run again from the start by its caller, after the
 //! write it lost to has landed; a batch that fails to write fails every transaction in it and
 //! writes nothing. Two queued transactions never touch the same object (the second saw a
@@ -31,6 +35,27 @@ use tokio::sync::broadcast;
 use crate::error::{Result, TelosError};
 use crate::object::{ObjectState, PRIMORDIAL, Slot, lookup, new_oid, validate_slot_name};
 use crate::store::Store;
+
+/// How often the checkpointer writes the commit log into the object table.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Log records waiting that wake the checkpointer before its time.
+const CHECKPOINT_RECORDS: usize = 512;
+
+/// What the commit log holds that the object table does not have yet.
+#[derive(Default)]
+struct Unflushed {
+    /// The newest logged state of each such object (`None`: deleted) and its sequence number.
+    objects: HashMap<String, (u64, Option<Arc<ObjectState>>)>,
+    /// The log records not yet checkpointed, oldest first.
+    logged: Vec<u64>,
+}
+
+/// Checkpoints written so far (guarded by the checkpoint lock).
+#[derive(Default)]
+struct Checkpoints {
+    done: u64,
+    rows: u64,
+}
 
 /// A committed change to one object, announced to subscribers.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -113,6 +138,11 @@ pub struct CommitStats {
     pub batches: u64,
     /// Message transactions written in them.
     pub transactions: u64,
+    /// Checkpoints of the commit log into the object table, and rows they wrote.
+    pub checkpoints: u64,
+    pub checkpointed_rows: u64,
+    /// Log records waiting for a checkpoint.
+    pub log_pending: usize,
 }
 
 /// The shared world: object cache, store and change announcements.
@@ -129,11 +159,25 @@ pub struct World {
     changes: broadcast::Sender<Change>,
     /// The global sequence number of the last commit (guarded by `commit_lock` for writes).
     seq: AtomicU64,
+    /// What the log holds that the table does not (lock order: after `commit_lock`).
+    unflushed: Mutex<Unflushed>,
+    /// The checkpointer thread, unparked when much is waiting.
+    checkpointer: std::sync::OnceLock<std::thread::Thread>,
+    /// One checkpoint at a time (never held while waiting for `commit_lock`).
+    checkpointing: Mutex<Checkpoints>,
+    /// How often the checkpointer runs ([`CHECKPOINT_EVERY`]).
+    checkpoint_every: Duration,
 }
 
 impl World {
     /// The world over an opened store (blocking: reads the last sequence number).
     pub fn new(store: Store) -> Result<Arc<World>> {
+        World::with_checkpoints(store, CHECKPOINT_EVERY)
+    }
+
+    /// [`World::new`] with the checkpointer running every `every` (tests use long ones to see
+    /// the log's own paths).
+    pub fn with_checkpoints(store: Store, every: Duration) -> Result<Arc<World>> {
         let (changes, _) = broadcast::channel(4096);
         let seq = store.current_seq_blocking()?;
         let world = Arc::new(World {
@@ -144,12 +188,22 @@ impl World {
             queued: Condvar::new(),
             changes,
             seq: AtomicU64::new(seq),
+            unflushed: Mutex::new(Unflushed::default()),
+            checkpointer: std::sync::OnceLock::new(),
+            checkpointing: Mutex::new(Checkpoints::default()),
+            checkpoint_every: every,
         });
         let weak = Arc::downgrade(&world);
         std::thread::Builder::new()
             .name("telos-commit".into())
             .spawn(move || committer(weak))
             .map_err(|e| TelosError::Internal(format!("starting the committer thread: {e}")))?;
+        let weak = Arc::downgrade(&world);
+        let thread = std::thread::Builder::new()
+            .name("telos-checkpoint".into())
+            .spawn(move || checkpointer(weak))
+            .map_err(|e| TelosError::Internal(format!("starting the checkpoint thread: {e}")))?;
+        let _ = world.checkpointer.set(thread.thread().clone());
         Ok(world)
     }
 
@@ -157,13 +211,89 @@ impl World {
         self.commit_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn unflushed(&self) -> MutexGuard<'_, Unflushed> {
+        self.unflushed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Batches written by group commit and the transactions in them.
     pub fn commit_stats(&self) -> CommitStats {
-        let g = self.group();
+        let (batches, transactions) = {
+            let g = self.group();
+            (g.batches, g.grouped)
+        };
+        let log_pending = self.unflushed().logged.len();
+        let c = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         CommitStats {
-            batches: g.batches,
-            transactions: g.grouped,
+            batches,
+            transactions,
+            checkpoints: c.done,
+            checkpointed_rows: c.rows,
+            log_pending,
         }
+    }
+
+    /// Writes what the commit log holds into the object table (one transaction), so that
+    /// readers of the table (listings, counts, backups) see every acknowledged change.
+    /// Blocking: call from plain threads, or through [`World::settled`]. Answers rows written.
+    pub fn checkpoint(&self) -> Result<usize> {
+        let mut done = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let (cp, newest) = {
+            let u = self.unflushed();
+            let Some(&newest) = u.logged.last() else {
+                return Ok(0);
+            };
+            let mut cp = crate::store::Checkpoint::default();
+            for (oid, (seq, obj)) in &u.objects {
+                match obj {
+                    Some(obj) => cp.write(obj, *seq),
+                    None => cp.delete(oid, *seq),
+                }
+            }
+            for seq in &u.logged {
+                cp.applies(*seq);
+            }
+            (cp, newest)
+        };
+        let rows = cp.len();
+        self.store.checkpoint_blocking(cp, newest)?;
+        // Whatever was logged after the snapshot stays for the next checkpoint.
+        let mut u = self.unflushed();
+        u.logged.retain(|s| *s > newest);
+        u.objects.retain(|_, (s, _)| *s > newest);
+        done.done += 1;
+        done.rows += rows as u64;
+        Ok(rows)
+    }
+
+    /// [`World::checkpoint`] from async code (on a blocking worker).
+    pub async fn settled(self: &Arc<Self>) -> Result<()> {
+        let world = self.clone();
+        tokio::task::spawn_blocking(move || world.checkpoint())
+            .await
+            .map_err(|e| TelosError::Internal(format!("a checkpoint task failed: {e}")))?
+            .map(|_| ())
+    }
+
+    /// One page of the object list, ordered by oid (every acknowledged change included).
+    pub async fn list(
+        self: &Arc<Self>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<crate::store::ObjectSummary>> {
+        self.settled().await?;
+        Ok(self.store.list(offset, limit).await?)
+    }
+
+    /// How many objects the world holds.
+    pub async fn count(self: &Arc<Self>) -> Result<u64> {
+        self.settled().await?;
+        Ok(self.store.count().await?)
+    }
+
+    /// Every oid.
+    pub async fn all_oids(self: &Arc<Self>) -> Result<Vec<String>> {
+        self.settled().await?;
+        Ok(self.store.all_oids().await?)
     }
 
     /// The sequence number of the last commit.
@@ -205,10 +335,15 @@ impl World {
         if let Some(obj) = self.cached(oid) {
             return Ok(Some(obj));
         }
-        let Some(obj) = self.store.load_blocking(oid)? else {
-            return Ok(None);
+        let logged = self.unflushed().objects.get(oid).map(|(_, o)| o.clone());
+        let obj = match logged {
+            Some(Some(obj)) => obj,
+            Some(None) => return Ok(None),
+            None => match self.store.load_blocking(oid)? {
+                Some(obj) => Arc::new(obj),
+                None => return Ok(None),
+            },
         };
-        let obj = Arc::new(obj);
         self.cache().insert(
             oid.to_string(),
             CacheEntry {
@@ -244,6 +379,13 @@ impl World {
         while g.flushing {
             g = self.landed.wait(g).unwrap_or_else(|p| p.into_inner());
         }
+        // The tables must hold every change numbered below this one before `meta:seq` moves
+        // past them (see `store::log`): nothing is appended meanwhile (no batch in flight).
+        if let Err(e) = self.checkpoint() {
+            g.memory_waiting -= 1;
+            self.landed.notify_all();
+            return Err(e);
+        }
         let seq = self.seq.load(Ordering::SeqCst) + 1;
         let written = self.store.memory_commit_blocking(add, remove, seq);
         // Advanced even after a failure whose outcome is unknown: a gap in the sequence is
@@ -253,6 +395,30 @@ impl World {
         self.landed.notify_all();
         written?;
         Ok(seq)
+    }
+
+    /// Up to ten objects that name `oid` as a parent: the logged states first (they are newer
+    /// than the table), then the table without the objects whose logged state decides.
+    fn children(&self, oid: &str) -> Result<Vec<String>> {
+        let (mut children, decided) = {
+            let u = self.unflushed();
+            let named: Vec<String> = u
+                .objects
+                .iter()
+                .filter(|(_, (_, o))| {
+                    o.as_ref()
+                        .is_some_and(|o| o.parents().iter().any(|p| p == oid))
+                })
+                .map(|(child, _)| child.clone())
+                .take(10)
+                .collect();
+            (named, u.objects.keys().cloned().collect::<Vec<_>>())
+        };
+        if children.len() < 10 {
+            children.extend(self.store.children_blocking(oid, decided)?);
+            children.truncate(10);
+        }
+        Ok(children)
     }
 
     /// Validates a transaction's reads and, if it wrote anything, queues it for the committer
@@ -306,7 +472,7 @@ impl World {
             let is_child = |o: &ObjectState| o.parents().iter().any(|p| p == oid);
             let queued_child = g.in_flight.iter().any(is_child)
                 || g.queue.iter().any(|q| q.written.iter().any(is_child));
-            if queued_child || !self.store.children_blocking(oid)?.is_empty() {
+            if queued_child || !self.children(oid)?.is_empty() {
                 return Err(CommitError::Stale);
             }
         }
@@ -362,7 +528,7 @@ impl World {
         // A panic in the write fails this batch; the committer carries on with the next.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.store
-                .commit_blocking(&objects, &deleted, seq)
+                .append_log_blocking(&objects, &deleted, seq)
                 .map_err(TelosError::from)
         }))
         .unwrap_or_else(|_| {
@@ -393,21 +559,32 @@ impl World {
             Ok(()) => {
                 g.batches += 1;
                 g.grouped += batch.len() as u64;
-                {
+                let waiting = {
                     let mut cache = self.cache();
+                    let mut u = self.unflushed();
                     let now = Instant::now();
                     for obj in objects {
+                        let obj = Arc::new(obj);
+                        u.objects.insert(obj.oid.clone(), (seq, Some(obj.clone())));
                         cache.insert(
                             obj.oid.clone(),
                             CacheEntry {
-                                obj: Arc::new(obj),
+                                obj,
                                 last_used: now,
                             },
                         );
                     }
                     for oid in &deleted {
                         cache.remove(oid);
+                        u.objects.insert(oid.clone(), (seq, None));
                     }
+                    u.logged.push(seq);
+                    u.logged.len()
+                };
+                if waiting >= CHECKPOINT_RECORDS
+                    && let Some(t) = self.checkpointer.get()
+                {
+                    t.unpark();
                 }
                 for staged in batch {
                     for change in &staged.changes {
@@ -427,6 +604,33 @@ impl World {
         }
         self.landed.notify_all();
         g
+    }
+}
+
+/// The checkpointer thread: writes the commit log into the object table every
+/// [`CHECKPOINT_EVERY`], or sooner when much is waiting, until the world is gone.
+fn checkpointer(world: std::sync::Weak<World>) {
+    let mut failures = 0u32;
+    let mut last = Instant::now();
+    loop {
+        // Sleeps without holding the world (unparked when much is waiting), and holds it only
+        // to check and to checkpoint, so a dropped world ends this thread.
+        std::thread::park_timeout(Duration::from_millis(100));
+        let Some(world) = world.upgrade() else { return };
+        // After a failure, wait longer (up to 32 periods) before trying again.
+        let every = world.checkpoint_every * (1 << failures.min(5));
+        let pressed = world.unflushed().logged.len() >= CHECKPOINT_RECORDS;
+        if !pressed && last.elapsed() < every {
+            continue;
+        }
+        last = Instant::now();
+        match world.checkpoint() {
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "a checkpoint of the commit log failed; the log keeps every change and the next attempt retries");
+            }
+        }
     }
 }
 
@@ -744,7 +948,7 @@ impl Txn {
             )));
         }
         self.require(oid)?;
-        let children = self.world.store.children_blocking(oid)?;
+        let children = self.world.children(oid)?;
         if !children.is_empty() {
             return Err(TelosError::Conflict(format!(
                 "{oid} is the parent of {}; delete or re-parent those first",
@@ -821,6 +1025,73 @@ mod tests {
         t.set_slot(oid, "n", Slot::Value(json!(now + 1))).unwrap();
     }
 
+    /// A child, a parent and a re-parenting that only the commit log holds: loads, the delete
+    /// check and a reopened store all see them.
+    #[test]
+    fn what_only_the_log_holds_is_loaded_guards_deletes_and_is_replayed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::embedded(dir.path().join("data"));
+        let w =
+            World::with_checkpoints(Store::open(&cfg).unwrap(), Duration::from_secs(3600)).unwrap();
+        // Every transaction lives in this block: the world is gone after it.
+        let (parent, child, seq) = {
+            let mut t = Txn::new(w.clone());
+            let parent = t.clone_object("genesis_obj", Default::default()).unwrap();
+            t.commit().unwrap().wait_blocking().unwrap();
+            let mut t = Txn::new(w.clone());
+            let child = t.clone_object(&parent, Default::default()).unwrap();
+            t.commit().unwrap().wait_blocking().unwrap();
+            // Not in the table yet; out of the cache: the log's copy answers.
+            assert!(w.store().load_blocking(&child).unwrap().is_none());
+            w.evict_idle(Duration::ZERO);
+            assert!(w.get(&child).unwrap().is_some());
+            // The child only the log holds keeps its parent alive.
+            let mut t = Txn::new(w.clone());
+            let err = t.delete(&parent).unwrap_err();
+            assert_eq!(err.code(), "conflict", "{err}");
+            // Checkpointed, the table's row names the parent; re-parented in the log only, that
+            // older row no longer counts.
+            w.checkpoint().unwrap();
+            assert!(w.store().load_blocking(&child).unwrap().is_some());
+            let mut t = Txn::new(w.clone());
+            t.set_slot(
+                &child,
+                "parent*",
+                Slot::Value(json!([{"$ref": "genesis_obj"}])),
+            )
+            .unwrap();
+            t.commit().unwrap().wait_blocking().unwrap();
+            let mut t = Txn::new(w.clone());
+            t.delete(&parent).unwrap();
+            t.commit().unwrap().wait_blocking().unwrap();
+            assert_eq!(w.commit_stats().log_pending, 2);
+            (parent, child, w.seq())
+        };
+        drop(w);
+        // Reopened without a checkpoint: the store replays the log.
+        let mut waited = 0;
+        let store = loop {
+            match Store::open(&cfg) {
+                Ok(store) => break store,
+                // The dropped world's threads let go of the store within a period.
+                Err(e) if format!("{e:#}").contains("in use") && waited < 200 => {
+                    waited += 1;
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("{e:#}"),
+            }
+        };
+        assert_eq!(store.current_seq_blocking().unwrap(), seq);
+        assert!(store.load_blocking(&parent).unwrap().is_none());
+        let child = store.load_blocking(&child).unwrap().unwrap();
+        assert_eq!(child.parents(), ["genesis_obj".to_string()]);
+        let changes = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(store.changes_since(0))
+            .unwrap();
+        assert!(changes.tombstones.iter().any(|t| t["oid"] == json!(parent)));
+    }
+
     #[test]
     fn the_second_of_two_transactions_that_read_one_object_is_stale() {
         let (_dir, w) = world();
@@ -879,7 +1150,9 @@ mod tests {
             announced += 1;
         }
         assert_eq!(announced, 160);
-        // Written: the database itself (not the cache) holds every increment.
+        // Written: the database itself (not the cache) holds every increment, once the log
+        // is checkpointed.
+        w.checkpoint().unwrap();
         for oid in &oids {
             let stored = w.store().load_blocking(oid).unwrap().unwrap();
             assert_eq!(stored.slots.get("n"), Some(&Slot::Value(json!(20))));

@@ -229,6 +229,8 @@ async fn take(
         tracing::warn!(error = %e, "saving the memory index before a backup");
     }
     let index = telos.settings.memory_index_path();
+    // A backup reads the tables: every acknowledged change goes there first.
+    telos.world.settled().await?;
     let (store, to) = (telos.world.store().clone(), dir.clone());
     let result = off_the_arbiter(move || async move {
         backup::take_with_index(&store, &to, kind, now, Some(&index)).await

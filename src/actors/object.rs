@@ -222,7 +222,7 @@ mod tests {
     }
 
     impl Handler<Understand> for FakeKernel {
-        type Result = ResponseFuture<Result<super::super::kernel::KernelRun, TelosError>>;
+        type Result = ResponseFuture<Result<crate::actors::kernel::KernelRun, TelosError>>;
 
         fn handle(&mut self, msg: Understand, _: &mut Context<Self>) -> Self::Result {
             self.asked.fetch_add(1, Ordering::SeqCst);
@@ -243,7 +243,7 @@ mod tests {
                     other => panic!("installing failed: {other:?}"),
                 }
                 let (stages, _) = tokio::sync::broadcast::channel(16);
-                Ok(super::super::kernel::KernelRun {
+                Ok(crate::actors::kernel::KernelRun {
                     emitter: Emitter::new(&msg.miss, stages, None),
                     answered: Arc::default(),
                 })

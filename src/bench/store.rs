@@ -141,6 +141,33 @@ fn measure(store: &Store, n: usize) -> anyhow::Result<()> {
             t,
         );
     }
+    // A log row: the whole batch as one JSON text in one new record (what a write-ahead log
+    // would commit), and the same followed by deleting it again (the checkpoint's share).
+    for k in [1usize, 8, 64] {
+        let text = serde_json::to_string(&json!({
+            "objects": (0..k).map(|i| object(i, 1)).map(|o| json!({"oid": o.oid, "doc": o.doc_json(), "version": 1})).collect::<Vec<_>>(),
+            "gone": [],
+        }))?;
+        let t = Instant::now();
+        let start = seq + 1_000_000 * k as u64;
+        store.block(move |db| async move {
+            for i in 0..n as u64 {
+                ok(
+                    &db,
+                    "CREATE type::record('peer_log', $seq) CONTENT { batch: $batch } RETURN NONE",
+                    [("seq", json!(start + i)), ("batch", json!(text))],
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        })??;
+        line(
+            &format!("peer: one log row holding {k} object(s) as text"),
+            n,
+            k,
+            t,
+        );
+    }
     let t = Instant::now();
     store.block(move |db| async move {
         for i in 0..n {

@@ -53,11 +53,7 @@ struct Page {
 
 async fn list_objects(telos: web::Data<Telos>, page: web::Query<Page>) -> ApiResult {
     let limit = page.limit.unwrap_or(100).min(1000);
-    let objects = telos
-        .world
-        .store()
-        .list(page.offset.unwrap_or(0), limit)
-        .await?;
+    let objects = telos.world.list(page.offset.unwrap_or(0), limit).await?;
     Ok(HttpResponse::Ok().json(objects))
 }
 
@@ -414,7 +410,7 @@ async fn memory_reindex(
     let started = std::time::Instant::now();
     let mut objects = 0;
     if body.objects {
-        let oids = telos.world.store().all_oids().await?;
+        let oids = telos.world.all_oids().await?;
         let indexer = telos.indexer();
         for oid in oids {
             if crate::actors::retrievable::reindex(&indexer, &oid, false)

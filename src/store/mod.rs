@@ -7,7 +7,8 @@
 //!
 //! One concept per file: [`config`] (where the world lives), [`schema`] (the schema files),
 //! [`data_dir`] (the lock, the damage marker, the corruption watch), and one repository per
-//! table: [`objects`], [`feed`] (the change feed backups read and restores apply), [`attempts`]
+//! table: [`objects`], [`log`] (the commit log group commits append to, checkpointed into the
+//! object table), [`feed`] (the change feed backups read and restores apply), [`attempts`]
 //! (the kernel's attempt log); memory records live in [`crate::memory::records`].
 
 use std::fs::File;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod data_dir;
 pub mod error;
 pub mod feed;
+pub mod log;
 pub mod objects;
 pub mod schema;
 
@@ -35,6 +37,7 @@ pub use attempts::{Attempt, Failure};
 pub use config::StoreConfig;
 pub use data_dir::{CorruptionWatch, DAMAGED_MARKER, check_world_expected};
 pub use feed::Changes;
+pub use log::Checkpoint;
 pub use objects::ObjectSummary;
 pub use schema::SCHEMA;
 
@@ -175,6 +178,9 @@ impl Store {
             }),
         };
         store.block(|db| async move { apply_schema(&db).await })??;
+        store
+            .replay_log_blocking()
+            .context("replaying the commit log")?;
         Ok(store)
     }
 

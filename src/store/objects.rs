@@ -90,13 +90,14 @@ impl Store {
         .await?
     }
 
-    /// The oids of objects that name `oid` as a parent.
-    pub fn children_blocking(&self, oid: &str) -> Result<Vec<String>> {
+    /// The oids of objects that name `oid` as a parent (at most 10), leaving out `except`.
+    pub fn children_blocking(&self, oid: &str, except: Vec<String>) -> Result<Vec<String>> {
         let oid = oid.to_string();
         self.block(move |db| async move {
             let mut res = db
-                .query("SELECT VALUE oid FROM object WHERE parents CONTAINS $oid LIMIT 10")
+                .query("SELECT VALUE oid FROM object WHERE parents CONTAINS $oid AND oid NOTINSIDE $except LIMIT 10")
                 .bind(("oid", oid))
+                .bind(("except", except))
                 .await
                 .map_err(db_err)?;
             res.take::<Vec<String>>(0).map_err(db_err)
@@ -140,16 +141,7 @@ async fn load(db: Surreal<Any>, oid: String) -> Result<Option<ObjectState>> {
 fn commit_rows(objects: &[ObjectState], deleted: &[String], seq: u64) -> (Json, Json) {
     let rows: Vec<Json> = objects
         .iter()
-        .map(|o| {
-            json!({
-                "oid": o.oid,
-                "name": o.name(),
-                "parents": o.parents(),
-                "doc": o.doc_json(),
-                "version": o.version,
-                "seq": seq,
-            })
-        })
+        .map(|o| super::log::object_row(o, seq))
         .collect();
     (Json::Array(rows), json!(deleted))
 }
@@ -238,13 +230,13 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            store.children_blocking("p1").unwrap(),
+            store.children_blocking("p1", vec![]).unwrap(),
             vec!["c1".to_string()]
         );
         store
             .commit_blocking(&[], &["c1".to_string()], seq + 2)
             .unwrap();
-        assert!(store.children_blocking("p1").unwrap().is_empty());
+        assert!(store.children_blocking("p1", vec![]).unwrap().is_empty());
         assert!(store.load_blocking("c1").unwrap().is_none());
     }
 

@@ -285,6 +285,7 @@ async fn retention_keeps_the_policy_set_and_every_kept_incremental_restores() {
             .unwrap();
         let now = t0 + ChronoDuration::days(day);
         let kind = if full { Kind::Full } else { Kind::Incremental };
+        telos.world.settled().await.unwrap();
         let m = backup::take(&store, &dir, kind, now).await.unwrap();
         made.push((day, m.id.clone(), m.kind));
         backup::purge(&dir, now, Retention::default()).unwrap();
