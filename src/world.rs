@@ -46,8 +46,16 @@ const CHECKPOINT_RECORDS: usize = 512;
 struct Unflushed {
     /// The newest logged state of each such object (`None`: deleted) and its sequence number.
     objects: HashMap<String, (u64, Option<Arc<ObjectState>>)>,
-    /// The log records not yet checkpointed, oldest first.
-    logged: Vec<u64>,
+    /// The log segments holding records not yet checkpointed, and how many each holds.
+    segments: BTreeMap<u64, usize>,
+    /// The newest record's sequence number.
+    newest: u64,
+}
+
+impl Unflushed {
+    fn records(&self) -> usize {
+        self.segments.values().sum()
+    }
 }
 
 /// Checkpoints written so far (guarded by the checkpoint lock).
@@ -129,6 +137,8 @@ struct Group {
     /// Batches written and transactions in them, for `/metrics`.
     batches: u64,
     grouped: u64,
+    /// The commit-log segment batches are appended to (a checkpoint seals it and moves on).
+    segment: u64,
 }
 
 /// How group commit has gone so far.
@@ -183,7 +193,10 @@ impl World {
         let world = Arc::new(World {
             store,
             cache: Mutex::new(HashMap::new()),
-            commit_lock: Mutex::new(Group::default()),
+            commit_lock: Mutex::new(Group {
+                segment: 1,
+                ..Group::default()
+            }),
             landed: Condvar::new(),
             queued: Condvar::new(),
             changes,
@@ -221,7 +234,7 @@ impl World {
             let g = self.group();
             (g.batches, g.grouped)
         };
-        let log_pending = self.unflushed().logged.len();
+        let log_pending = self.unflushed().records();
         let c = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         CommitStats {
             batches,
@@ -236,30 +249,66 @@ impl World {
     /// readers of the table (listings, counts, backups) see every acknowledged change.
     /// Blocking: call from plain threads, or through [`World::settled`]. Answers rows written.
     pub fn checkpoint(&self) -> Result<usize> {
-        let mut done = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
-        let (cp, newest) = {
-            let u = self.unflushed();
-            let Some(&newest) = u.logged.last() else {
-                return Ok(0);
-            };
-            let mut cp = crate::store::Checkpoint::default();
-            for (oid, (seq, obj)) in &u.objects {
-                match obj {
-                    Some(obj) => cp.write(obj, *seq),
-                    None => cp.delete(oid, *seq),
-                }
-            }
-            for seq in &u.logged {
-                cp.applies(*seq);
-            }
-            (cp, newest)
+        let mut g = self.group();
+        while g.flushing {
+            g = self.landed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        let Some((cp, newest)) = self.seal(&mut g) else {
+            return Ok(0);
         };
+        // Taken before the commit lock is let go: checkpoints are written in the order they
+        // were sealed, and appends go on meanwhile (into the next segment).
+        let done = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        drop(g);
+        self.write_sealed(cp, newest, done)
+    }
+
+    /// [`World::checkpoint`] with the commit lock held throughout (no batch in flight).
+    fn checkpoint_holding(&self, g: &mut MutexGuard<'_, Group>) -> Result<usize> {
+        let Some((cp, newest)) = self.seal(g) else {
+            return Ok(0);
+        };
+        let done = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_sealed(cp, newest, done)
+    }
+
+    /// Seals the current log segment (the commit lock held, no batch in flight): the next
+    /// batches go to a new one, and the newest logged state of every object is snapshotted with
+    /// every segment not yet applied (a failed checkpoint's too).
+    fn seal(&self, g: &mut MutexGuard<'_, Group>) -> Option<(crate::store::Checkpoint, u64)> {
+        let u = self.unflushed();
+        if u.segments.is_empty() {
+            return None;
+        }
+        g.segment += 1;
+        let mut cp = crate::store::Checkpoint::default();
+        for (oid, (seq, obj)) in &u.objects {
+            match obj {
+                Some(obj) => cp.write(obj, *seq),
+                None => cp.delete(oid, *seq),
+            }
+        }
+        for n in u.segments.keys() {
+            cp.applies(*n);
+        }
+        Some((cp, u.newest))
+    }
+
+    fn write_sealed(
+        &self,
+        cp: crate::store::Checkpoint,
+        newest: u64,
+        mut done: MutexGuard<'_, Checkpoints>,
+    ) -> Result<usize> {
         let rows = cp.len();
+        let sealed: Vec<u64> = cp.segments().to_vec();
         self.store.checkpoint_blocking(cp, newest)?;
-        // Whatever was logged after the snapshot stays for the next checkpoint.
+        // Whatever was logged after the seal stays for the next checkpoint.
         let mut u = self.unflushed();
-        u.logged.retain(|s| *s > newest);
         u.objects.retain(|_, (s, _)| *s > newest);
+        for n in &sealed {
+            u.segments.remove(n);
+        }
         done.done += 1;
         done.rows += rows as u64;
         Ok(rows)
@@ -381,7 +430,7 @@ impl World {
         }
         // The tables must hold every change numbered below this one before `meta:seq` moves
         // past them (see `store::log`): nothing is appended meanwhile (no batch in flight).
-        if let Err(e) = self.checkpoint() {
+        if let Err(e) = self.checkpoint_holding(&mut g) {
             g.memory_waiting -= 1;
             self.landed.notify_all();
             return Err(e);
@@ -520,6 +569,7 @@ impl World {
         );
         g.in_flight = objects.clone();
         let seq = self.seq.load(Ordering::SeqCst) + 1;
+        let segment = g.segment;
         drop(g);
         let deleted: Vec<String> = batch
             .iter()
@@ -528,7 +578,7 @@ impl World {
         // A panic in the write fails this batch; the committer carries on with the next.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.store
-                .append_log_blocking(&objects, &deleted, seq)
+                .append_log_blocking(segment, &objects, &deleted, seq)
                 .map_err(TelosError::from)
         }))
         .unwrap_or_else(|_| {
@@ -578,8 +628,9 @@ impl World {
                         cache.remove(oid);
                         u.objects.insert(oid.clone(), (seq, None));
                     }
-                    u.logged.push(seq);
-                    u.logged.len()
+                    *u.segments.entry(segment).or_default() += 1;
+                    u.newest = seq;
+                    u.records()
                 };
                 if waiting >= CHECKPOINT_RECORDS
                     && let Some(t) = self.checkpointer.get()
@@ -619,8 +670,9 @@ fn checkpointer(world: std::sync::Weak<World>) {
         let Some(world) = world.upgrade() else { return };
         // After a failure, wait longer (up to 32 periods) before trying again.
         let every = world.checkpoint_every * (1 << failures.min(5));
-        let pressed = world.unflushed().logged.len() >= CHECKPOINT_RECORDS;
-        if !pressed && last.elapsed() < every {
+        let pressed = world.unflushed().records() >= CHECKPOINT_RECORDS;
+        // Pressure only hurries a healthy checkpointer: a failing one keeps its backoff.
+        if !(pressed && failures == 0) && last.elapsed() < every {
             continue;
         }
         last = Instant::now();

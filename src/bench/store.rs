@@ -168,6 +168,56 @@ fn measure(store: &Store, n: usize) -> anyhow::Result<()> {
             t,
         );
     }
+    // What removing applied log records costs: one statement per record, or one range.
+    for how in ["one DELETE per record", "one range DELETE", "REMOVE TABLE"] {
+        let first = seq + 10_000_000;
+        let last = first + n as u64 - 1;
+        store.block(move |db| async move {
+            ok(
+                &db,
+                "FOR $s IN $ids { CREATE type::record('peer_log2', $s) CONTENT { seq: $s, batch: 'x' } RETURN NONE; }",
+                [("ids", json!((first..=last).collect::<Vec<_>>())), ("unused", json!(0))],
+            )
+            .await
+        })??;
+        let t = Instant::now();
+        store.block(move |db| async move {
+            if how.starts_with("one DELETE") {
+                ok(
+                    &db,
+                    "FOR $s IN $ids { DELETE type::record('peer_log2', $s) RETURN NONE; }",
+                    [
+                        ("ids", json!((first..=last).collect::<Vec<_>>())),
+                        ("unused", json!(0)),
+                    ],
+                )
+                .await
+            } else if how == "REMOVE TABLE" {
+                db.query("REMOVE TABLE peer_log2")
+                    .await
+                    .and_then(|r| r.check())
+                    .map_err(db_err)?;
+                anyhow::Ok(())
+            } else {
+                db.query(format!("DELETE peer_log2:{first}..={last} RETURN NONE"))
+                    .await
+                    .and_then(|r| r.check())
+                    .map_err(db_err)?;
+                anyhow::Ok(())
+            }
+        })??;
+        let el = t.elapsed();
+        let left: Vec<serde_json::Value> = store.block(|db| async move {
+            db.query("DEFINE TABLE IF NOT EXISTS peer_log2 SCHEMALESS; SELECT count() AS n FROM peer_log2 GROUP ALL")
+                .await
+                .and_then(|mut r| r.take::<Vec<serde_json::Value>>(1))
+                .map_err(db_err)
+        })??;
+        println!(
+            "peer: removing {n} log records, {how}: {:.1} µs per record ({left:?} left)",
+            el.as_secs_f64() * 1e6 / n as f64
+        );
+    }
     let t = Instant::now();
     store.block(move |db| async move {
         for i in 0..n {

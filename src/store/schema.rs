@@ -26,10 +26,6 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "005_memory_origin.surql",
         include_str!("../../schema/005_memory_origin.surql"),
     ),
-    (
-        "006_commit_log.surql",
-        include_str!("../../schema/006_commit_log.surql"),
-    ),
 ];
 
 pub(super) async fn apply_schema(db: &Surreal<Any>) -> anyhow::Result<()> {
