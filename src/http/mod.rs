@@ -5,6 +5,7 @@ pub mod api;
 pub mod backups;
 pub mod error;
 pub mod guard;
+pub mod hub;
 pub mod ws;
 
 use std::net::TcpListener;
@@ -32,6 +33,7 @@ pub fn server(
         listener.local_addr()?,
     ));
     let max_connections = telos.settings.max_connections;
+    let hub = web::Data::from(hub::Hub::start(&telos.world));
     let data = web::Data::new(telos);
     let backups = web::Data::new(backups);
     let server = HttpServer::new(move || {
@@ -40,6 +42,7 @@ pub fn server(
             .app_data(boundary.clone())
             .app_data(data.clone())
             .app_data(backups.clone())
+            .app_data(hub.clone())
             .app_data(
                 web::JsonConfig::default()
                     .limit(max_body)

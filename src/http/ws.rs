@@ -21,12 +21,12 @@ use serde_json::{Value as Json, json};
 
 use super::error::ApiError;
 use super::guard::Boundary;
+use super::hub::{Changed, Hub};
 use crate::actors::kernel::{Progress, StageEvent};
 use crate::actors::object::Reply;
 use crate::error::TelosError;
 use crate::line;
 use crate::telos::Telos;
-use crate::world::Change;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +38,7 @@ pub async fn index(
     stream: web::Payload,
     telos: web::Data<Telos>,
     boundary: web::Data<Boundary>,
+    hub: web::Data<Hub>,
 ) -> Result<HttpResponse, actix_web::Error> {
     // Open sessions are counted by the `telos_ws_connections` gauge each session holds.
     let open = crate::metrics::metrics()
@@ -52,7 +53,12 @@ pub async fn index(
     }
     // With a token, the handshake either carries it in a header or the first frame must.
     let authed = boundary.authorised(&req);
-    let session = WsSession::new(telos.get_ref().clone(), boundary.into_inner(), authed);
+    let session = WsSession::new(
+        telos.get_ref().clone(),
+        boundary.into_inner(),
+        hub.into_inner(),
+        authed,
+    );
     // The codec refuses larger frames before buffering them (the connection is closed with
     // 1009); frames between the configured limit and twice it get an error frame.
     let codec_limit = telos.settings.max_frame_bytes().saturating_mul(2);
@@ -173,6 +179,8 @@ fn error_frame(err: &TelosError, id: &Option<Json>) -> Json {
 pub struct WsSession {
     telos: Telos,
     boundary: Arc<Boundary>,
+    /// Where this session's subscriptions are registered (changes come from there).
+    hub: Arc<Hub>,
     /// False until the client has shown the admin token (always true without one).
     authed: bool,
     connection: u64,
@@ -197,13 +205,14 @@ fn frames(direction: &'static str) {
 }
 
 impl WsSession {
-    fn new(telos: Telos, boundary: Arc<Boundary>, authed: bool) -> Self {
+    fn new(telos: Telos, boundary: Arc<Boundary>, hub: Arc<Hub>, authed: bool) -> Self {
         let rate = RateLimit::new(telos.settings.ws_rate_per_sec);
         let max_frame = telos.settings.max_frame_bytes();
         WsSession {
             authed: authed || !boundary.has_token(),
             boundary,
             telos,
+            hub,
             connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
             last_heard: Instant::now(),
             subscriptions: HashSet::new(),
@@ -305,11 +314,16 @@ impl WsSession {
                     ));
                     return Self::error(ctx, None, &err);
                 }
-                self.subscriptions.insert(target.clone());
+                if self.subscriptions.insert(target.clone()) {
+                    self.hub
+                        .watch(&target, self.connection, ctx.address().recipient());
+                }
                 Self::send_json(ctx, json!({ "type": "subscribed", "target": target }));
             }
             ClientFrame::Unsubscribe { target } => {
-                self.subscriptions.remove(&target);
+                if self.subscriptions.remove(&target) {
+                    self.hub.unwatch(&target, self.connection);
+                }
                 Self::send_json(ctx, json!({ "type": "unsubscribed", "target": target }));
             }
         }
@@ -448,6 +462,12 @@ impl StreamHandler<StageEvent> for WsSession {
 impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for oid in &self.subscriptions {
+            self.hub.unwatch(oid, self.connection);
+        }
+    }
+
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_later(AUTH_TIMEOUT, |act, ctx| {
             if !act.authed {
@@ -464,18 +484,6 @@ impl Actor for WsSession {
             }
             ctx.ping(b"");
         });
-        let changes = self.telos.world.subscribe();
-        let stream = futures_util::stream::unfold(changes, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(change) => return Some((change, rx)),
-                    // A slow client missed some changes; carry on with the newest.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        });
-        ctx.add_stream(stream);
         let stages = self.telos.stages.subscribe();
         let stream = futures_util::stream::unfold(stages, |mut rx| async move {
             loop {
@@ -490,8 +498,10 @@ impl Actor for WsSession {
     }
 }
 
-impl StreamHandler<Change> for WsSession {
-    fn handle(&mut self, change: Change, ctx: &mut Self::Context) {
+impl Handler<Changed> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, Changed(change): Changed, ctx: &mut Self::Context) {
         if self.authed && self.subscriptions.contains(&change.oid) {
             Self::send_json(
                 ctx,
@@ -505,10 +515,6 @@ impl StreamHandler<Change> for WsSession {
                 }),
             );
         }
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {
-        // The world's change feed closed: the server is stopping. Keep the session until then.
     }
 }
 
