@@ -168,6 +168,30 @@ fn measure(store: &Store, n: usize) -> anyhow::Result<()> {
             t,
         );
     }
+    // The same one-object log row through the SDK's create() (no SurrealQL text to parse).
+    {
+        let text = serde_json::to_string(
+            &json!({"objects": [json!({"oid": "c00000", "doc": object(0, 1).doc_json(), "version": 1})], "gone": []}),
+        )?;
+        let start = seq + 50_000_000;
+        let t = Instant::now();
+        store.block(move |db| async move {
+            for i in 0..n as u64 {
+                let _: Option<serde_json::Value> = db
+                    .create(("peer_log3", (start + i) as i64))
+                    .content(json!({ "seq": start + i, "batch": text }))
+                    .await
+                    .map_err(db_err)?;
+            }
+            anyhow::Ok(())
+        })??;
+        line(
+            "peer: one log row holding 1 object through create()",
+            n,
+            1,
+            t,
+        );
+    }
     // What removing applied log records costs: one statement per record, or one range.
     for how in ["one DELETE per record", "one range DELETE", "REMOVE TABLE"] {
         let first = seq + 10_000_000;
