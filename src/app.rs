@@ -68,13 +68,14 @@ impl Telos {
             embedders.do_send(crate::actors::persona::LoadEmbedder);
         }
         let embedder = EmbedClient::start(embedders, settings.embedder_workers);
-        let memory = {
+        let (memory, memory_owned) = {
             let world = world.clone();
             let (path, every) = (settings.memory_index_path(), settings.memory_save_every);
             let actor = tokio::task::spawn_blocking(move || MemoryActor::open(world, &path, every))
                 .await
                 .context("opening the memory")??;
-            start_sync(actor)
+            let owned = actor.owned();
+            (start_sync(actor), owned)
         };
         let settings = Arc::new(settings);
         let (stages, _) = tokio::sync::broadcast::channel(1024);
@@ -104,6 +105,7 @@ impl Telos {
             persona_board,
             embedder,
             memory,
+            memory_owned,
             stages,
             exec,
             settings,

@@ -33,6 +33,8 @@ pub struct Telos {
     pub embedder: EmbedClient,
     /// Memory records and the vector index over them.
     pub memory: Addr<MemoryActor>,
+    /// How many memories each (owner, kind) has, kept by the memory actor.
+    pub(crate) memory_owned: crate::actors::memory::Owned,
     pub exec: Executor,
     pub settings: Arc<Settings>,
     /// Every kernel stage event, for subscribers of the receivers.
@@ -220,6 +222,7 @@ impl Telos {
             exec: self.exec.clone(),
             embedder: self.embedder.clone(),
             memory: self.memory.clone(),
+            owned: self.memory_owned.clone(),
             settings: self.settings.clone(),
         }
     }

@@ -403,6 +403,15 @@ impl World {
         Ok(Some(obj))
     }
 
+    /// What memory holds of `oid` without asking the database: `Some(Some(obj))` cached or
+    /// logged, `Some(None)` deleted in the log, `None` unknown (only the table could say).
+    pub fn peek(&self, oid: &str) -> Option<Option<Arc<ObjectState>>> {
+        if let Some(obj) = self.cached(oid) {
+            return Some(Some(obj));
+        }
+        self.unflushed().objects.get(oid).map(|(_, o)| o.clone())
+    }
+
     /// Drops cache entries not used for `idle`; they reload from the store on next use.
     pub fn evict_idle(&self, idle: Duration) -> usize {
         let now = Instant::now();

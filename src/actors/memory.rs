@@ -171,11 +171,32 @@ pub struct MemoryActor {
     last_save: Option<String>,
     /// How many records each (owner, kind) has: a replacement that would forget nothing and
     /// write nothing (an ordinary object changed; only Retrievable ones have object memories)
-    /// costs no query.
-    owned: HashMap<(String, MemoryKind), usize>,
+    /// costs no query, and the Retrievable indexer skips such objects without asking.
+    owned: Owned,
+}
+
+/// How many memories each (owner, kind) has, shared by the memory actor (which keeps it) with
+/// readers that must not wait for it (the Retrievable indexer).
+#[derive(Clone, Default)]
+pub struct Owned(Arc<std::sync::Mutex<HashMap<(String, MemoryKind), usize>>>);
+
+impl Owned {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<(String, MemoryKind), usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `owner` has any memory of `kind`.
+    pub fn has(&self, owner: &str, kind: MemoryKind) -> bool {
+        self.counts().contains_key(&(owner.to_string(), kind))
+    }
 }
 
 impl MemoryActor {
+    /// The memory counts per (owner, kind) this actor keeps, for readers that must not wait.
+    pub fn owned(&self) -> Owned {
+        self.owned.clone()
+    }
+
     /// Opens (or rebuilds) the index at `world`'s `data_dir/memory.usearch` and catches up with
     /// the records. Blocking.
     pub fn open(
@@ -201,10 +222,10 @@ impl MemoryActor {
             opened,
             last_key: 0,
             last_save: None,
-            owned: HashMap::new(),
+            owned: Owned::default(),
         };
         let (added, dropped) = actor.catch_up()?;
-        actor.owned = actor.world.store().memory_owner_counts_blocking()?;
+        *actor.owned.counts() = actor.world.store().memory_owner_counts_blocking()?;
         if added > 0 || dropped > 0 || !path.exists() {
             actor.save()?;
         }
@@ -343,7 +364,11 @@ impl MemoryActor {
         }
         for r in &records {
             self.index.add(r.key, &r.vector)?;
-            *self.owned.entry((r.owner.clone(), r.kind)).or_default() += 1;
+            *self
+                .owned
+                .counts()
+                .entry((r.owner.clone(), r.kind))
+                .or_default() += 1;
         }
         if self.index.unsaved() >= self.save_every {
             self.save()?;
@@ -377,7 +402,7 @@ impl Handler<Replace> for MemoryActor {
 
     fn handle(&mut self, msg: Replace, _: &mut SyncContext<Self>) -> Self::Result {
         let key = (msg.owner.clone(), msg.kind);
-        if msg.items.is_empty() && !self.owned.contains_key(&key) {
+        if msg.items.is_empty() && !self.owned.counts().contains_key(&key) {
             return Ok(Vec::new());
         }
         let old = self
@@ -386,10 +411,11 @@ impl Handler<Replace> for MemoryActor {
             .memory_keys_of_blocking(&msg.owner, msg.kind)?;
         let forgotten = old.len();
         let written = self.write(msg.items, msg.vectors, old)?;
-        if let Some(n) = self.owned.get_mut(&key) {
+        let mut owned = self.owned.counts();
+        if let Some(n) = owned.get_mut(&key) {
             *n = n.saturating_sub(forgotten);
             if *n == 0 {
-                self.owned.remove(&key);
+                owned.remove(&key);
             }
         }
         Ok(written)

@@ -22,8 +22,8 @@ use super::persona::EmbedClient;
 use crate::config::Settings;
 use crate::error::TelosError;
 use crate::exec::Executor;
-use crate::memory::NewMemory;
 use crate::memory::chunker::{code_chunks, semantic_chunks};
+use crate::memory::{MemoryKind, NewMemory};
 use crate::object::{Slot, ancestors};
 use crate::sandbox::{Op, Outcome};
 use crate::world::World;
@@ -43,6 +43,9 @@ pub struct Indexer {
     pub exec: Executor,
     pub embedder: EmbedClient,
     pub memory: Addr<MemoryActor>,
+    /// Who has memories of which kind (an object with no object memories that is plainly not
+    /// Retrievable is skipped without a thread hop).
+    pub owned: super::memory::Owned,
     pub settings: Arc<Settings>,
 }
 
@@ -68,12 +71,32 @@ pub fn start(telos: Indexer) {
                 pending.insert(c.oid.clone(), c.deleted);
             }
             for (oid, deleted) in pending {
+                if !telos.owned.has(&oid, MemoryKind::Object)
+                    && plainly_not_retrievable(&telos.world, &oid, deleted)
+                {
+                    continue;
+                }
                 if let Err(e) = reindex(&telos, &oid, deleted).await {
                     tracing::warn!(%oid, error = %e, "re-indexing a Retrievable object failed");
                 }
             }
         }
     });
+}
+
+/// Whether `oid` is gone, or its whole chain is in memory (cached or in the commit log) and
+/// `Retrievable` is not in it: nothing to index then, decided without touching the database.
+fn plainly_not_retrievable(world: &World, oid: &str, deleted: bool) -> bool {
+    if deleted {
+        return true;
+    }
+    // An object or ancestor not in memory answers an error: then the full check decides.
+    let chain = ancestors(oid, |o| {
+        world
+            .peek(o)
+            .ok_or_else(|| TelosError::NotFound(format!("{o} is not in memory")))
+    });
+    chain.is_ok_and(|chain| !chain.iter().any(|a| a == RETRIEVABLE))
 }
 
 /// Brings the memories of `oid` up to date. Answers how many chunks it now has in memory
