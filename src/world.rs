@@ -58,6 +58,13 @@ impl Unflushed {
     }
 }
 
+/// What a checkpoint writes, taken when its segments were sealed.
+struct Sealed {
+    objects: Vec<(String, u64, Option<Arc<ObjectState>>)>,
+    segments: Vec<u64>,
+    newest: u64,
+}
+
 /// Checkpoints written so far (guarded by the checkpoint lock).
 #[derive(Default)]
 struct Checkpoints {
@@ -132,6 +139,9 @@ struct Group {
     flushing: bool,
     /// Memory commits waiting for their turn: the committer lets them go before its next batch.
     memory_waiting: usize,
+    /// Checkpoints waiting to seal: the committer lets them go before its next batch too, so a
+    /// steady stream of writes cannot starve them.
+    checkpoint_waiting: usize,
     /// The objects of the batch being written (a delete must not orphan a child among them).
     in_flight: Arc<Vec<ObjectState>>,
     /// Batches written and transactions in them, for `/metrics`.
@@ -249,64 +259,88 @@ impl World {
     /// readers of the table (listings, counts, backups) see every acknowledged change.
     /// Blocking: call from plain threads, or through [`World::settled`]. Answers rows written.
     pub fn checkpoint(&self) -> Result<usize> {
-        let mut g = self.group();
-        while g.flushing {
-            g = self.landed.wait(g).unwrap_or_else(|p| p.into_inner());
+        loop {
+            let mut g = self.group();
+            g.checkpoint_waiting += 1;
+            while g.flushing {
+                g = self.landed.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            g.checkpoint_waiting -= 1;
+            self.landed.notify_all();
+            // Another checkpoint is being written: wait for it without holding up commits, then
+            // look again (it may have covered everything).
+            let done = match self.checkpointing.try_lock() {
+                Ok(done) => done,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    drop(g);
+                    drop(self.checkpointing.lock());
+                    continue;
+                }
+            };
+            let Some(sealed) = self.seal(&mut g) else {
+                return Ok(0);
+            };
+            // The checkpoint lock is held before the commit lock is let go: checkpoints are
+            // written in the order they were sealed, and appends go on meanwhile (into the
+            // next segment).
+            drop(g);
+            return self.write_sealed(sealed, done);
         }
-        let Some((cp, newest)) = self.seal(&mut g) else {
-            return Ok(0);
-        };
-        // Taken before the commit lock is let go: checkpoints are written in the order they
-        // were sealed, and appends go on meanwhile (into the next segment).
-        let done = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
-        drop(g);
-        self.write_sealed(cp, newest, done)
     }
 
     /// [`World::checkpoint`] with the commit lock held throughout (no batch in flight).
     fn checkpoint_holding(&self, g: &mut MutexGuard<'_, Group>) -> Result<usize> {
-        let Some((cp, newest)) = self.seal(g) else {
+        let done = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sealed) = self.seal(g) else {
             return Ok(0);
         };
-        let done = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
-        self.write_sealed(cp, newest, done)
+        self.write_sealed(sealed, done)
     }
 
     /// Seals the current log segment (the commit lock held, no batch in flight): the next
-    /// batches go to a new one, and the newest logged state of every object is snapshotted with
-    /// every segment not yet applied (a failed checkpoint's too).
-    fn seal(&self, g: &mut MutexGuard<'_, Group>) -> Option<(crate::store::Checkpoint, u64)> {
+    /// batches go to a new one. Answers the newest logged state of every object (shared, not
+    /// copied: rows are made after the locks are let go) and every segment not yet applied (a
+    /// failed checkpoint's too).
+    fn seal(&self, g: &mut MutexGuard<'_, Group>) -> Option<Sealed> {
         let u = self.unflushed();
         if u.segments.is_empty() {
             return None;
         }
         g.segment += 1;
+        Some(Sealed {
+            objects: u
+                .objects
+                .iter()
+                .map(|(oid, (seq, obj))| (oid.clone(), *seq, obj.clone()))
+                .collect(),
+            segments: u.segments.keys().copied().collect(),
+            newest: u.newest,
+        })
+    }
+
+    fn write_sealed(&self, sealed: Sealed, mut done: MutexGuard<'_, Checkpoints>) -> Result<usize> {
+        let Sealed {
+            objects,
+            segments,
+            newest,
+        } = sealed;
         let mut cp = crate::store::Checkpoint::default();
-        for (oid, (seq, obj)) in &u.objects {
+        for (oid, seq, obj) in &objects {
             match obj {
                 Some(obj) => cp.write(obj, *seq),
                 None => cp.delete(oid, *seq),
             }
         }
-        for n in u.segments.keys() {
+        for n in &segments {
             cp.applies(*n);
         }
-        Some((cp, u.newest))
-    }
-
-    fn write_sealed(
-        &self,
-        cp: crate::store::Checkpoint,
-        newest: u64,
-        mut done: MutexGuard<'_, Checkpoints>,
-    ) -> Result<usize> {
         let rows = cp.len();
-        let sealed: Vec<u64> = cp.segments().to_vec();
         self.store.checkpoint_blocking(cp, newest)?;
         // Whatever was logged after the seal stays for the next checkpoint.
         let mut u = self.unflushed();
         u.objects.retain(|_, (s, _)| *s > newest);
-        for n in &sealed {
+        for n in &segments {
             u.segments.remove(n);
         }
         done.done += 1;
@@ -333,7 +367,8 @@ impl World {
         Ok(self.store.list(offset, limit).await?)
     }
 
-    /// How many objects the world holds.
+    /// How many objects the world holds (a checkpoint first: sealing is brief and the write
+    /// runs beside new commits).
     pub async fn count(self: &Arc<Self>) -> Result<u64> {
         self.settled().await?;
         Ok(self.store.count().await?)
@@ -656,6 +691,9 @@ impl World {
                 }
             }
             Err(e) => {
+                // The append's outcome is unknown: its segment is removed with the next
+                // checkpoint, so a record that did land is dropped then, not replayed later.
+                self.unflushed().segments.entry(segment).or_default();
                 tracing::error!(error = %e, transactions = batch.len(), "writing a commit batch failed");
                 for staged in batch {
                     let _ = staged.reply.send(Err(e.clone()));
@@ -709,7 +747,7 @@ fn committer(world: std::sync::Weak<World>) {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        while g.memory_waiting > 0 {
+        while g.memory_waiting > 0 || g.checkpoint_waiting > 0 {
             g = world.landed.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         if !g.queue.is_empty() {
@@ -1151,6 +1189,36 @@ mod tests {
             .block_on(store.changes_since(0))
             .unwrap();
         assert!(changes.tombstones.iter().any(|t| t["oid"] == json!(parent)));
+    }
+
+    /// Writers that keep the commit queue full never starve a checkpoint (it would hang here).
+    #[test]
+    fn checkpoints_are_not_starved_by_a_steady_stream_of_writes() {
+        let (_dir, w) = world();
+        let oids: Vec<String> = (0..4).map(|_| counter(&w)).collect();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for oid in &oids {
+                let (w, stop) = (w.clone(), &stop);
+                s.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut t = Txn::new(w.clone());
+                        bump(&mut t, oid);
+                        t.commit().unwrap().wait_blocking().unwrap();
+                    }
+                });
+            }
+            for _ in 0..20 {
+                w.checkpoint().unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        w.checkpoint().unwrap();
+        assert_eq!(w.commit_stats().log_pending, 0);
+        for oid in &oids {
+            let stored = w.store().load_blocking(oid).unwrap().unwrap();
+            assert_eq!(stored.slots.get("n"), Some(&Slot::Value(n(&w, oid))));
+        }
     }
 
     #[test]
