@@ -305,7 +305,7 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
     for (name, help, value) in [
         (
             "telos_commit_batches_total",
-            "Database transactions written by group commit.",
+            "Commit-log records appended by group commit (one per batch).",
             commits.batches,
         ),
         (
@@ -313,11 +313,25 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
             "Message transactions written in them (transactions / batches: the grouping).",
             commits.transactions,
         ),
+        (
+            "telos_checkpoints_total",
+            "Checkpoints of the commit log into the object table.",
+            commits.checkpoints,
+        ),
+        (
+            "telos_checkpointed_rows_total",
+            "Object rows and tombstones written by checkpoints (repeated writes coalesced).",
+            commits.checkpointed_rows,
+        ),
     ] {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
         ));
     }
+    out.push_str(&format!(
+        "# HELP telos_commit_log_pending Commit-log records not yet checkpointed.\n# TYPE telos_commit_log_pending gauge\ntelos_commit_log_pending {}\n",
+        commits.log_pending
+    ));
     out.push_str(&crate::metrics::metrics().render());
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

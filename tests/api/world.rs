@@ -1090,6 +1090,16 @@ async fn metrics_count_messages_by_outcome_and_time_them_in_a_histogram() {
             .is_some_and(|n| n >= 2.0),
         "{text}"
     );
+    // The scrape counts objects, which checkpoints the commit log first: nothing is pending.
+    assert!(
+        sample(&text, "telos_checkpoints_total").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "telos_commit_log_pending"),
+        Some(0.0),
+        "{text}"
+    );
 
     let (s, _) = app.send(&oid, "n", json!([])).await;
     assert_eq!(s, 200);
