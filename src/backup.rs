@@ -519,7 +519,7 @@ pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || Store::open_empty(&cfg)).await??
     };
-    for m in &chain {
+    for (i, m) in chain.iter().enumerate() {
         let base = dir.join(&m.id);
         // Backups made before memories existed have no memory files.
         let optional = |name: &str| -> anyhow::Result<Vec<Json>> {
@@ -538,7 +538,11 @@ pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<
             total_objects: m.total_objects,
             total_memories: m.total_memories,
         };
-        store.apply(changes).await?;
+        if i == 0 {
+            store.apply_fresh(changes).await?;
+        } else {
+            store.apply(changes).await?;
+        }
     }
     let last = chain.last().expect("a chain is never empty").clone();
     ensure!(
