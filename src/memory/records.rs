@@ -63,9 +63,12 @@ impl Store {
                 serde_json::to_value(r).expect("a record serialises")
             })
             .collect();
-        let gone: Vec<i64> = remove.iter().map(|k| *k as i64).collect();
+        let gone: Vec<Json> = remove
+            .iter()
+            .map(|k| serde_json::json!({ "key": *k as i64, "seq": seq }))
+            .collect();
         self.block(move |db| async move {
-            write_tombstoned(&db, &MEMORY, Json::from(rows), Json::from(gone), seq)
+            write_tombstoned(&db, &MEMORY, Json::from(rows), Json::from(gone), "", seq)
                 .await
                 .map_err(StoreError::Database)
         })?

@@ -23,7 +23,7 @@ use serde_json::{Value as Json, json};
 use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 
-use super::{Result, Store, StoreError, db_err};
+use super::{Result, Store, StoreError, db_err, write_tombstoned};
 use crate::object::ObjectState;
 
 /// What one log record holds.
@@ -238,24 +238,9 @@ async fn apply(
         .iter()
         .map(|n| format!("REMOVE TABLE IF EXISTS {};\n", segment_table(*n)))
         .collect();
-    db.query(format!(
-        "BEGIN TRANSACTION;
-         FOR $r IN $rows {{ UPSERT type::record('object', $r.oid) CONTENT $r RETURN NONE; }};
-         FOR $x IN $gone {{
-             DELETE type::record('object', $x.oid) RETURN NONE;
-             UPSERT type::record('tombstone', $x.oid) CONTENT $x RETURN NONE;
-         }};
-         {remove}
-         UPSERT meta:seq SET value = $seq RETURN NONE;
-         COMMIT TRANSACTION;"
-    ))
-    .bind(("rows", rows))
-    .bind(("gone", gone))
-    .bind(("seq", seq as i64))
-    .await
-    .and_then(|r| r.check())
-    .map(|_| ())
-    .map_err(db_err)
+    write_tombstoned(&db, &super::objects::OBJECTS, rows, gone, &remove, seq)
+        .await
+        .map_err(db_err)
 }
 
 #[cfg(test)]

@@ -290,13 +290,15 @@ pub(crate) struct Tombstoned {
     pub write: &'static str,
 }
 
-/// Writes `rows` into `t`, deletes the ids in `gone` leaving their tombstones, and records the
-/// global sequence number `seq`: one transaction.
+/// Writes `rows` into `t`, deletes the ids in `gone` leaving their tombstones, runs `then`
+/// (more statements, or nothing) and records the global sequence number `seq`: one transaction.
+/// `gone` holds tombstones, `{key: id, seq}`.
 pub(crate) async fn write_tombstoned(
     db: &Surreal<Any>,
     t: &Tombstoned,
     rows: Json,
     gone: Json,
+    then: &str,
     seq: u64,
 ) -> std::result::Result<(), surrealdb::Error> {
     let Tombstoned {
@@ -309,9 +311,10 @@ pub(crate) async fn write_tombstoned(
         "BEGIN TRANSACTION;
          FOR $r IN $rows {{ {write} type::record('{table}', $r.{key}) CONTENT $r RETURN NONE; }};
          FOR $x IN $gone {{
-             DELETE type::record('{table}', $x) RETURN NONE;
-             UPSERT type::record('{tombstones}', $x) CONTENT {{ {key}: $x, seq: $seq }} RETURN NONE;
+             DELETE type::record('{table}', $x.{key}) RETURN NONE;
+             UPSERT type::record('{tombstones}', $x.{key}) CONTENT $x RETURN NONE;
          }};
+         {then}
          UPSERT meta:seq SET value = $seq RETURN NONE;
          COMMIT TRANSACTION;"
     );

@@ -143,11 +143,15 @@ fn commit_rows(objects: &[ObjectState], deleted: &[String], seq: u64) -> (Json, 
         .iter()
         .map(|o| super::log::object_row(o, seq))
         .collect();
-    (Json::Array(rows), json!(deleted))
+    let gone: Vec<Json> = deleted
+        .iter()
+        .map(|oid| json!({ "oid": oid, "seq": seq }))
+        .collect();
+    (Json::Array(rows), Json::Array(gone))
 }
 
 /// Objects, rewritten whole at each commit; a deleted one leaves a tombstone.
-const OBJECTS: Tombstoned = Tombstoned {
+pub(super) const OBJECTS: Tombstoned = Tombstoned {
     table: "object",
     key: "oid",
     tombstones: "tombstone",
@@ -155,7 +159,7 @@ const OBJECTS: Tombstoned = Tombstoned {
 };
 
 async fn commit(db: Surreal<Any>, rows: Json, gone: Json, seq: u64) -> Result<()> {
-    write_tombstoned(&db, &OBJECTS, rows, gone, seq)
+    write_tombstoned(&db, &OBJECTS, rows, gone, "", seq)
         .await
         .map_err(StoreError::Database)
 }
