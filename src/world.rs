@@ -65,11 +65,11 @@ struct Sealed {
     newest: u64,
 }
 
-/// Checkpoints written so far (guarded by the checkpoint lock).
+/// Checkpoints written so far (read by `/metrics` without waiting for one being written).
 #[derive(Default)]
 struct Checkpoints {
-    done: u64,
-    rows: u64,
+    done: AtomicU64,
+    rows: AtomicU64,
 }
 
 /// A committed change to one object, announced to subscribers.
@@ -184,7 +184,8 @@ pub struct World {
     /// The checkpointer thread, unparked when much is waiting.
     checkpointer: std::sync::OnceLock<std::thread::Thread>,
     /// One checkpoint at a time (never held while waiting for `commit_lock`).
-    checkpointing: Mutex<Checkpoints>,
+    checkpointing: Mutex<()>,
+    checkpoints: Checkpoints,
     /// How often the checkpointer runs ([`CHECKPOINT_EVERY`]).
     checkpoint_every: Duration,
 }
@@ -213,7 +214,8 @@ impl World {
             seq: AtomicU64::new(seq),
             unflushed: Mutex::new(Unflushed::default()),
             checkpointer: std::sync::OnceLock::new(),
-            checkpointing: Mutex::new(Checkpoints::default()),
+            checkpointing: Mutex::new(()),
+            checkpoints: Checkpoints::default(),
             checkpoint_every: every,
         });
         let weak = Arc::downgrade(&world);
@@ -244,14 +246,12 @@ impl World {
             let g = self.group();
             (g.batches, g.grouped)
         };
-        let log_pending = self.unflushed().records();
-        let c = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         CommitStats {
             batches,
             transactions,
-            checkpoints: c.done,
-            checkpointed_rows: c.rows,
-            log_pending,
+            checkpoints: self.checkpoints.done.load(Ordering::Relaxed),
+            checkpointed_rows: self.checkpoints.rows.load(Ordering::Relaxed),
+            log_pending: self.unflushed().records(),
         }
     }
 
@@ -269,8 +269,8 @@ impl World {
             self.landed.notify_all();
             // Another checkpoint is being written: wait for it without holding up commits, then
             // look again (it may have covered everything).
-            let done = match self.checkpointing.try_lock() {
-                Ok(done) => done,
+            let one = match self.checkpointing.try_lock() {
+                Ok(one) => one,
                 Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {
                     drop(g);
@@ -285,17 +285,17 @@ impl World {
             // written in the order they were sealed, and appends go on meanwhile (into the
             // next segment).
             drop(g);
-            return self.write_sealed(sealed, done);
+            return self.write_sealed(sealed, one);
         }
     }
 
     /// [`World::checkpoint`] with the commit lock held throughout (no batch in flight).
     fn checkpoint_holding(&self, g: &mut MutexGuard<'_, Group>) -> Result<usize> {
-        let done = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let one = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         let Some(sealed) = self.seal(g) else {
             return Ok(0);
         };
-        self.write_sealed(sealed, done)
+        self.write_sealed(sealed, one)
     }
 
     /// Seals the current log segment (the commit lock held, no batch in flight): the next
@@ -319,7 +319,8 @@ impl World {
         })
     }
 
-    fn write_sealed(&self, sealed: Sealed, mut done: MutexGuard<'_, Checkpoints>) -> Result<usize> {
+    /// Writes a sealed checkpoint (`_one` held: one at a time, in the order sealed).
+    fn write_sealed(&self, sealed: Sealed, _one: MutexGuard<'_, ()>) -> Result<usize> {
         let Sealed {
             objects,
             segments,
@@ -343,8 +344,10 @@ impl World {
         for n in &segments {
             u.segments.remove(n);
         }
-        done.done += 1;
-        done.rows += rows as u64;
+        self.checkpoints.done.fetch_add(1, Ordering::Relaxed);
+        self.checkpoints
+            .rows
+            .fetch_add(rows as u64, Ordering::Relaxed);
         Ok(rows)
     }
 
