@@ -477,20 +477,17 @@ impl World {
         }
         // The tables must hold every change numbered below this one before `meta:seq` moves
         // past them (see `store::log`): nothing is appended meanwhile (no batch in flight).
-        if let Err(e) = self.checkpoint_holding(&mut g) {
-            g.memory_waiting -= 1;
-            self.landed.notify_all();
-            return Err(e);
-        }
-        let seq = self.seq.load(Ordering::SeqCst) + 1;
-        let written = self.store.memory_commit_blocking(add, remove, seq);
-        // Advanced even after a failure whose outcome is unknown: a gap in the sequence is
-        // harmless, a reused number could hide rows from an incremental backup.
-        self.seq.store(seq, Ordering::SeqCst);
+        let written = self.checkpoint_holding(&mut g).and_then(|_| {
+            let seq = self.seq.load(Ordering::SeqCst) + 1;
+            let written = self.store.memory_commit_blocking(add, remove, seq);
+            // Advanced even after a failure whose outcome is unknown: a gap in the sequence is
+            // harmless, a reused number could hide rows from an incremental backup.
+            self.seq.store(seq, Ordering::SeqCst);
+            written.map(|_| seq).map_err(TelosError::from)
+        });
         g.memory_waiting -= 1;
         self.landed.notify_all();
-        written?;
-        Ok(seq)
+        written
     }
 
     /// Up to ten objects that name `oid` as a parent: the logged states first (they are newer

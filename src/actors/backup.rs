@@ -533,27 +533,31 @@ impl Backups {
         Backups(BackupActor::new(deps, dir).start())
     }
 
+    /// Asks the actor; a closed mailbox reads "the backups are not running".
+    async fn ask<M>(&self, msg: M) -> Result<M::Result, TelosError>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        BackupActor: Handler<M>,
+    {
+        self.0
+            .send(msg)
+            .await
+            .map_err(super::down(super::Who::Backups))
+    }
+
     /// Takes a backup now (after any running one).
     pub async fn run(&self, kind: Kind) -> Result<Manifest, TelosError> {
-        self.0
-            .send(RunBackup { kind })
-            .await
-            .map_err(super::down(super::Who::Backups))?
+        self.ask(RunBackup { kind }).await?
     }
 
     /// Verifies backup `id` (default: the newest).
     pub async fn verify(&self, id: Option<String>) -> Result<Verification, TelosError> {
-        self.0
-            .send(VerifyBackup { id })
-            .await
-            .map_err(super::down(super::Who::Backups))?
+        self.ask(VerifyBackup { id }).await?
     }
 
     pub async fn schedule(&self) -> Result<Schedule, TelosError> {
-        self.0
-            .send(GetSchedule)
-            .await
-            .map_err(super::down(super::Who::Backups))
+        self.ask(GetSchedule).await
     }
 
     /// Replaces one or both cron expressions (validated).
@@ -562,25 +566,16 @@ impl Backups {
         full: Option<String>,
         incremental: Option<String>,
     ) -> Result<Schedule, TelosError> {
-        self.0
-            .send(SetSchedule { full, incremental })
-            .await
-            .map_err(super::down(super::Who::Backups))?
+        self.ask(SetSchedule { full, incremental }).await?
     }
 
     pub async fn retention(&self) -> Result<Retention, TelosError> {
-        self.0
-            .send(GetRetention)
-            .await
-            .map_err(super::down(super::Who::Backups))
+        self.ask(GetRetention).await
     }
 
     /// Replaces the retention policy (validated).
     pub async fn set_retention(&self, r: Retention) -> Result<Retention, TelosError> {
-        self.0
-            .send(SetRetention(r))
-            .await
-            .map_err(super::down(super::Who::Backups))?
+        self.ask(SetRetention(r)).await?
     }
 }
 

@@ -42,15 +42,7 @@ fn rows_to_records(rows: Vec<Json>) -> Result<Vec<Record>> {
 impl Store {
     /// How many memory records there are.
     pub async fn memory_count(&self) -> Result<u64> {
-        self.run(|db| async move {
-            let mut res = db
-                .query("SELECT count() AS n FROM memory GROUP ALL")
-                .await
-                .map_err(db_err)?;
-            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
-            Ok(rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0))
-        })
-        .await?
+        self.count_rows("memory").await
     }
 
     /// Writes `add` and deletes (with tombstones) `remove`, in one transaction at `seq`.
@@ -81,9 +73,8 @@ impl Store {
         self.block(|db| async move {
             let mut res = db
                 .query("SELECT owner, kind, count() AS n FROM memory GROUP BY owner, kind")
-                .await
-                .map_err(db_err)?;
-            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+                .await?;
+            let rows: Vec<Json> = res.take(0)?;
             Ok(rows
                 .into_iter()
                 .map(|r| {
@@ -103,11 +94,8 @@ impl Store {
     /// Every memory key.
     pub fn memory_keys_blocking(&self) -> Result<Vec<u64>> {
         self.block(|db| async move {
-            let mut res = db
-                .query("SELECT VALUE key FROM memory")
-                .await
-                .map_err(db_err)?;
-            let keys: Vec<i64> = res.take(0).map_err(db_err)?;
+            let mut res = db.query("SELECT VALUE key FROM memory").await?;
+            let keys: Vec<i64> = res.take(0)?;
             Ok(keys.into_iter().map(|k| k as u64).collect())
         })?
     }
@@ -121,10 +109,9 @@ impl Store {
                      SELECT VALUE key FROM memory_tombstone WHERE seq > $seq;",
                 )
                 .bind(("seq", seq as i64))
-                .await
-                .map_err(db_err)?;
-            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
-            let gone: Vec<i64> = res.take(1).map_err(db_err)?;
+                .await?;
+            let rows: Vec<Json> = res.take(0)?;
+            let gone: Vec<i64> = res.take(1)?;
             let written = rows
                 .into_iter()
                 .map(|r| {
@@ -147,9 +134,8 @@ impl Store {
                 .query("SELECT VALUE key FROM memory WHERE owner = $owner AND kind = $kind")
                 .bind(("owner", owner))
                 .bind(("kind", kind.as_str()))
-                .await
-                .map_err(db_err)?;
-            let keys: Vec<i64> = res.take(0).map_err(db_err)?;
+                .await?;
+            let keys: Vec<i64> = res.take(0)?;
             Ok(keys.into_iter().map(|k| k as u64).collect())
         })?
     }
@@ -161,9 +147,8 @@ impl Store {
             let mut res = db
                 .query("SELECT key, vector FROM memory WHERE key IN $keys")
                 .bind(("keys", keys))
-                .await
-                .map_err(db_err)?;
-            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+                .await?;
+            let rows: Vec<Json> = res.take(0)?;
             Ok(rows
                 .into_iter()
                 .map(|r| (r["key"].as_u64().unwrap_or_default(), vector_of(&r)))
@@ -180,8 +165,7 @@ impl Store {
                     "SELECT {LIST_FIELDS} FROM memory WHERE key IN $keys"
                 ))
                 .bind(("keys", keys))
-                .await
-                .map_err(db_err)?;
+                .await?;
             res.take::<Vec<Json>>(0).map_err(db_err)
         })??;
         rows_to_records(rows)
@@ -210,9 +194,9 @@ impl Store {
                     .bind(("limit", limit as i64))
                     .bind(("offset", offset as i64))
                     .await
-                    .map_err(db_err)?;
-                let rows: Vec<Json> = res.take(0).map_err(db_err)?;
-                let counts: Vec<Json> = res.take(1).map_err(db_err)?;
+                    ?;
+                let rows: Vec<Json> = res.take(0)?;
+                let counts: Vec<Json> = res.take(1)?;
                 let total = counts.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
                 Ok::<_, StoreError>((rows, total))
             })

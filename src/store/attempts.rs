@@ -66,9 +66,8 @@ impl Store {
                 .bind(("r", receiver))
                 .bind(("s", selector))
                 .bind(("since", since))
-                .await
-                .map_err(db_err)?;
-            let rows = res.take::<Vec<Json>>(0).map_err(db_err)?;
+                .await?;
+            let rows = res.take::<Vec<Json>>(0)?;
             rows.into_iter()
                 .map(|r| serde_json::from_value(r).map_err(StoreError::malformed("an attempt row")))
                 .collect()

@@ -44,18 +44,14 @@ impl Store {
                  SELECT count() AS n FROM memory GROUP ALL;
                  COMMIT TRANSACTION;"
             );
-            let mut res = db
-                .query(sql)
-                .bind(("after", after as i64))
-                .await
-                .map_err(db_err)?;
-            let objects: Vec<Json> = res.take(1).map_err(db_err)?;
-            let tombstones: Vec<Json> = res.take(2).map_err(db_err)?;
-            let seq: Option<i64> = res.take(3).map_err(db_err)?;
-            let counts: Vec<Json> = res.take(4).map_err(db_err)?;
-            let memories: Vec<Json> = res.take(5).map_err(db_err)?;
-            let memory_tombstones: Vec<Json> = res.take(6).map_err(db_err)?;
-            let memory_counts: Vec<Json> = res.take(7).map_err(db_err)?;
+            let mut res = db.query(sql).bind(("after", after as i64)).await?;
+            let objects: Vec<Json> = res.take(1)?;
+            let tombstones: Vec<Json> = res.take(2)?;
+            let seq: Option<i64> = res.take(3)?;
+            let counts: Vec<Json> = res.take(4)?;
+            let memories: Vec<Json> = res.take(5)?;
+            let memory_tombstones: Vec<Json> = res.take(6)?;
+            let memory_counts: Vec<Json> = res.take(7)?;
             let n = |rows: &[Json]| rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
             Ok(Changes {
                 objects,

@@ -29,7 +29,7 @@ use crate::object::ObjectState;
 /// What one log record holds.
 #[derive(Serialize, Deserialize)]
 struct Batch {
-    /// Object rows without their sequence number (`oid`, `name`, `parents`, `doc`, `version`).
+    /// Object rows as the table holds them (stamped with the record's sequence number).
     objects: Vec<Json>,
     /// Oids deleted.
     gone: Vec<String>,
@@ -68,8 +68,13 @@ fn segment_table(n: u64) -> String {
 impl Checkpoint {
     /// `obj` as written at `seq` (a later call for the same oid replaces it).
     pub fn write(&mut self, obj: &ObjectState, seq: u64) {
-        self.gone.remove(&obj.oid);
-        self.rows.insert(obj.oid.clone(), object_row(obj, seq));
+        self.write_row(obj.oid.clone(), object_row(obj, seq));
+    }
+
+    /// An object row (already stamped) for `oid`; a later one replaces it.
+    fn write_row(&mut self, oid: String, row: Json) {
+        self.gone.remove(&oid);
+        self.rows.insert(oid, row);
     }
 
     /// `oid` deleted at `seq`.
@@ -108,15 +113,7 @@ impl Store {
         seq: u64,
     ) -> Result<()> {
         let batch = Batch {
-            objects: objects
-                .iter()
-                .map(|o| {
-                    json!({
-                        "oid": o.oid, "name": o.name(), "parents": o.parents(),
-                        "doc": o.doc_json(), "version": o.version,
-                    })
-                })
-                .collect(),
+            objects: objects.iter().map(|o| object_row(o, seq)).collect(),
             gone: deleted.to_vec(),
         };
         let text = serde_json::to_string(&batch).map_err(StoreError::malformed("a log batch"))?;
@@ -156,10 +153,9 @@ impl Store {
         let (applied, segments, records) = self.block(|db| async move {
             let mut res = db
                 .query("SELECT VALUE value FROM ONLY meta:seq; INFO FOR DB;")
-                .await
-                .map_err(db_err)?;
-            let applied: Option<i64> = res.take(0).map_err(db_err)?;
-            let info: Option<Json> = res.take(1).map_err(db_err)?;
+                .await?;
+            let applied: Option<i64> = res.take(0)?;
+            let info: Option<Json> = res.take(1)?;
             let mut segments: Vec<u64> = info
                 .as_ref()
                 .and_then(|i| i["tables"].as_object())
@@ -175,9 +171,8 @@ impl Store {
                 let mut res = db
                     .query("SELECT seq, batch FROM type::table($table)")
                     .bind(("table", segment_table(*n)))
-                    .await
-                    .map_err(db_err)?;
-                records.extend(res.take::<Vec<Json>>(0).map_err(db_err)?);
+                    .await?;
+                records.extend(res.take::<Vec<Json>>(0)?);
             }
             Ok::<_, StoreError>((applied.unwrap_or(0).max(0) as u64, segments, records))
         })??;
@@ -205,8 +200,7 @@ impl Store {
             for mut row in batch.objects {
                 let oid = row["oid"].as_str().unwrap_or_default().to_string();
                 row["seq"] = json!(seq);
-                cp.gone.remove(&oid);
-                cp.rows.insert(oid, row);
+                cp.write_row(oid, row);
             }
             for oid in batch.gone {
                 cp.delete(&oid, seq);

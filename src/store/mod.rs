@@ -243,22 +243,29 @@ impl Store {
     /// every backup, so that an incremental never chains onto another world's full.
     pub async fn world_id(&self) -> Result<String> {
         self.run(|db| async move {
-            let mut res = db
-                .query("SELECT VALUE value FROM ONLY meta:world")
-                .await
-                .map_err(db_err)?;
-            let v: Option<String> = res.take(0).map_err(db_err)?;
+            let mut res = db.query("SELECT VALUE value FROM ONLY meta:world").await?;
+            let v: Option<String> = res.take(0)?;
             if let Some(id) = v.filter(|v| !v.is_empty()) {
                 return Ok(id);
             }
             let id = uuid::Uuid::new_v4().simple().to_string();
             db.query("UPSERT meta:world SET value = $v RETURN NONE")
                 .bind(("v", id.clone()))
-                .await
-                .map_err(db_err)?
-                .check()
-                .map_err(db_err)?;
+                .await?
+                .check()?;
             Ok(id)
+        })
+        .await?
+    }
+
+    /// How many rows `table` holds.
+    pub(crate) async fn count_rows(&self, table: &'static str) -> Result<u64> {
+        self.run(move |db| async move {
+            let mut res = db
+                .query(format!("SELECT count() AS n FROM {table} GROUP ALL"))
+                .await?;
+            let rows: Vec<Json> = res.take(0)?;
+            Ok(rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0))
         })
         .await?
     }
@@ -269,10 +276,8 @@ impl Store {
         self.run(|db| async move {
             db.query("UPSERT meta:world SET value = $v RETURN NONE")
                 .bind(("v", id))
-                .await
-                .map_err(db_err)?
-                .check()
-                .map_err(db_err)?;
+                .await?
+                .check()?;
             Ok(())
         })
         .await?

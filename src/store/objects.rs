@@ -48,11 +48,8 @@ impl Store {
     /// The sequence number of the last commit (0 for a new database).
     pub fn current_seq_blocking(&self) -> Result<u64> {
         self.block(|db| async move {
-            let mut res = db
-                .query("SELECT VALUE value FROM ONLY meta:seq")
-                .await
-                .map_err(db_err)?;
-            let v: Option<i64> = res.take(0).map_err(db_err)?;
+            let mut res = db.query("SELECT VALUE value FROM ONLY meta:seq").await?;
+            let v: Option<i64> = res.take(0)?;
             Ok(v.unwrap_or(0).max(0) as u64)
         })?
     }
@@ -64,9 +61,8 @@ impl Store {
                 .query("SELECT oid, name FROM object ORDER BY oid LIMIT $limit START $offset")
                 .bind(("limit", limit as i64))
                 .bind(("offset", offset as i64))
-                .await
-                .map_err(db_err)?;
-            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+                .await?;
+            let rows: Vec<Json> = res.take(0)?;
             Ok(rows
                 .into_iter()
                 .map(|r| ObjectSummary {
@@ -83,8 +79,7 @@ impl Store {
         self.run(|db| async move {
             let mut res = db
                 .query("SELECT VALUE oid FROM object ORDER BY oid")
-                .await
-                .map_err(db_err)?;
+                .await?;
             res.take::<Vec<String>>(0).map_err(db_err)
         })
         .await?
@@ -99,22 +94,14 @@ impl Store {
                 .bind(("oid", oid))
                 .bind(("except", except))
                 .await
-                .map_err(db_err)?;
+                ?;
             res.take::<Vec<String>>(0).map_err(db_err)
         })?
     }
 
     /// How many objects the world holds.
     pub async fn count(&self) -> Result<u64> {
-        self.run(|db| async move {
-            let mut res = db
-                .query("SELECT count() AS n FROM object GROUP ALL")
-                .await
-                .map_err(db_err)?;
-            let rows: Vec<Json> = res.take(0).map_err(db_err)?;
-            Ok(rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0))
-        })
-        .await?
+        self.count_rows("object").await
     }
 }
 
@@ -122,9 +109,8 @@ async fn load(db: Surreal<Any>, oid: String) -> Result<Option<ObjectState>> {
     let mut res = db
         .query("SELECT doc, version FROM type::record('object', $oid)")
         .bind(("oid", oid.clone()))
-        .await
-        .map_err(db_err)?;
-    let rows: Vec<Json> = res.take(0).map_err(db_err)?;
+        .await?;
+    let rows: Vec<Json> = res.take(0)?;
     let Some(row) = rows.into_iter().next() else {
         return Ok(None);
     };
