@@ -8,14 +8,14 @@ use serde_json::Value as Json;
 
 use super::{MemoryKind, Record};
 use crate::store::{Result, StoreError};
-use crate::store::{Store, Tombstoned, db_err, write_tombstoned};
+use crate::store::{Store, Tombstoned, Write, db_err, write_tombstoned};
 
 /// Memory records, written once; a forgotten one leaves a tombstone.
 const MEMORY: Tombstoned = Tombstoned {
     table: "memory",
     key: "key",
     tombstones: "memory_tombstone",
-    write: "CREATE",
+    write: Write::Insert,
 };
 
 /// The fields of a memory row without its vector.
@@ -25,12 +25,33 @@ const LIST_FIELDS: &str =
 /// Memories written after a sequence number (key, vector, seq), and the keys forgotten.
 pub type MemoryChanges = (Vec<(u64, Vec<f32>, u64)>, Vec<u64>);
 
-/// The `vector` field of a memory row.
+/// A vector as it is stored: the base64 text of its little-endian `f32`s. One short string
+/// per record instead of an array of 384 numbers makes storing a record ~8x cheaper (each
+/// array element is a value SurrealDB checks, encodes and indexes separately).
+fn encode_vector(v: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The `vector` field of a memory row: base64 text, or the array of numbers records written
+/// before the text form (and backups of them) hold. Empty when it is neither.
 fn vector_of(row: &Json) -> Vec<f32> {
-    row["vector"]
-        .as_array()
-        .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
-        .unwrap_or_default()
+    use base64::Engine as _;
+    match &row["vector"] {
+        Json::String(text) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()
+            .filter(|b| b.len() % 4 == 0)
+            .map(|b| {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Json::Array(a) => a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn rows_to_records(rows: Vec<Json>) -> Result<Vec<Record>> {
@@ -50,9 +71,15 @@ impl Store {
         let rows: Vec<Json> = add
             .iter()
             .map(|r| {
-                let mut r = r.clone();
-                r.seq = seq;
-                serde_json::to_value(r).expect("a record serialises")
+                let vector = encode_vector(&r.vector);
+                let mut row = serde_json::to_value(Record {
+                    seq,
+                    vector: Vec::new(),
+                    ..r.clone()
+                })
+                .expect("a record serialises");
+                row["vector"] = Json::String(vector);
+                row
             })
             .collect();
         let gone: Vec<Json> = remove
@@ -145,7 +172,10 @@ impl Store {
         let keys: Vec<i64> = keys.iter().map(|k| *k as i64).collect();
         self.block(move |db| async move {
             let mut res = db
-                .query("SELECT key, vector FROM memory WHERE key IN $keys")
+                // By record id: `WHERE key IN $keys` would scan the table at every call.
+                .query(
+                    "SELECT key, vector FROM array::map($keys, |$k| type::record('memory', $k))",
+                )
                 .bind(("keys", keys))
                 .await?;
             let rows: Vec<Json> = res.take(0)?;
@@ -162,7 +192,7 @@ impl Store {
         let rows = self.block(move |db| async move {
             let mut res = db
                 .query(format!(
-                    "SELECT {LIST_FIELDS} FROM memory WHERE key IN $keys"
+                    "SELECT {LIST_FIELDS} FROM array::map($keys, |$k| type::record('memory', $k))"
                 ))
                 .bind(("keys", keys))
                 .await?;
@@ -202,5 +232,65 @@ impl Store {
             })
             .await??;
         Ok((rows_to_records(rows)?, total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    fn record(key: u64, vector: Vec<f32>) -> Record {
+        Record {
+            key,
+            kind: MemoryKind::Note,
+            text: format!("note {key}"),
+            prompt: String::new(),
+            owner: String::new(),
+            selector: String::new(),
+            source: String::new(),
+            origin: crate::memory::ORIGIN_EXTERNAL.into(),
+            embedder: "test".into(),
+            created: String::new(),
+            seq: 0,
+            vector,
+        }
+    }
+
+    #[test]
+    fn vectors_come_back_exactly_whether_stored_as_text_or_as_an_older_array() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::embedded(dir.path().join("data"))).unwrap();
+        let seq = store.current_seq_blocking().unwrap() + 1;
+        let exact = vec![0.1_f32, -2.5e-8, f32::MAX, 1.0 / 3.0];
+        store
+            .memory_commit_blocking(&[record(1, exact.clone())], &[], seq)
+            .unwrap();
+        // A record as servers before the text form wrote it (and as their backups hold it).
+        store
+            .block(|db| async move {
+                db.query("CREATE memory:2 CONTENT { key: 2, text: 'old', embedder: 'test', created: '', vector: [0.5, 0.25] } RETURN NONE")
+                    .await?
+                    .check()?;
+                Ok::<_, surrealdb::Error>(())
+            })
+            .unwrap()
+            .unwrap();
+        let mut got = store.memory_vectors_blocking(&[1, 2, 3]).unwrap();
+        got.sort_by_key(|(k, _)| *k);
+        assert_eq!(got, vec![(1, exact.clone()), (2, vec![0.5, 0.25])]);
+        let (written, _) = store.memory_changes_since_blocking(0).unwrap();
+        assert!(written.iter().any(|(k, v, s)| *k == 1 && *v == exact && *s == seq));
+        let records = store.memory_records_blocking(&[2, 1]).unwrap();
+        assert_eq!(records.len(), 2);
+        assert!(records.iter().all(|r| r.vector.is_empty()));
+        // A key written twice is an error, and the batch it came in writes nothing.
+        let again = store.memory_commit_blocking(
+            &[record(3, vec![1.0]), record(1, vec![2.0])],
+            &[],
+            seq + 1,
+        );
+        assert!(again.is_err());
+        assert!(store.memory_vectors_blocking(&[3]).unwrap().is_empty());
     }
 }

@@ -5,7 +5,7 @@ use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 
 use super::{Result, StoreError};
-use super::{Store, Tombstoned, db_err, write_tombstoned};
+use super::{Store, Tombstoned, Write, db_err, write_tombstoned};
 use crate::object::ObjectState;
 
 /// A summary row of the object list.
@@ -141,7 +141,7 @@ pub(super) const OBJECTS: Tombstoned = Tombstoned {
     table: "object",
     key: "oid",
     tombstones: "tombstone",
-    write: "UPSERT",
+    write: Write::Upsert,
 };
 
 async fn commit(db: Surreal<Any>, rows: Json, gone: Json, seq: u64) -> Result<()> {

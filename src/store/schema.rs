@@ -26,6 +26,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
         "005_memory_origin.surql",
         include_str!("../../schema/005_memory_origin.surql"),
     ),
+    (
+        "006_memory_vector_text.surql",
+        include_str!("../../schema/006_memory_vector_text.surql"),
+    ),
 ];
 
 pub(super) async fn apply_schema(db: &Surreal<Any>) -> anyhow::Result<()> {
