@@ -311,6 +311,7 @@ impl Settings {
             db_pass: self.db_pass.clone(),
             namespace: self.db_namespace.clone(),
             database: self.db_database.clone(),
+            log_in_database: false,
         }
     }
 

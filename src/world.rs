@@ -692,8 +692,10 @@ impl World {
             }
             Err(e) => {
                 // The append's outcome is unknown: its segment is removed with the next
-                // checkpoint, so a record that did land is dropped then, not replayed later.
+                // checkpoint, so a record that did land is dropped then, not replayed later;
+                // the next batches go to a new one (a segment file that failed takes no more).
                 self.unflushed().segments.entry(segment).or_default();
+                g.segment += 1;
                 tracing::error!(error = %e, transactions = batch.len(), "writing a commit batch failed");
                 for staged in batch {
                     let _ = staged.reply.send(Err(e.clone()));

@@ -13,6 +13,9 @@ pub struct StoreConfig {
     pub db_pass: String,
     pub namespace: String,
     pub database: String,
+    /// Keep the commit log in database tables even when embedded (as it is on a SurrealDB
+    /// server); otherwise an embedded store keeps it in files under the data dir.
+    pub log_in_database: bool,
 }
 
 impl StoreConfig {
@@ -25,6 +28,7 @@ impl StoreConfig {
             db_pass: String::new(),
             namespace: "telos".into(),
             database: "world".into(),
+            log_in_database: false,
         }
     }
 }

@@ -19,6 +19,13 @@ pub enum StoreError {
     /// A row this server wrote lacks a field it always writes.
     #[error("{0}")]
     Incomplete(String),
+    /// The commit log's files could not be written or read.
+    #[error("the commit log failed {what}")]
+    Log {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The store's runtime dropped or panicked a task (the store is closing).
     #[error("a store task failed")]
     Task(#[source] tokio::task::JoinError),

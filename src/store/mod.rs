@@ -58,6 +58,8 @@ struct Inner {
     _lock: Option<File>,
     /// Where the database files are (for operators and error messages).
     location: String,
+    /// Where the commit log's records go.
+    log: log::Sink,
 }
 
 impl Drop for Inner {
@@ -99,7 +101,7 @@ impl Store {
             .build()
             .context("starting the store's runtime")?;
 
-        let (endpoint, lock, location) = if cfg.db_url.is_empty() {
+        let (endpoint, lock, location, sink) = if cfg.db_url.is_empty() {
             std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
                 format!("creating the data directory {}", cfg.data_dir.display())
             })?;
@@ -115,9 +117,19 @@ impl Store {
                 format!("surrealkv://{}", db_path.display()),
                 Some(lock),
                 db_path.display().to_string(),
+                if cfg.log_in_database {
+                    log::Sink::Tables
+                } else {
+                    log::Sink::files(dir.join("commit-log"))?
+                },
             )
         } else {
-            (cfg.db_url.clone(), None, cfg.db_url.clone())
+            (
+                cfg.db_url.clone(),
+                None,
+                cfg.db_url.clone(),
+                log::Sink::Tables,
+            )
         };
 
         let db = runtime.block_on(async {
@@ -175,6 +187,7 @@ impl Store {
                 runtime: Some(runtime),
                 _lock: lock,
                 location,
+                log: sink,
             }),
         };
         store.block(|db| async move { apply_schema(&db).await })??;
