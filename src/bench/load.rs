@@ -101,7 +101,11 @@ impl Pacer {
         if at >= self.end {
             return None;
         }
-        tokio::time::sleep_until(at.into()).await;
+        // Closed loop: no timer at all (Tokio's timer wheel has 1 ms slots, so even a sleep
+        // until now may wait for the next tick; it added ~1 ms to every round trip).
+        if self.interval.is_some() {
+            tokio::time::sleep_until(at.into()).await;
+        }
         self.sent += 1;
         Some((self.sent - 1, at))
     }
