@@ -310,8 +310,8 @@ pub(crate) struct Tombstoned {
 /// How a [`Tombstoned`] table's rows are written.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Write {
-    /// Rows are rewritten, one `UPSERT` each.
-    Upsert,
+    /// Rows are rewritten: one bulk `INSERT` that updates these fields of rows that exist.
+    Upsert(&'static [&'static str]),
     /// Rows are written once, in one bulk `INSERT` (an existing id is an error): a batch of
     /// memory records is ~15% cheaper to store than with one `CREATE` each.
     Insert,
@@ -335,18 +335,26 @@ pub(crate) async fn write_tombstoned(
         write,
     } = t;
     let mut rows = rows;
-    let write = match (write, rows.as_array_mut()) {
-        (Write::Insert, Some(rows)) if rows.is_empty() => String::new(),
-        (Write::Insert, Some(rows)) => {
+    let write = match rows.as_array_mut() {
+        Some(rows) if rows.is_empty() => String::new(),
+        Some(rows) => {
             for row in rows.iter_mut() {
                 let id = row[*key].clone();
                 row["id"] = id;
             }
-            format!("INSERT INTO {table} $rows RETURN NONE;")
+            match write {
+                Write::Insert => format!("INSERT INTO {table} $rows RETURN NONE;"),
+                Write::Upsert(fields) => {
+                    let update: Vec<String> =
+                        fields.iter().map(|f| format!("{f} = $input.{f}")).collect();
+                    format!(
+                        "INSERT INTO {table} $rows ON DUPLICATE KEY UPDATE {} RETURN NONE;",
+                        update.join(", ")
+                    )
+                }
+            }
         }
-        _ => format!(
-            "FOR $r IN $rows {{ UPSERT type::record('{table}', $r.{key}) CONTENT $r RETURN NONE; }};"
-        ),
+        None => String::new(),
     };
     let sql = format!(
         "BEGIN TRANSACTION;

@@ -141,7 +141,7 @@ pub(super) const OBJECTS: Tombstoned = Tombstoned {
     table: "object",
     key: "oid",
     tombstones: "tombstone",
-    write: Write::Upsert,
+    write: Write::Upsert(&["name", "parents", "doc", "version", "seq"]),
 };
 
 async fn commit(db: Surreal<Any>, rows: Json, gone: Json, seq: u64) -> Result<()> {
