@@ -97,8 +97,9 @@ impl Telos {
             exec.clone(),
             kernel,
             settings.passivate_after(),
-        )
-        .start();
+        );
+        let live = directory.live();
+        let directory = directory.start();
         Ok(Telos {
             world,
             personas,
@@ -110,6 +111,7 @@ impl Telos {
             exec,
             settings,
             directory,
+            live,
             started: Instant::now(),
             backups: crate::backup::SummaryCache::default(),
         })

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use serde_json::{Value as Json, json};
 
 use crate::actors::Who;
-use crate::actors::directory::{Activate, Directory, LiveCount};
+use crate::actors::directory::{Activate, Directory, Live, LiveCount};
 use crate::actors::kernel::{Progress, StageEvent};
 use crate::actors::memory::{self, MemoryActor};
 use crate::actors::object::{Dispatch, Reply};
@@ -40,6 +40,8 @@ pub struct Telos {
     /// Every kernel stage event, for subscribers of the receivers.
     pub stages: tokio::sync::broadcast::Sender<StageEvent>,
     pub(crate) directory: Addr<Directory>,
+    /// The directory's live actors, looked up without a round trip through its mailbox.
+    pub(crate) live: Live,
     pub(crate) started: Instant,
     /// The backups part of health, refreshed by the backup actor.
     pub(crate) backups: crate::backup::SummaryCache,
@@ -77,15 +79,19 @@ impl Telos {
         }
         // An actor may passivate between activation and delivery: ask again.
         for _ in 0..3 {
-            let addr = match self
-                .directory
-                .send(Activate {
-                    oid: target.to_string(),
-                })
-                .await
-            {
-                Ok(addr) => addr,
-                Err(e) => return unreachable(crate::actors::down(Who::Directory)(e)),
+            let live = self.live.get(target);
+            let addr = match live {
+                Some(addr) => addr,
+                None => match self
+                    .directory
+                    .send(Activate {
+                        oid: target.to_string(),
+                    })
+                    .await
+                {
+                    Ok(addr) => addr,
+                    Err(e) => return unreachable(crate::actors::down(Who::Directory)(e)),
+                },
             };
             match addr
                 .send(Dispatch {

@@ -4,9 +4,13 @@
 //! first time it is asked for one (the operation itself finds out whether the object exists, and
 //! an actor for a missing object stops at once). A periodic sweep forgets stopped actors and drops
 //! idle objects from the world's cache, so the world can hold far more objects than fit in memory.
+//!
+//! The map of live actors is shared ([`Live`]): a caller finds a live actor without a round trip
+//! through the directory's mailbox (one hop to the directory's arbiter and one back, per
+//! message); only activation goes through the directory, so one actor starts per oid.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -28,8 +32,29 @@ pub struct Activate {
 #[rtype(result = "usize")]
 pub struct LiveCount;
 
+/// The live object actors, readable without asking the directory.
+#[derive(Clone, Default)]
+pub struct Live(Arc<RwLock<HashMap<String, Addr<ObjectActor>>>>);
+
+impl Live {
+    /// The live actor of `oid`, if there is one.
+    pub fn get(&self, oid: &str) -> Option<Addr<ObjectActor>> {
+        let actors = self.0.read().unwrap_or_else(|p| p.into_inner());
+        actors.get(oid).filter(|a| a.connected()).cloned()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Addr<ObjectActor>>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self) -> usize {
+        let actors = self.0.read().unwrap_or_else(|p| p.into_inner());
+        actors.values().filter(|a| a.connected()).count()
+    }
+}
+
 pub struct Directory {
-    actors: HashMap<String, Addr<ObjectActor>>,
+    actors: Live,
     world: Arc<World>,
     exec: Executor,
     kernel: Recipient<Understand>,
@@ -44,7 +69,7 @@ impl Directory {
         passivate_after: Duration,
     ) -> Self {
         Directory {
-            actors: HashMap::new(),
+            actors: Live::default(),
             world,
             exec,
             kernel,
@@ -52,11 +77,20 @@ impl Directory {
         }
     }
 
+    /// The live actors, for callers that look one up without asking.
+    pub fn live(&self) -> Live {
+        self.actors.clone()
+    }
+
     fn sweep(&mut self) {
-        self.actors.retain(|_, addr| addr.connected());
+        let live = {
+            let mut actors = self.actors.write();
+            actors.retain(|_, addr| addr.connected());
+            actors.len()
+        };
         let evicted = self.world.evict_idle(self.passivate_after);
         if evicted > 0 {
-            tracing::debug!(evicted, live = self.actors.len(), "passivated idle objects");
+            tracing::debug!(evicted, live, "passivated idle objects");
         }
     }
 }
@@ -74,10 +108,8 @@ impl Handler<Activate> for Directory {
     type Result = MessageResult<Activate>;
 
     fn handle(&mut self, msg: Activate, _: &mut Context<Self>) -> Self::Result {
-        if let Some(addr) = self.actors.get(&msg.oid)
-            && addr.connected()
-        {
-            return MessageResult(addr.clone());
+        if let Some(addr) = self.actors.get(&msg.oid) {
+            return MessageResult(addr);
         }
         let addr = ObjectActor::new(
             msg.oid.clone(),
@@ -86,7 +118,7 @@ impl Handler<Activate> for Directory {
             self.passivate_after,
         )
         .start();
-        self.actors.insert(msg.oid, addr.clone());
+        self.actors.write().insert(msg.oid, addr.clone());
         MessageResult(addr)
     }
 }
@@ -95,6 +127,6 @@ impl Handler<LiveCount> for Directory {
     type Result = usize;
 
     fn handle(&mut self, _: LiveCount, _: &mut Context<Self>) -> usize {
-        self.actors.values().filter(|a| a.connected()).count()
+        self.actors.count()
     }
 }

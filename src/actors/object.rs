@@ -254,6 +254,7 @@ mod tests {
     struct Setup {
         _dir: tempfile::TempDir,
         directory: Addr<Directory>,
+        live: crate::actors::directory::Live,
         asked: Arc<AtomicUsize>,
     }
 
@@ -274,10 +275,12 @@ mod tests {
             asked: asked.clone(),
         }
         .start();
-        let directory = Directory::new(world, exec, kernel.recipient(), passivate_after).start();
+        let directory = Directory::new(world, exec, kernel.recipient(), passivate_after);
+        let live = directory.live();
         Setup {
             _dir: dir,
-            directory,
+            directory: directory.start(),
+            live,
             asked,
         }
     }
@@ -372,9 +375,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a, b);
+        // Callers find the live actor without asking the directory, until it stops.
+        assert_eq!(s.live.get("genesis_obj"), Some(a.clone()));
         let d = s.directory.clone();
         eventually(async || d.send(LiveCount).await.unwrap() == 0).await;
         assert!(!a.connected());
+        assert_eq!(s.live.get("genesis_obj"), None);
         // A passivated object answers again: its state is in the store.
         assert!(
             dispatch(

@@ -173,9 +173,7 @@ impl Store {
         self.block(move |db| async move {
             let mut res = db
                 // By record id: `WHERE key IN $keys` would scan the table at every call.
-                .query(
-                    "SELECT key, vector FROM array::map($keys, |$k| type::record('memory', $k))",
-                )
+                .query("SELECT key, vector FROM array::map($keys, |$k| type::record('memory', $k))")
                 .bind(("keys", keys))
                 .await?;
             let rows: Vec<Json> = res.take(0)?;
@@ -280,7 +278,11 @@ mod tests {
         got.sort_by_key(|(k, _)| *k);
         assert_eq!(got, vec![(1, exact.clone()), (2, vec![0.5, 0.25])]);
         let (written, _) = store.memory_changes_since_blocking(0).unwrap();
-        assert!(written.iter().any(|(k, v, s)| *k == 1 && *v == exact && *s == seq));
+        assert!(
+            written
+                .iter()
+                .any(|(k, v, s)| *k == 1 && *v == exact && *s == seq)
+        );
         let records = store.memory_records_blocking(&[2, 1]).unwrap();
         assert_eq!(records.len(), 2);
         assert!(records.iter().all(|r| r.vector.is_empty()));
