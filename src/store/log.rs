@@ -75,6 +75,9 @@ pub struct Checkpoint {
 
 const SEGMENT_PREFIX: &str = "commit_log_";
 
+/// What a start finds of the log: the segments left, and their records (sequence number, text).
+type Leftover = (Vec<u64>, Vec<(u64, String)>);
+
 /// The table of log segment `n`.
 fn segment_table(n: u64) -> String {
     format!("{SEGMENT_PREFIX}{n}")
@@ -231,7 +234,7 @@ impl Store {
     }
 
     /// The segment tables left in the database and their records (sequence number, text).
-    fn read_log_tables(&self) -> Result<(Vec<u64>, Vec<(u64, String)>)> {
+    fn read_log_tables(&self) -> Result<Leftover> {
         self.block(|db| async move {
             let mut res = db.query("INFO FOR DB;").await?;
             let info: Option<Json> = res.take(0)?;
@@ -409,7 +412,7 @@ impl Files {
     }
 
     /// Every segment file left and its whole records (sequence number, text).
-    fn read_all(&mut self) -> Result<(Vec<u64>, Vec<(u64, String)>)> {
+    fn read_all(&mut self) -> Result<Leftover> {
         let io = |what: String| move |source| StoreError::Log { what, source };
         let mut segments = Vec::new();
         let listing =
