@@ -315,7 +315,11 @@ impl World {
                 .map(|(oid, (seq, obj))| (oid.clone(), *seq, obj.clone()))
                 .collect(),
             segments: u.segments.keys().copied().collect(),
-            newest: u.newest,
+            // The world's sequence number, not the newest appended record's: after a failed
+            // append (or none since the start) that would be older than meta:seq, which must
+            // never move backwards (incremental backups and replay read it). No batch is in
+            // flight, so every number up to it is decided.
+            newest: self.seq.load(Ordering::SeqCst).max(u.newest),
         })
     }
 
@@ -1128,6 +1132,35 @@ mod tests {
 
     /// A child, a parent and a re-parenting that only the commit log holds: loads, the delete
     /// check and a reopened store all see them.
+    #[test]
+    fn a_failed_append_is_not_acknowledged_and_never_moves_meta_seq_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::embedded(dir.path().join("data"));
+        let w =
+            World::with_checkpoints(Store::open(&cfg).unwrap(), Duration::from_secs(3600)).unwrap();
+        let log = dir.path().join("data/commit-log");
+        let base = w.store().current_seq_blocking().unwrap();
+        {
+            // The log's directory removed under the running server: the open segment's file
+            // is unlinked (a write to it would be lost), then no new segment can be made.
+            let mut t = Txn::new(w.clone());
+            t.clone_object("genesis_obj", Default::default()).unwrap();
+            t.commit().unwrap().wait_blocking().unwrap();
+            std::fs::remove_dir_all(&log).unwrap();
+            for _ in 0..2 {
+                let mut t = Txn::new(w.clone());
+                t.clone_object("genesis_obj", Default::default()).unwrap();
+                let err = t.commit().unwrap().wait_blocking().unwrap_err();
+                assert_eq!(err.code(), "internal", "{err}");
+            }
+            // The checkpoint writes what was acknowledged; meta:seq only moves forward.
+            w.checkpoint().unwrap();
+            let seq = w.store().current_seq_blocking().unwrap();
+            assert!(seq >= base + 1, "meta:seq {seq} fell below {}", base + 1);
+            assert_eq!(seq, w.seq());
+        }
+    }
+
     #[test]
     fn what_only_the_log_holds_is_loaded_guards_deletes_and_is_replayed_on_open() {
         let dir = tempfile::tempdir().unwrap();

@@ -161,9 +161,21 @@ impl Store {
     /// `meta:seq` to `seq` (the newest record applied), in one transaction (segment files are
     /// removed once it has committed).
     pub fn checkpoint_blocking(&self, cp: Checkpoint, seq: u64) -> Result<()> {
-        if cp.is_empty() {
+        self.checkpoint_removing(cp, seq, &[])
+    }
+
+    /// [`Store::checkpoint_blocking`], also removing the segment tables `tables` (left by a
+    /// server that kept an embedded store's log in tables).
+    fn checkpoint_removing(&self, cp: Checkpoint, seq: u64, tables: &[u64]) -> Result<()> {
+        if cp.is_empty() && tables.is_empty() {
             return Ok(());
         }
+        let drop_tables = |segments: &[u64]| -> String {
+            segments
+                .iter()
+                .map(|n| format!("REMOVE TABLE IF EXISTS {};\n", segment_table(*n)))
+                .collect()
+        };
         let rows = Json::Array(cp.rows.into_values().collect());
         let gone: Vec<Json> = cp
             .gone
@@ -173,15 +185,13 @@ impl Store {
         let segments = cp.segments;
         match &self.inner.log {
             Sink::Files(files) => {
-                self.block(move |db| apply(db, rows, Json::Array(gone), String::new(), seq))??;
+                let remove = drop_tables(tables);
+                self.block(move |db| apply(db, rows, Json::Array(gone), remove, seq))??;
                 lock(files).remove(&segments);
                 Ok(())
             }
             Sink::Tables => {
-                let remove: String = segments
-                    .iter()
-                    .map(|n| format!("REMOVE TABLE IF EXISTS {};\n", segment_table(*n)))
-                    .collect();
+                let remove = drop_tables(&segments);
                 self.block(move |db| apply(db, rows, Json::Array(gone), remove, seq))?
             }
         }
@@ -191,11 +201,22 @@ impl Store {
     /// first, and removes them. Answers how many log records were replayed.
     pub(super) fn replay_log_blocking(&self) -> Result<usize> {
         let applied = self.current_seq_blocking()?;
-        let (segments, records) = match &self.inner.log {
-            Sink::Files(files) => lock(files).read_all()?,
-            Sink::Tables => self.read_log_tables()?,
+        // An embedded store's log was kept in tables by earlier versions: what a crash (or
+        // a stop: there is no checkpoint at exit) left there is replayed with the files.
+        let (tables, mut records) = self.read_log_tables()?;
+        let segments = match &self.inner.log {
+            Sink::Files(files) => {
+                let (segments, mut from_files) = lock(files).read_all()?;
+                records.append(&mut from_files);
+                segments
+            }
+            Sink::Tables => tables.clone(),
         };
-        if segments.is_empty() {
+        let tables = match &self.inner.log {
+            Sink::Files(_) => tables,
+            Sink::Tables => Vec::new(),
+        };
+        if segments.is_empty() && tables.is_empty() {
             return Ok(0);
         }
         let mut batches = Vec::with_capacity(records.len());
@@ -225,11 +246,11 @@ impl Store {
         }
         tracing::info!(
             records = records.len(),
-            segments = segments.len(),
+            segments = segments.len() + tables.len(),
             rows = cp.len(),
             "replaying the commit log left by the last run"
         );
-        self.checkpoint_blocking(cp, newest)?;
+        self.checkpoint_removing(cp, newest, &tables)?;
         Ok(records.len())
     }
 
@@ -289,6 +310,9 @@ impl Sink {
         use anyhow::Context as _;
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the commit log directory {}", dir.display()))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).with_context(|| format!("syncing {}", parent.display()))?;
+        }
         Ok(Sink::Files(Mutex::new(Files {
             dir,
             open: None,
@@ -354,6 +378,29 @@ fn unframe(mut bytes: &[u8]) -> (Vec<(u64, String)>, usize) {
     (records, total - bytes.len())
 }
 
+/// Fails if `file` was unlinked while open (its directory removed under a running server):
+/// writes to it would succeed and be lost.
+fn still_linked(file: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    if file.metadata()?.nlink() == 0 {
+        return Err(std::io::Error::other(
+            "the segment file was removed while in use (was the data directory deleted?)",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `rest` (what follows the last whole record) holds a whole record after the damaged
+/// one: damage in the middle of a segment, not a record torn by a crash at its end.
+fn whole_record_follows(rest: &[u8]) -> bool {
+    if rest.len() < FRAME_HEADER {
+        return false;
+    }
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    rest.get(FRAME_HEADER + len..)
+        .is_some_and(|next| !unframe(next).0.is_empty())
+}
+
 /// Makes a file's creation or removal in `dir` durable.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
@@ -383,10 +430,18 @@ impl Files {
             self.open = Some((segment, file));
         }
         let (_, file) = self.open.as_mut().expect("opened above");
+        let before = file.metadata()?.len();
         let written = file
             .write_all(&frame(seq, payload))
-            .and_then(|()| file.sync_data());
+            .and_then(|()| file.sync_data())
+            .and_then(|()| still_linked(file));
         if written.is_err() {
+            // The record was not acknowledged: cut it off, so a crash cannot replay it. If
+            // that fails too, the segment stays as it is and takes no more records (the next
+            // checkpoint removes it).
+            if let Err(e) = file.set_len(before).and_then(|()| file.sync_data()) {
+                tracing::error!(error = %e, segment, seq, "could not cut a failed record off the commit log: it may be replayed after a crash unless a checkpoint removes its segment first");
+            }
             self.broken.insert(segment);
             self.open = None;
         }
@@ -434,6 +489,12 @@ impl Files {
             let path = self.path(*n);
             let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
             let (mut found, end) = unframe(&bytes);
+            if end < bytes.len() && whole_record_follows(&bytes[end..]) {
+                return Err(StoreError::Incomplete(format!(
+                    "the commit log segment {} is damaged at byte {end}, with whole records after it: the records it holds were acknowledged, so the server will not start without them (restore from a backup, or move the file aside to accept losing them)",
+                    path.display()
+                )));
+            }
             if end < bytes.len() {
                 // Never acknowledged: an answer waits for its record's sync.
                 tracing::warn!(
@@ -516,6 +577,48 @@ mod tests {
             ..StoreConfig::embedded(dir.path().join("data"))
         };
         replays_newest_write_winning_and_deletions_kept(&cfg);
+    }
+
+    #[test]
+    fn records_an_earlier_version_left_in_tables_are_replayed_by_a_store_with_log_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = StoreConfig::embedded(dir.path().join("data"));
+        let tables = StoreConfig {
+            log_in_database: true,
+            ..embedded.clone()
+        };
+        {
+            let store = Store::open(&tables).unwrap();
+            let seq = store.current_seq_blocking().unwrap();
+            store
+                .append_log_blocking(3, &[obj("a", 1, 1)], &[], seq + 1)
+                .unwrap();
+        }
+        let store = Store::open(&embedded).unwrap();
+        assert_eq!(store.load_blocking("a").unwrap().unwrap().version, 1);
+        assert_eq!(store.read_log_tables().unwrap().0, Vec::<u64>::new());
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_a_segment_stops_the_start_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::embedded(dir.path().join("data"));
+        {
+            let store = Store::open(&cfg).unwrap();
+            let seq = store.current_seq_blocking().unwrap();
+            for (i, n) in [1, 2, 3].into_iter().enumerate() {
+                store
+                    .append_log_blocking(1, &[obj("a", n, n as u64)], &[], seq + 1 + i as u64)
+                    .unwrap();
+            }
+        }
+        let path = dir.path().join("data/commit-log/1.log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = unframe(&bytes).0[0].1.len() + FRAME_HEADER;
+        bytes[second + FRAME_HEADER + 3] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+        let err = format!("{:#}", Store::open(&cfg).err().unwrap());
+        assert!(err.contains("1.log is damaged"), "{err}");
     }
 
     #[test]
