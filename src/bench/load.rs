@@ -7,8 +7,9 @@
 //!
 //! Closed loop (`--rate 0`, the default): every client sends its next message as soon as the
 //! last is answered (maximum throughput). Open loop (`--rate R`): R messages per second offered
-//! in total, spread evenly over the clients on a fixed schedule; a message's latency counts from
-//! when it was *due*, so a server that falls behind shows it (no coordinated omission).
+//! in total, spread evenly over the clients on a fixed schedule kept by a pacing thread; a
+//! message's latency counts from when it was *due*, so a server that falls behind shows it (no
+//! coordinated omission).
 //! Prints throughput, p50/p99/p99.9 latency and errors.
 
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub enum Mode {
 struct Counters {
     done: AtomicU64,
     errors: AtomicU64,
-    /// Open loop: messages sent more than [`TIMER_SLACK`] after they were due.
+    /// Open loop: messages handed to their client more than 1 ms after they were due.
     late: AtomicU64,
 }
 
@@ -87,40 +88,62 @@ fn due(start: Instant, interval: Option<Duration>, offset: Duration, i: u64) -> 
     }
 }
 
-/// How late Tokio's timer may fire a sleep (its wheel has 1 ms slots): the loader's own lag,
-/// not the server's, so not counted in latency.
-const TIMER_SLACK: Duration = Duration::from_millis(1);
-
-/// One client's schedule: waits until its next message is due.
-struct Pacer {
-    start: Instant,
-    interval: Option<Duration>,
-    offset: Duration,
-    end: Instant,
-    sent: u64,
+/// One client's schedule.
+enum Pacer {
+    /// The next message as soon as the last is answered, until `end`. No timer at all: Tokio's
+    /// timer wheel has 1 ms slots, so even a sleep until now may wait for the next tick.
+    Closed { end: Instant, sent: u64 },
+    /// Messages handed over by the pacing thread ([`pace`]) when due.
+    Open(tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)>),
 }
 
 impl Pacer {
-    /// The next message's number and when its latency counts from; `None` once the run is
-    /// over. Open loop: when it was due, except for up to [`TIMER_SLACK`] of the loader's own
-    /// timer lag (a later send, because the last answer came late, is charged in full).
-    async fn tick(&mut self, late: &AtomicU64) -> Option<(u64, Instant)> {
-        let at = due(self.start, self.interval, self.offset, self.sent);
-        if at >= self.end {
-            return None;
+    /// The next message's number and when it was due (its latency counts from then); `None`
+    /// once the run is over.
+    async fn tick(&mut self) -> Option<(u64, Instant)> {
+        match self {
+            Pacer::Closed { end, sent } => {
+                let now = Instant::now();
+                if now >= *end {
+                    return None;
+                }
+                *sent += 1;
+                Some((*sent - 1, now))
+            }
+            Pacer::Open(due) => due.recv().await,
         }
-        self.sent += 1;
-        // Closed loop: no timer at all (Tokio's timer wheel has 1 ms slots, so even a sleep
-        // until now may wait for the next tick; it added ~1 ms to every round trip).
-        if self.interval.is_none() {
-            return Some((self.sent - 1, at));
+    }
+}
+
+/// The open loop's schedule, kept by a thread of its own: it sleeps until each message is due
+/// (a thread's sleep overshoots by tens of µs, where Tokio's timer rounds up to its next 1 ms
+/// slot) and hands it to its client. A client still waiting for an answer finds its next
+/// messages queued when it is done, each counted from when it was due. Counts the messages
+/// handed over more than 1 ms late.
+fn pace(
+    start: Instant,
+    end: Instant,
+    interval: Duration,
+    clients: Vec<tokio::sync::mpsc::UnboundedSender<(u64, Instant)>>,
+    late: Arc<Counters>,
+) {
+    let n = clients.len();
+    for k in 0u64.. {
+        let (c, i) = ((k % n as u64) as usize, k / n as u64);
+        let offset = interval.mul_f64(c as f64 / n as f64);
+        let at = due(start, Some(interval), offset, i);
+        if at >= end {
+            return;
         }
-        tokio::time::sleep_until(at.into()).await;
-        let lag = Instant::now().saturating_duration_since(at);
-        if lag > TIMER_SLACK {
-            late.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
         }
-        Some((self.sent - 1, at + lag.min(TIMER_SLACK)))
+        if Instant::now().saturating_duration_since(at) > Duration::from_millis(1) {
+            late.late.fetch_add(1, Ordering::Relaxed);
+        }
+        // A client that stopped (its connection failed) is counted in errors already.
+        let _ = clients[c].send((i, at));
     }
 }
 
@@ -155,17 +178,27 @@ async fn drive(load: Load) -> anyhow::Result<()> {
     }
     let start = Instant::now();
     let end = start + run_for;
-    for (c, target) in targets.into_iter().enumerate() {
+    let mut schedules = Vec::new();
+    let mut pacers: Vec<Pacer> = (0..load.clients)
+        .map(|_| match interval {
+            None => Pacer::Closed { end, sent: 0 },
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                schedules.push(tx);
+                Pacer::Open(rx)
+            }
+        })
+        .collect();
+    let pacing = interval.map(|every| {
+        let late = counters.clone();
+        std::thread::Builder::new()
+            .name("telos-load-pacer".into())
+            .spawn(move || pace(start, end, every, schedules, late))
+    });
+    let pacing = pacing.transpose().context("starting the pacing thread")?;
+    for target in targets {
         let (counters, latencies) = (counters.clone(), latencies.clone());
-        let mut pacer = Pacer {
-            start,
-            interval,
-            offset: interval
-                .map(|every| every.mul_f64(c as f64 / load.clients as f64))
-                .unwrap_or_default(),
-            end,
-            sent: 0,
-        };
+        let mut pacer = pacers.remove(0);
         match load.mode {
             Mode::Writes => {
                 let (base, token) = (base.clone(), load.token.clone());
@@ -174,7 +207,7 @@ async fn drive(load: Load) -> anyhow::Result<()> {
                         .timeout(Duration::from_secs(30))
                         .finish();
                     let url = format!("{base}/api/objects/{target}/send");
-                    while let Some((i, at)) = pacer.tick(&counters.late).await {
+                    while let Some((i, at)) = pacer.tick().await {
                         let mut req = http.post(&url);
                         if !token.is_empty() {
                             req = req.bearer_auth(&token);
@@ -194,7 +227,7 @@ async fn drive(load: Load) -> anyhow::Result<()> {
             Mode::Ws => {
                 let mut framed = sockets.remove(0);
                 tasks.push(actix_web::rt::spawn(async move {
-                    while let Some((i, at)) = pacer.tick(&counters.late).await {
+                    while let Some((i, at)) = pacer.tick().await {
                         let frame = if i.is_multiple_of(2) {
                             json!({"type": "send", "id": i, "target": target, "selector": "n", "args": []})
                         } else {
@@ -240,6 +273,9 @@ async fn drive(load: Load) -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
+    if let Some(pacing) = pacing {
+        let _ = pacing.join();
+    }
     let took = start.elapsed().as_secs_f64();
     let mut l = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
     l.sort();
@@ -252,7 +288,7 @@ async fn drive(load: Load) -> anyhow::Result<()> {
         load.clients,
         if load.rate > 0.0 {
             format!(
-                "open loop at {:.0}/s offered (latency from when due; {late} sent over 1 ms late)",
+                "open loop at {:.0}/s offered (latency from when due; {late} handed over more than 1 ms late)",
                 load.rate
             )
         } else {
