@@ -45,6 +45,9 @@ struct Counters {
     errors: AtomicU64,
     /// Open loop: messages handed to their client more than 1 ms after they were due.
     late: AtomicU64,
+    /// Open loop: the most the pacing thread, which only sleeps, was late (µs): how long this
+    /// machine can keep a runnable thread waiting.
+    latest: AtomicU64,
 }
 
 pub fn run(load: Load) -> anyhow::Result<()> {
@@ -139,9 +142,12 @@ fn pace(
         if at > now {
             std::thread::sleep(at - now);
         }
-        if Instant::now().saturating_duration_since(at) > Duration::from_millis(1) {
+        let lag = Instant::now().saturating_duration_since(at);
+        if lag > Duration::from_millis(1) {
             late.late.fetch_add(1, Ordering::Relaxed);
         }
+        late.latest
+            .fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
         // A client that stopped (its connection failed) is counted in errors already.
         let _ = clients[c].send((i, at));
     }
@@ -282,13 +288,14 @@ async fn drive(load: Load) -> anyhow::Result<()> {
     let done = counters.done.load(Ordering::Relaxed);
     let errors = counters.errors.load(Ordering::Relaxed);
     let late = counters.late.load(Ordering::Relaxed);
+    let latest = counters.latest.load(Ordering::Relaxed) as f64 / 1000.0;
     println!(
         "load {:?}: {} clients, {}, {:.0} s: {done} answered ({:.0}/s), {errors} errors, latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms",
         load.mode,
         load.clients,
         if load.rate > 0.0 {
             format!(
-                "open loop at {:.0}/s offered (latency from when due; {late} handed over more than 1 ms late)",
+                "open loop at {:.0}/s offered (latency from when due; {late} handed over more than 1 ms late, the latest {latest:.1} ms)",
                 load.rate
             )
         } else {
