@@ -39,8 +39,11 @@ pub struct Live(Arc<RwLock<HashMap<String, Addr<ObjectActor>>>>);
 impl Live {
     /// The live actor of `oid`, if there is one.
     pub fn get(&self, oid: &str) -> Option<Addr<ObjectActor>> {
-        let actors = self.0.read().unwrap_or_else(|p| p.into_inner());
-        actors.get(oid).filter(|a| a.connected()).cloned()
+        self.read().get(oid).filter(|a| a.connected()).cloned()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Addr<ObjectActor>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Addr<ObjectActor>>> {
@@ -48,8 +51,7 @@ impl Live {
     }
 
     fn count(&self) -> usize {
-        let actors = self.0.read().unwrap_or_else(|p| p.into_inner());
-        actors.values().filter(|a| a.connected()).count()
+        self.read().values().filter(|a| a.connected()).count()
     }
 }
 

@@ -11,6 +11,7 @@ use super::{ms, percentile};
 use crate::embed::{DIMS, EMBEDDER_ID, Embedder};
 use crate::memory::Record;
 use crate::memory::index::VectorIndex;
+use crate::memory::records::{f32s_to_le_bytes, le_bytes_to_f32s};
 
 const ADJ: [&str; 16] = [
     "quick", "lazy", "red", "quiet", "ancient", "tiny", "brave", "gentle", "noisy", "hidden",
@@ -112,12 +113,7 @@ pub fn run(models_dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
                 t.elapsed().as_secs_f64(),
                 n as f64 / t.elapsed().as_secs_f64()
             );
-            let bytes: Vec<u8> = vectors
-                .iter()
-                .flatten()
-                .flat_map(|x| x.to_le_bytes())
-                .collect();
-            let _ = std::fs::write(&cache, bytes);
+            let _ = std::fs::write(&cache, f32s_to_le_bytes(&vectors.concat()));
             vectors
         }
     };
@@ -173,10 +169,7 @@ fn read_vectors(path: &std::path::Path, n: usize) -> Option<Vec<Vec<f32>>> {
     if bytes.len() != n * DIMS * 4 {
         return None;
     }
-    let floats: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let floats = le_bytes_to_f32s(&bytes);
     Some(floats.chunks(DIMS).map(<[f32]>::to_vec).collect())
 }
 

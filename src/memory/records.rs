@@ -25,13 +25,25 @@ const LIST_FIELDS: &str =
 /// Memories written after a sequence number (key, vector, seq), and the keys forgotten.
 pub type MemoryChanges = (Vec<(u64, Vec<f32>, u64)>, Vec<u64>);
 
+/// `v`'s `f32`s as little-endian bytes (how vectors are stored, and cached by the benchmark).
+pub(crate) fn f32s_to_le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The `f32`s of little-endian `bytes` (a trailing partial value is ignored).
+pub(crate) fn le_bytes_to_f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// A vector as it is stored: the base64 text of its little-endian `f32`s. One short string
 /// per record instead of an array of 384 numbers makes storing a record ~8x cheaper (each
 /// array element is a value SurrealDB checks, encodes and indexes separately).
 fn encode_vector(v: &[f32]) -> String {
     use base64::Engine as _;
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    base64::engine::general_purpose::STANDARD.encode(f32s_to_le_bytes(v))
 }
 
 /// The `vector` field of a memory row: base64 text, or the array of numbers records written
@@ -43,11 +55,7 @@ fn vector_of(row: &Json) -> Vec<f32> {
             .decode(text)
             .ok()
             .filter(|b| b.len() % 4 == 0)
-            .map(|b| {
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
-            })
+            .map(|b| le_bytes_to_f32s(&b))
             .unwrap_or_default(),
         Json::Array(a) => a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect(),
         _ => Vec::new(),

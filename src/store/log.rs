@@ -204,17 +204,15 @@ impl Store {
         // An embedded store's log was kept in tables by earlier versions: what a crash (or
         // a stop: there is no checkpoint at exit) left there is replayed with the files.
         let (tables, mut records) = self.read_log_tables()?;
-        let segments = match &self.inner.log {
+        // `segments` are the sink's own (removed as a checkpoint removes them); `tables`, those
+        // left in tables beside segment files.
+        let (segments, tables) = match &self.inner.log {
             Sink::Files(files) => {
                 let (segments, mut from_files) = lock(files).read_all()?;
                 records.append(&mut from_files);
-                segments
+                (segments, tables)
             }
-            Sink::Tables => tables.clone(),
-        };
-        let tables = match &self.inner.log {
-            Sink::Files(_) => tables,
-            Sink::Tables => Vec::new(),
+            Sink::Tables => (tables, Vec::new()),
         };
         if segments.is_empty() && tables.is_empty() {
             return Ok(0);
@@ -330,8 +328,8 @@ fn lock(files: &Mutex<Files>) -> MutexGuard<'_, Files> {
 /// `[payload length: u32][CRC-32 of seq and payload: u32][seq: u64][payload]` (little-endian).
 pub(super) struct Files {
     dir: PathBuf,
-    /// The segment being appended to, and its file.
-    open: Option<(u64, File)>,
+    /// The segment being appended to, its file and the file's length.
+    open: Option<(u64, File, u64)>,
     /// Segments whose append failed: they take no more records (the file may end in a torn
     /// one, and after a failed sync the kernel may have dropped pages it said it wrote).
     broken: BTreeSet<u64>,
@@ -417,7 +415,7 @@ impl Files {
                 "an earlier append to segment {segment} failed: it takes no more records"
             )));
         }
-        if self.open.as_ref().map(|(n, _)| *n) != Some(segment) {
+        if self.open.as_ref().map(|(n, ..)| *n) != Some(segment) {
             self.open = None;
             // A segment number is opened once per run, after the log left by the last run was
             // replayed: whatever a file of that name holds was applied (at or below meta:seq).
@@ -427,14 +425,16 @@ impl Files {
                 .truncate(true)
                 .open(self.path(segment))?;
             sync_dir(&self.dir)?;
-            self.open = Some((segment, file));
+            self.open = Some((segment, file, 0));
         }
-        let (_, file) = self.open.as_mut().expect("opened above");
-        let before = file.metadata()?.len();
+        let (_, file, len) = self.open.as_mut().expect("opened above");
+        let before = *len;
+        let record = frame(seq, payload);
         let written = file
-            .write_all(&frame(seq, payload))
+            .write_all(&record)
             .and_then(|()| file.sync_data())
             .and_then(|()| still_linked(file));
+        *len += record.len() as u64;
         if written.is_err() {
             // The record was not acknowledged: cut it off, so a crash cannot replay it. If
             // that fails too, the segment stays as it is and takes no more records (the next
@@ -452,7 +452,7 @@ impl Files {
     /// that stays is harmless: its records are at or below meta:seq, and replay skips them.
     fn remove(&mut self, segments: &[u64]) {
         for n in segments {
-            if self.open.as_ref().is_some_and(|(open, _)| open == n) {
+            if self.open.as_ref().is_some_and(|(open, ..)| open == n) {
                 self.open = None;
             }
             self.broken.remove(n);
