@@ -104,10 +104,10 @@ pub(super) fn parse_json(ctx: &Ctx<'_>, text: &str) -> rquickjs::Result<Json> {
 /// `self.name = v` is for a method of `oid` only: other objects are changed by sending them a
 /// setter.
 pub(super) fn check_assigner(ctx: &Ctx<'_>, oid: &str, name: &str) -> rquickjs::Result<()> {
-    if with_exec(|e| e.stack.last().is_some_and(|(r, _)| r == oid)) {
+    if with_exec(|e| e.stack.last().is_some_and(|(r, _)| &**r == oid)) {
         return Ok(());
     }
-    let receiver = with_exec(|e| e.stack.last().map(|(r, _)| r.clone()));
+    let receiver = with_exec(|e| e.stack.last().map(|(r, _)| r.to_string()));
     Err(throw(
         ctx,
         TelosError::MethodError(format!(

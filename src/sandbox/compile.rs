@@ -2,7 +2,8 @@
 //! and reading positions from QuickJS's stacks.
 
 use rquickjs::context::EvalOptions;
-use rquickjs::{CatchResultExt, CaughtError, Ctx, Function, Persistent};
+use rquickjs::function::This;
+use rquickjs::{CatchResultExt, CaughtError, Ctx, Function, Object, Persistent};
 
 use crate::error::{Result, TelosError};
 
@@ -47,6 +48,24 @@ pub(super) fn compile<'js>(
             "{file} is not a function: a method is `function {name}(self, ...args) {{ ... }}`"
         )));
     };
+    // Only a function expression: its own text is the whole source, but for comments around
+    // it. Anything else (a call that returns a function, say) could keep state in a closure
+    // from one message to the next, outside every transaction.
+    let text = ctx
+        .globals()
+        .get::<_, Object>("Function")
+        .and_then(|f| f.get::<_, Object>("prototype"))
+        .and_then(|p| p.get::<_, Function>("toString"))
+        .and_then(|to_string| to_string.call::<_, String>((This(func.clone()),)))
+        .map_err(TelosError::internal)?;
+    if !source
+        .find(&text)
+        .is_some_and(|at| only_comments(&source[..at]) && only_comments(&source[at + text.len()..]))
+    {
+        return Err(TelosError::MethodError(format!(
+            "{file} must be a function expression and nothing else (`function {name}(self, ...args) {{ ... }}`): code around it would run once per script thread, and any state it keeps would outlive the message"
+        )));
+    }
     let harden = HARDEN
         .with(|h| h.borrow().clone())
         .expect("engine initialised")
@@ -91,6 +110,25 @@ pub(super) fn compile_error(file: &str, err: CaughtError<'_>) -> TelosError {
     }
 }
 
+/// `text` holds nothing but whitespace and comments.
+fn only_comments(text: &str) -> bool {
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("//") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            match after.split_once("*/") {
+                Some((_, r)) => rest = r,
+                None => return false,
+            }
+        } else {
+            return false;
+        }
+        rest = rest.trim_start();
+    }
+    true
+}
+
 /// Finds `file:LINE:COL` in a QuickJS stack trace.
 pub(super) fn position(file: &str, stack: &str) -> Option<(usize, usize)> {
     let at = stack.find(&format!("{file}:"))? + file.len() + 1;
@@ -105,6 +143,15 @@ pub(super) fn position(file: &str, stack: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_whitespace_and_comments_may_surround_a_method() {
+        assert!(only_comments(""));
+        assert!(only_comments("  // a note\n /* and\n another */ \n"));
+        assert!(!only_comments("/* open"));
+        assert!(!only_comments("(() => { let r; return "));
+        assert!(!only_comments(")()"));
+    }
 
     #[test]
     fn positions_are_read_from_quickjs_stacks() {

@@ -3,7 +3,9 @@
 //! hands back its outcome with the commit still on its way.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +22,7 @@ use super::host::host_object;
 use super::limits::Limits;
 use super::op::{Op, Outcome};
 use super::send::dispatch;
-use super::state::{COMPILED, DEADLINE, DECODE, EXEC, Exec, HARDEN, INVOKE, with_exec};
+use super::state::{COMPILED, DEADLINE, DECODE, EPOCH, EXEC, Exec, HARDEN, INVOKE, with_exec};
 
 /// An operation that has run; its writes may still be on their way to disk.
 #[derive(Debug)]
@@ -227,6 +229,12 @@ impl Engine {
                 txn: Txn::with_budget(self.world.clone(), self.limits.budget),
                 limits: self.limits,
                 stack: Vec::new(),
+                sites: Vec::new(),
+                site_numbers: HashMap::new(),
+                epoch: EPOCH.with(|n| {
+                    n.set(n.get() + 1);
+                    n.get()
+                }),
                 logs: Vec::new(),
                 log_bytes: 0,
                 miss: None,
@@ -243,10 +251,7 @@ impl Engine {
         // deadline and transaction, so nothing it started can run during a later message.
         let mut result = result;
         // Jobs act for the message's receiver (`self.x = v` in a callback writes it).
-        with_exec(|x| {
-            x.stack
-                .push((target.to_string(), "<promise job>".to_string()))
-        });
+        with_exec(|x| x.stack.push((Rc::from(target), Rc::from("<promise job>"))));
         while self.rt.is_job_pending() {
             if let Err(e) = self.rt.execute_pending_job() {
                 let message = e.0.with(|ctx| {
@@ -546,5 +551,68 @@ mod tests {
         }
         // The engine serves the next message.
         assert_eq!(value(send(&e, &o, "n", json!([]))), json!(1));
+    }
+
+    #[test]
+    fn method_references_enter_the_call_stack_as_their_receiver() {
+        let (_dir, e) = engine();
+        let a = object(&e, json!({"n": 1}));
+        let b = object(&e, json!({"n": 10}));
+        method(
+            &e,
+            &a,
+            "bump",
+            "function bump(self) { self.n = self.n + 1; return self.n; }",
+        );
+        method(
+            &e,
+            &b,
+            "bump",
+            "function bump(self) { self.n = self.n + 1; return self.n; }",
+        );
+        // Each reference writes its own receiver, however the calls interleave and however
+        // many writes (each of which makes fresh references) come between them.
+        method(
+            &e,
+            &a,
+            "both",
+            &format!(
+                "function both(self) {{ const o = send('{b}', 'n') === 10 ? null : 0; let s = 0; \
+                 for (let i = 0; i < 3; i++) {{ s += self.bump(); s += send('{b}', 'bump'); }} return [s, o]; }}"
+            ),
+        );
+        assert_eq!(
+            value(send(&e, &a, "both", json!([]))),
+            json!([2 + 3 + 4 + 11 + 12 + 13, null])
+        );
+        assert_eq!(value(send(&e, &a, "n", json!([]))), json!(4));
+        assert_eq!(value(send(&e, &b, "n", json!([]))), json!(13));
+        // A source that is not just a function (here a call returning one, which could keep
+        // a reference, or anything else, past its message) is refused, naming the rule.
+        let kept = e.run(
+            &a,
+            &Op::SetMethod {
+                name: "kept".into(),
+                source: "(() => { let r = null; return function kept(self) { return 1; }; })()"
+                    .into(),
+            },
+        );
+        match kept {
+            Outcome::Failed { error, .. } => {
+                assert!(
+                    error.to_string().contains("must be a function expression"),
+                    "{error}"
+                )
+            }
+            other => panic!("expected the source to be refused, got {other:?}"),
+        }
+        // Comments around a function are fine.
+        method(
+            &e,
+            &a,
+            "noted",
+            "// the answer\nfunction noted(self) { return 42; } /* end */",
+        );
+        assert_eq!(value(send(&e, &a, "noted", json!([]))), json!(42));
     }
 }

@@ -1,5 +1,7 @@
 //! The host functions the prelude receives (`host.get`, `host.set`, `host.method`, ...).
 
+use std::rc::Rc;
+
 use rquickjs::{Ctx, Function, Object};
 use serde_json::Value as Json;
 
@@ -12,6 +14,9 @@ use super::compile::compile;
 use super::errors::{thrown_text, translate};
 use super::send::{dispatch, enter};
 use super::state::with_exec;
+
+/// Call sites one operation may number (`host.site`); beyond them, methods enter by name.
+const SITES: usize = 1 << 16;
 
 /// The host functions the prelude wraps. Each checks the sticky limit first.
 pub(super) fn host_object<'js>(ctx: &Ctx<'js>) -> rquickjs::Result<Object<'js>> {
@@ -71,8 +76,49 @@ pub(super) fn host_object<'js>(ctx: &Ctx<'js>) -> rquickjs::Result<Object<'js>> 
         Function::new(ctx.clone(), |ctx: Ctx<'js>, oid: String, name: String| {
             check_fatal(&ctx)?;
             let depth = with_exec(|e| e.stack.len());
-            enter(oid, name).map_err(|e| throw(&ctx, e))?;
+            enter((Rc::from(oid), Rc::from(name))).map_err(|e| throw(&ctx, e))?;
             Ok::<_, rquickjs::Error>(depth)
+        })?,
+    )?;
+    // The number of the call site (receiver, selector) in this operation, for `enterSite`; -1
+    // when an operation has numbered too many.
+    host.set(
+        "site",
+        Function::new(ctx.clone(), |oid: String, name: String| {
+            with_exec(|e| {
+                let key = format!("{oid}\u{0}{name}");
+                let n = match e.site_numbers.get(&key) {
+                    Some(&n) => n,
+                    None if e.sites.len() < SITES => {
+                        let n = e.sites.len() as u32;
+                        e.sites.push((Rc::from(oid), Rc::from(name)));
+                        e.site_numbers.insert(key, n);
+                        n
+                    }
+                    None => return -1.0,
+                };
+                (e.epoch * SITES as u64 + u64::from(n)) as f64
+            })
+        })?,
+    )?;
+    // `enter` by site number: the depth, or -1 for a number not of this operation (the caller
+    // then enters by name).
+    host.set(
+        "enterSite",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, site: f64| {
+            check_fatal(&ctx)?;
+            let found = with_exec(|e| {
+                let n = site as u64;
+                let frame = e.sites.get((n % SITES as u64) as usize)?;
+                (site >= 0.0 && n / SITES as u64 == e.epoch).then(|| (e.stack.len(), frame.clone()))
+            });
+            match found {
+                Some((depth, frame)) => {
+                    enter(frame).map_err(|e| throw(&ctx, e))?;
+                    Ok::<_, rquickjs::Error>(depth as f64)
+                }
+                None => Ok(-1.0),
+            }
         })?,
     )?;
     // Both put the stack back to where `enter` found it, whatever happened in between.
@@ -174,7 +220,12 @@ pub(super) fn host_object<'js>(ctx: &Ctx<'js>) -> rquickjs::Result<Object<'js>> 
     host.set(
         "current",
         Function::new(ctx.clone(), || {
-            with_exec(|e| e.stack.last().map(|(r, _)| r.clone()).unwrap_or_default())
+            with_exec(|e| {
+                e.stack
+                    .last()
+                    .map(|(r, _)| r.to_string())
+                    .unwrap_or_default()
+            })
         })?,
     )?;
     host.set(

@@ -45,6 +45,29 @@
     host.leave(depth);
     return out;
   };
+  // `self.k` for a method: `call` inlined, with the call stack entered through a call site the
+  // host numbers once per operation (two strings less to carry across per send). A reference
+  // kept past its operation finds its number stale and enters by name.
+  const method = (oid, k, f, self) => {
+    let site = -1;
+    return (...args) => {
+      const a = args.length === 0 ? args : args.map(copy);
+      if (site === -1) site = host.site(oid, k);
+      let depth = host.enterSite(site);
+      if (depth < 0) depth = host.enter(oid, k);
+      let out;
+      try {
+        out = a.length === 0 ? f(self) : a.length === 1 ? f(self, a[0]) : f(self, ...a);
+        // copy(out), with finite numbers (most results) inline.
+        out = typeof out === "number" ? (out - out === 0 ? out + 0 : null) : copy(out);
+      } catch (e) {
+        host.fail(oid, k, e, depth);
+        throw e;
+      }
+      host.leave(depth);
+      return out;
+    };
+  };
   // Within a message, what `self.k` found (a primitive, a method, or nothing) is kept per
   // proxy until anything is written: `gen` moves on at every write and every message.
   let gen = 0;
@@ -65,8 +88,7 @@
         if (r !== undefined) return r === MISSING ? undefined : r;
         r = host.get(oid, k);
         if (typeof r === "function") {
-          const f = r;
-          r = (...args) => call(oid, k, f, args, p);
+          r = method(oid, k, r, p);
         } else if (r !== null && typeof r === "object") {
           return r; // a fresh copy at every read: the caller may change it
         }
@@ -171,6 +193,6 @@
     gen++; // a new message, or a send the host ran (which may have written)
     return encode(f(ref(oid), ...decode(argsJson)));
   };
-  for (const f of [encode, revive, decode, idOf, copy, call, ref, invoke, tame]) harden(f);
+  for (const f of [encode, revive, decode, idOf, copy, call, method, ref, invoke, tame]) harden(f);
   return { invoke, harden, decode };
 })

@@ -1,6 +1,8 @@
 //! Send semantics: lookup along the chain, the built-in selectors, the call stack and depth
 //! limits, and the fallback to `doesNotUnderstand_`.
 
+use std::rc::Rc;
+
 use rquickjs::Ctx;
 use serde_json::{Value as Json, json};
 
@@ -11,7 +13,7 @@ use crate::world::slots_arg;
 use super::engine::stack_address;
 use super::errors::call_method;
 use super::op::Miss;
-use super::state::with_exec;
+use super::state::{Frame, with_exec};
 
 /// Sends `selector(args)` to `target` within the current operation.
 pub(super) fn dispatch(
@@ -21,7 +23,7 @@ pub(super) fn dispatch(
     args: Vec<Json>,
 ) -> Result<Json> {
     let depth = with_exec(|e| e.stack.len());
-    enter(target.to_string(), selector.to_string())?;
+    enter((Rc::from(target), Rc::from(selector)))?;
     let result = dispatch_inner(ctx, target, selector, args);
     with_exec(|e| e.stack.truncate(depth));
     result
@@ -29,7 +31,7 @@ pub(super) fn dispatch(
 
 /// Pushes a method call onto the operation's stack, after the checks every send passes: a
 /// sticky limit, the native stack and the depth limit.
-pub(super) fn enter(target: String, selector: String) -> Result<()> {
+pub(super) fn enter(frame: Frame) -> Result<()> {
     let used = stack_address();
     with_exec(|e| -> Result<()> {
         if let Some(fatal) = &e.fatal {
@@ -62,7 +64,7 @@ pub(super) fn enter(target: String, selector: String) -> Result<()> {
             e.fatal = Some(err.clone());
             return Err(err);
         }
-        e.stack.push((target, selector));
+        e.stack.push(frame);
         Ok(())
     })
 }

@@ -2,6 +2,8 @@
 //! thread's caches of compiled methods and prelude functions.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 use lru::LruCache;
@@ -18,7 +20,13 @@ pub(super) struct Exec {
     pub(super) txn: Txn,
     pub(super) limits: Limits,
     /// (receiver, selector) of each active method, outermost first.
-    pub(super) stack: Vec<(String, String)>,
+    pub(super) stack: Vec<Frame>,
+    /// The call sites `host.site` numbered in this operation, and their numbers by
+    /// `receiver\0selector`.
+    pub(super) sites: Vec<Frame>,
+    pub(super) site_numbers: HashMap<String, u32>,
+    /// Tells this operation's site numbers from those of earlier ones.
+    pub(super) epoch: u64,
     pub(super) logs: Vec<String>,
     pub(super) log_bytes: usize,
     pub(super) miss: Option<Miss>,
@@ -34,12 +42,17 @@ pub(super) struct Exec {
     pub(super) compiling: bool,
 }
 
+/// A method call on the stack: (receiver, selector).
+pub(super) type Frame = (Rc<str>, Rc<str>);
+
 /// Compiled methods of one script thread: (holder, name) → (source, function).
 pub(super) type MethodCache = LruCache<String, (String, Persistent<Function<'static>>)>;
 
 thread_local! {
     pub(super) static EXEC: RefCell<Option<Exec>> = const { RefCell::new(None) };
     pub(super) static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Counts the operations (attempts) run on this thread: see `Exec::epoch`.
+    pub(super) static EPOCH: Cell<u64> = const { Cell::new(0) };
     /// Compiled methods by holder and name, with the source they were compiled from.
     pub(super) static COMPILED: RefCell<Option<MethodCache>> =
         const { RefCell::new(None) };
