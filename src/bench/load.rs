@@ -2,8 +2,8 @@
 //!
 //! - `--mode writes`: each client sends a setter to an object of its own over REST
 //!   (`POST /api/objects/{oid}/send`, one committed write per message);
-//! - `--mode ws`: each client holds a WebSocket and alternates a read and a committed write
-//!   on an object of its own.
+//! - `--mode ws`: each client holds a WebSocket and sends reads and committed writes (a setter)
+//!   to an object of its own, `--writes` percent of them writes (default 50: alternating).
 //!
 //! Closed loop (`--rate 0`, the default): every client sends its next message as soon as the
 //! last is answered (maximum throughput). Open loop (`--rate R`): R messages per second offered
@@ -28,6 +28,8 @@ pub struct Load {
     /// Messages per second offered in total; 0: closed loop.
     pub rate: f64,
     pub seconds: f64,
+    /// `--mode ws`: percent of messages that are writes (the rest are reads).
+    pub writes: u8,
     pub token: String,
 }
 
@@ -35,7 +37,7 @@ pub struct Load {
 pub enum Mode {
     /// REST setters, one committed write per message.
     Writes,
-    /// WebSocket round trips, alternating a read and a committed write.
+    /// WebSocket round trips: reads and committed writes (`--writes` percent).
     Ws,
 }
 
@@ -228,10 +230,13 @@ async fn drive(load: Load) -> anyhow::Result<()> {
                 }));
             }
             Mode::Ws => {
+                let writes = load.writes.min(100);
                 let mut framed = sockets.remove(0);
                 tasks.push(actix_web::rt::spawn(async move {
                     while let Some((i, at)) = pacer.tick().await {
-                        let frame = if i.is_multiple_of(2) {
+                        // `writes` in every 100, evenly spread (50: alternating).
+                        let w = u64::from(writes);
+                        let frame = if i * w / 100 == (i + 1) * w / 100 {
                             json!({"type": "send", "id": i, "target": target, "selector": "n", "args": []})
                         } else {
                             json!({"type": "send", "id": i, "target": target, "selector": "n_", "args": [i]})
