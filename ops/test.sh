@@ -13,5 +13,5 @@ cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
 # The page, end to end, against the binary the tests just built.
 (cd tests/e2e && npm ci --no-audit --no-fund --silent)
-TELOS_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/telos" node --test tests/e2e/page.test.mjs
+TELOS_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/telos" node --test tests/e2e/page.test.mjs tests/e2e/openapi.test.mjs
 echo "ops/test.sh: all checks passed in $(( $(date +%s) - start )) s"

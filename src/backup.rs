@@ -34,7 +34,7 @@ const INDEX_META: &str = "memory.usearch.meta.json";
 const MANIFEST: &str = "manifest.json";
 const VERIFIED: &str = "verified.json";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Full,
@@ -61,14 +61,14 @@ impl std::str::FromStr for Kind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileEntry {
     pub sha256: String,
     pub size: u64,
 }
 
 /// What a backup holds, and how to check it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
     pub id: String,
     pub kind: Kind,
@@ -100,7 +100,7 @@ pub struct Manifest {
 }
 
 /// How many backups to keep (grandfather-father-son).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     pub keep_full: usize,
@@ -117,7 +117,7 @@ impl Default for Retention {
 }
 
 /// The result of verifying one backup.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Verification {
     pub id: String,
     pub ok: bool,

@@ -102,7 +102,7 @@ pub fn validate_selector(selector: &str) -> Result<()> {
 }
 
 /// A method: JavaScript source plus what we know about where it came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Method {
     /// `function name(self, ...args) { ... }`
     pub source: String,
@@ -115,6 +115,7 @@ pub struct Method {
     /// How the kernel made it: prompt, recalled memories, BRICK's answer, ALFRED's verdict,
     /// trial result, models, time per stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub provenance: Option<Json>,
     /// Earlier versions, oldest first (at most [`MAX_HISTORY`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -125,12 +126,13 @@ pub struct Method {
 pub const MAX_HISTORY: usize = 10;
 
 /// An earlier version of a method.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MethodVersion {
     pub source: String,
     pub origin: String,
     pub installed_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub provenance: Option<Json>,
 }
 
@@ -272,19 +274,37 @@ impl ObjectState {
 
     /// The public view used by REST and the page.
     pub fn to_view(&self) -> Json {
-        let slots: serde_json::Map<String, Json> = self
-            .slots
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_view()))
-            .collect();
-        json!({
-            "oid": self.oid,
-            "name": self.name(),
-            "parents": self.parents(),
-            "slots": slots,
-            "version": self.version,
-        })
+        serde_json::to_value(self.view()).unwrap_or_default()
     }
+
+    /// The object as REST and the page show it.
+    pub fn view(&self) -> ObjectView {
+        ObjectView {
+            oid: self.oid.clone(),
+            name: self.name(),
+            parents: self.parents(),
+            slots: self
+                .slots
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_view()))
+                .collect(),
+            version: self.version,
+        }
+    }
+}
+
+/// An object as REST shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ObjectView {
+    pub oid: String,
+    pub name: String,
+    /// The `parent*` slots' oids, in delegation order.
+    pub parents: Vec<String>,
+    /// Each slot's value; a method slot shows as `{"method": Method}`.
+    #[schema(value_type = std::collections::BTreeMap<String, Object>)]
+    pub slots: serde_json::Map<String, Json>,
+    /// Incremented by every committed change.
+    pub version: u64,
 }
 
 #[derive(Serialize)]

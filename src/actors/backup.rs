@@ -30,7 +30,7 @@ pub const DEFAULT_INCREMENTAL_CRON: &str = "0 0 3 * * *";
 const MANAGER: &str = "backup_manager";
 
 /// The two cron expressions (six fields, seconds first).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Schedule {
     pub full: String,
     pub incremental: String,

@@ -70,7 +70,7 @@ pub struct Warm;
 #[rtype(result = "Vec<PersonaView>")]
 pub struct ListPersonas;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PersonaView {
     pub name: String,
     /// The backend in effect (the server default when the persona names none).

@@ -1,7 +1,7 @@
 //! REST: `/api/health` and the object endpoints of SPEC §10.
 
 use actix_web::{HttpResponse, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use super::error::ApiError;
@@ -13,57 +13,184 @@ use crate::world::slots_arg;
 
 type ApiResult = Result<HttpResponse, ApiError>;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/objects", web::get().to(list_objects))
-        .route("/objects/{oid}", web::get().to(get_object))
-        .route("/objects/{oid}", web::delete().to(delete_object))
-        .route("/objects/{oid}/clone", web::post().to(clone_object))
-        .route("/objects/{oid}/send", web::post().to(send))
-        .route("/objects/{oid}/slots/{name}", web::put().to(put_slot))
-        .route("/objects/{oid}/slots/{name}", web::delete().to(delete_slot))
-        .route("/objects/{oid}/methods/{name}", web::get().to(get_method))
-        .route(
-            "/objects/{oid}/methods/{name}/rollback",
-            web::post().to(rollback_method),
-        )
-        .route("/personas", web::get().to(list_personas))
-        .route("/personas/{name}", web::put().to(set_persona))
-        .route("/personas/{name}/unload", web::post().to(unload_persona))
-        .route("/memory/embed", web::post().to(embed))
-        .route("/memory/search", web::get().to(memory_search))
-        .route("/memory/records", web::get().to(memory_records))
-        .route("/memory/records", web::post().to(memory_remember))
-        .route("/memory/reindex", web::post().to(memory_reindex));
+routes! {
+    get "/health" => health,
+    get "/openapi.json" => super::openapi::document,
+    get "/objects" => list_objects,
+    get "/objects/{oid}" => get_object,
+    delete "/objects/{oid}" => delete_object,
+    post "/objects/{oid}/clone" => clone_object,
+    post "/objects/{oid}/send" => send,
+    put "/objects/{oid}/slots/{name}" => put_slot,
+    delete "/objects/{oid}/slots/{name}" => delete_slot,
+    get "/objects/{oid}/methods/{name}" => get_method,
+    post "/objects/{oid}/methods/{name}/rollback" => rollback_method,
+    get "/personas" => list_personas,
+    put "/personas/{name}" => set_persona,
+    post "/personas/{name}/unload" => unload_persona,
+    post "/memory/embed" => embed,
+    get "/memory/search" => memory_search,
+    get "/memory/records" => memory_records,
+    post "/memory/records" => memory_remember,
+    post "/memory/reindex" => memory_reindex,
+}
+
+/// The OpenAPI description of this module's routes (see [`super::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    health,
+    list_objects,
+    get_object,
+    delete_object,
+    clone_object,
+    send,
+    put_slot,
+    delete_slot,
+    get_method,
+    rollback_method,
+    list_personas,
+    set_persona,
+    unload_persona,
+    embed,
+    memory_search,
+    memory_records,
+    memory_remember,
+    memory_reindex
+))]
+pub struct Doc;
+
+/// `DELETE /api/objects/{oid}`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Deleted {
+    deleted: String,
+}
+
+/// The optional body of a clone.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the body `clone_object` reads by hand (it may be empty)
+struct CloneBody {
+    /// Slots of the new object: JSON values, or `{"$ref": oid}` references.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, Object>>)]
+    slots: Option<Json>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Cloned {
+    oid: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct SendReply {
+    /// The method's answer (any JSON value).
+    #[schema(value_type = Object)]
+    value: Json,
+    /// What the methods logged with `log(...)`.
+    logs: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct SlotSet {
+    oid: String,
+    slot: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct SlotRemoved {
+    oid: String,
+    removed: String,
+}
+
+/// A method slot: its source, where it came from and its earlier versions.
+#[derive(Serialize, utoipa::ToSchema)]
+struct MethodView {
+    oid: String,
+    name: String,
+    /// `function name(self, ...args) { ... }`
+    source: String,
+    /// Who installed it: `user` or `kernel`.
+    origin: String,
+    /// Seconds since the epoch.
+    installed_at: u64,
+    /// How the kernel made it (prompt, recall, review, trial, models, stage times); null for
+    /// methods a person installed.
+    #[schema(value_type = Option<Object>)]
+    provenance: Option<Json>,
+    /// Earlier versions, oldest first.
+    history: Vec<crate::object::MethodVersion>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Unloaded {
+    persona: String,
+    /// Whether a local model was loaded (and is now freed).
+    unloaded: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Embedded {
+    model: String,
+    dims: usize,
+    /// One normalised vector per text.
+    vectors: Vec<Vec<f32>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct RecordsPage {
+    /// Records in all (with the owner filter).
+    total: u64,
+    offset: u64,
+    records: Vec<crate::memory::Record>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Reindexed {
+    /// Records in the rebuilt index.
+    records: usize,
+    /// Retrievable objects re-chunked first (`{"objects": true}`).
+    retrievable_objects: usize,
+    ms: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Remembered {
+    /// The new records' keys, in the order given.
+    ids: Vec<u64>,
 }
 
 fn value_of(reply: Reply) -> Result<Json, ApiError> {
     reply.result.map_err(ApiError::from)
 }
 
+#[utoipa::path(get, path = "/api/health", tag = "world", responses((status = 200, description = "Objects, actors, memory, personas, backups and the commit log: what the server is doing", body = Object), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn health(telos: web::Data<Telos>) -> ApiResult {
     Ok(HttpResponse::Ok().json(telos.health().await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
     offset: Option<u64>,
     limit: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/api/objects", tag = "objects", params(Page), responses((status = 200, description = "One page of objects, ordered by oid", body = Vec<crate::store::ObjectSummary>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn list_objects(telos: web::Data<Telos>, page: web::Query<Page>) -> ApiResult {
     let limit = page.limit.unwrap_or(100).min(1000);
     let objects = telos.world.list(page.offset.unwrap_or(0), limit).await?;
     Ok(HttpResponse::Ok().json(objects))
 }
 
+#[utoipa::path(get, path = "/api/objects/{oid}", tag = "objects", params(("oid" = String, Path, description = "An object id")), responses((status = 200, body = crate::object::ObjectView), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn get_object(telos: web::Data<Telos>, oid: web::Path<String>) -> ApiResult {
     Ok(HttpResponse::Ok().json(telos.view(&oid).await?))
 }
 
+#[utoipa::path(delete, path = "/api/objects/{oid}", tag = "objects", params(("oid" = String, Path, description = "An object id")), responses((status = 200, body = Deleted), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn delete_object(telos: web::Data<Telos>, oid: web::Path<String>) -> ApiResult {
     value_of(telos.call(&oid, Op::Delete).await)?;
-    Ok(HttpResponse::Ok().json(json!({ "deleted": oid.into_inner() })))
+    Ok(HttpResponse::Ok().json(Deleted {
+        deleted: oid.into_inner(),
+    }))
 }
 
 /// An optional JSON body: absent or empty means `{}`.
@@ -75,6 +202,7 @@ fn optional_body(body: &web::Bytes) -> Result<Json, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
+#[utoipa::path(post, path = "/api/objects/{oid}/clone", tag = "objects", params(("oid" = String, Path, description = "An object id")), request_body(content = Option<CloneBody>, description = "Optional: slots of the new object"), responses((status = 201, description = "The clone (its parent is the object cloned)", body = Cloned), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn clone_object(
     telos: web::Data<Telos>,
     oid: web::Path<String>,
@@ -83,10 +211,11 @@ async fn clone_object(
     let body = optional_body(&body)?;
     let slots = slots_arg(body.get("slots"))?;
     let value = value_of(telos.call(&oid, Op::Clone { slots }).await)?;
-    Ok(HttpResponse::Created().json(value))
+    let oid = value["oid"].as_str().unwrap_or_default().to_string();
+    Ok(HttpResponse::Created().json(Cloned { oid }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SendBody {
     selector: String,
@@ -94,6 +223,7 @@ struct SendBody {
     args: Vec<Json>,
 }
 
+#[utoipa::path(post, path = "/api/objects/{oid}/send", tag = "objects", params(("oid" = String, Path, description = "An object id")), request_body = SendBody, responses((status = 200, description = "The method's answer (a miss is learned first; this can take minutes)", body = SendReply), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn send(
     telos: web::Data<Telos>,
     oid: web::Path<String>,
@@ -103,16 +233,17 @@ async fn send(
     let reply = telos.send(&oid, &selector, args).await;
     let logs = reply.logs.clone();
     let value = value_of(reply)?;
-    Ok(HttpResponse::Ok().json(json!({ "value": value, "logs": logs })))
+    Ok(HttpResponse::Ok().json(SendReply { value, logs }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SlotBody {
     value: Option<Json>,
     method: Option<String>,
 }
 
+#[utoipa::path(put, path = "/api/objects/{oid}/slots/{name}", tag = "objects", params(("oid" = String, Path, description = "An object id"), ("name" = String, Path, description = "A slot name")), request_body = SlotBody, responses((status = 200, body = SlotSet), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn put_slot(
     telos: web::Data<Telos>,
     path: web::Path<(String, String)>,
@@ -141,9 +272,10 @@ async fn put_slot(
         }
     };
     value_of(telos.call(&oid, op).await)?;
-    Ok(HttpResponse::Ok().json(json!({ "oid": oid, "slot": name })))
+    Ok(HttpResponse::Ok().json(SlotSet { oid, slot: name }))
 }
 
+#[utoipa::path(delete, path = "/api/objects/{oid}/slots/{name}", tag = "objects", params(("oid" = String, Path, description = "An object id"), ("name" = String, Path, description = "A slot name")), responses((status = 200, body = SlotRemoved), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn delete_slot(telos: web::Data<Telos>, path: web::Path<(String, String)>) -> ApiResult {
     let (oid, name) = path.into_inner();
     value_of(
@@ -151,22 +283,23 @@ async fn delete_slot(telos: web::Data<Telos>, path: web::Path<(String, String)>)
             .call(&oid, Op::RemoveSlot { name: name.clone() })
             .await,
     )?;
-    Ok(HttpResponse::Ok().json(json!({ "oid": oid, "removed": name })))
+    Ok(HttpResponse::Ok().json(SlotRemoved { oid, removed: name }))
 }
 
+#[utoipa::path(get, path = "/api/objects/{oid}/methods/{name}", tag = "objects", params(("oid" = String, Path, description = "An object id"), ("name" = String, Path, description = "A slot name")), responses((status = 200, body = MethodView), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn get_method(telos: web::Data<Telos>, path: web::Path<(String, String)>) -> ApiResult {
     let (oid, name) = path.into_inner();
     let obj = telos.object(&oid).await?;
     match obj.slots.get(&name) {
-        Some(Slot::Method(m)) => Ok(HttpResponse::Ok().json(json!({
-            "oid": oid,
-            "name": name,
-            "source": m.source,
-            "origin": m.origin,
-            "installed_at": m.installed_at,
-            "provenance": m.provenance,
-            "history": m.history,
-        }))),
+        Some(Slot::Method(m)) => Ok(HttpResponse::Ok().json(MethodView {
+            oid,
+            name,
+            source: m.source.clone(),
+            origin: m.origin.clone(),
+            installed_at: m.installed_at,
+            provenance: m.provenance.clone(),
+            history: m.history.clone(),
+        })),
         Some(Slot::Value(_)) => Err(ApiError::bad_request(format!(
             "{oid}.{name} is a value slot, not a method"
         ))),
@@ -175,6 +308,7 @@ async fn get_method(telos: web::Data<Telos>, path: web::Path<(String, String)>) 
 }
 
 /// `POST /api/objects/{oid}/methods/{name}/rollback`: the previous version becomes current.
+#[utoipa::path(post, path = "/api/objects/{oid}/methods/{name}/rollback", tag = "objects", params(("oid" = String, Path, description = "An object id"), ("name" = String, Path, description = "A slot name")), responses((status = 200, description = "The method after the rollback", body = MethodView), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn rollback_method(telos: web::Data<Telos>, path: web::Path<(String, String)>) -> ApiResult {
     let (oid, name) = path.into_inner();
     value_of(telos.call(&oid, Op::Rollback { name: name.clone() }).await)?;
@@ -182,12 +316,14 @@ async fn rollback_method(telos: web::Data<Telos>, path: web::Path<(String, Strin
 }
 
 /// `GET /api/personas`: each persona's backend, model, settings and whether it is loaded.
+#[utoipa::path(get, path = "/api/personas", tag = "personas", responses((status = 200, body = Vec<crate::actors::persona::PersonaView>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn list_personas(telos: web::Data<Telos>) -> ApiResult {
     // From the board: answers at once even while a persona is generating.
     Ok(HttpResponse::Ok().json(telos.persona_board.list()))
 }
 
 /// `PUT /api/personas/{name}` `{"backend", "model", "temperature", "max_tokens"}`.
+#[utoipa::path(put, path = "/api/personas/{name}", tag = "personas", params(("name" = String, Path, description = "A persona name")), request_body = crate::llm::PersonaConfig, responses((status = 200, body = crate::actors::persona::PersonaView), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn set_persona(
     telos: web::Data<Telos>,
     name: web::Path<String>,
@@ -205,6 +341,7 @@ async fn set_persona(
 }
 
 /// `POST /api/personas/{name}/unload`: frees the persona's local model.
+#[utoipa::path(post, path = "/api/personas/{name}/unload", tag = "personas", params(("name" = String, Path, description = "A persona name")), responses((status = 200, body = Unloaded), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn unload_persona(telos: web::Data<Telos>, name: web::Path<String>) -> ApiResult {
     let name = name.into_inner();
     let unloaded = telos
@@ -212,10 +349,14 @@ async fn unload_persona(telos: web::Data<Telos>, name: web::Path<String>) -> Api
         .send(crate::actors::persona::Unload { name: name.clone() })
         .await
         .map_err(crate::actors::down(crate::actors::Who::Personas))??;
-    Ok(HttpResponse::Ok().json(json!({ "persona": name, "unloaded": unloaded })))
+    Ok(HttpResponse::Ok().json(Unloaded {
+        persona: name,
+        unloaded,
+    }))
 }
 
 /// Prometheus text: the world, the actors and the backups.
+#[utoipa::path(get, path = "/metrics", tag = "world", responses((status = 200, description = "Prometheus text exposition (version 0.0.4)", content_type = "text/plain", body = String)))]
 pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
     let h = telos.health().await?;
     let mut out = String::new();
@@ -338,27 +479,29 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
         .body(out))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EmbedBody {
     texts: Vec<String>,
 }
 
 /// `POST /api/memory/embed`: normalised MiniLM vectors of the given texts.
+#[utoipa::path(post, path = "/api/memory/embed", tag = "memory", request_body = EmbedBody, responses((status = 200, body = Embedded), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn embed(telos: web::Data<Telos>, body: web::Json<EmbedBody>) -> ApiResult {
     let texts = body.into_inner().texts;
     if texts.len() > 256 {
         return Err(ApiError::bad_request("at most 256 texts per request"));
     }
     let vectors = telos.embedder.embed(texts).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "model": crate::embed::EMBEDDER_ID,
-        "dims": crate::embed::DIMS,
-        "vectors": vectors,
-    })))
+    Ok(HttpResponse::Ok().json(Embedded {
+        model: crate::embed::EMBEDDER_ID.to_string(),
+        dims: crate::embed::DIMS,
+        vectors,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SearchQuery {
     q: String,
     k: Option<usize>,
@@ -366,6 +509,7 @@ struct SearchQuery {
 }
 
 /// `GET /api/memory/search?q=&k=&kind=`: the nearest memories to `q`, closest first.
+#[utoipa::path(get, path = "/api/memory/search", tag = "memory", params(SearchQuery), responses((status = 200, description = "The nearest memories, closest first", body = Vec<crate::memory::Found>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn memory_search(telos: web::Data<Telos>, query: web::Query<SearchQuery>) -> ApiResult {
     let SearchQuery { q, k, kind } = query.into_inner();
     let kind = match kind.as_deref() {
@@ -378,7 +522,8 @@ async fn memory_search(telos: web::Data<Telos>, query: web::Query<SearchQuery>) 
     Ok(HttpResponse::Ok().json(found))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RecordsQuery {
     offset: Option<u64>,
     limit: Option<u64>,
@@ -386,6 +531,7 @@ struct RecordsQuery {
 }
 
 /// `GET /api/memory/records?offset=&limit=&owner=`: records, newest first, without vectors.
+#[utoipa::path(get, path = "/api/memory/records", tag = "memory", params(RecordsQuery), responses((status = 200, body = RecordsPage), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn memory_records(telos: web::Data<Telos>, query: web::Query<RecordsQuery>) -> ApiResult {
     let RecordsQuery {
         offset,
@@ -399,14 +545,14 @@ async fn memory_records(telos: web::Data<Telos>, query: web::Query<RecordsQuery>
         .store()
         .memory_page(owner.filter(|o| !o.is_empty()), offset, limit)
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "total": total,
-        "offset": offset,
-        "records": records,
-    })))
+    Ok(HttpResponse::Ok().json(RecordsPage {
+        total,
+        offset,
+        records,
+    }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReindexBody {
     /// Also re-chunk every Retrievable object (after changes the indexer missed).
@@ -416,6 +562,7 @@ struct ReindexBody {
 
 /// `POST /api/memory/reindex`: rebuilds the index from the stored vectors (nothing is
 /// re-embedded); with `{"objects": true}` first re-chunks every Retrievable object.
+#[utoipa::path(post, path = "/api/memory/reindex", tag = "memory", request_body(content = Option<ReindexBody>), responses((status = 200, body = Reindexed), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn memory_reindex(
     telos: web::Data<Telos>,
     body: Option<web::Json<ReindexBody>>,
@@ -440,14 +587,14 @@ async fn memory_reindex(
         .send(crate::actors::memory::Reindex)
         .await
         .map_err(crate::actors::down(crate::actors::Who::Memory))??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "records": records,
-        "retrievable_objects": objects,
-        "ms": started.elapsed().as_millis() as u64,
-    })))
+    Ok(HttpResponse::Ok().json(Reindexed {
+        records,
+        retrievable_objects: objects,
+        ms: started.elapsed().as_millis() as u64,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RememberBody {
     items: Vec<crate::memory::NewMemory>,
@@ -455,11 +602,12 @@ struct RememberBody {
 
 /// `POST /api/memory/records` `{"items": [{"text", "kind"?, "prompt"?, "owner"?, "selector"?,
 /// "source"?}]}`: embeds and remembers notes (one batch, one transaction). Answers the keys.
+#[utoipa::path(post, path = "/api/memory/records", tag = "memory", request_body = RememberBody, responses((status = 201, body = Remembered), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn memory_remember(telos: web::Data<Telos>, body: web::Json<RememberBody>) -> ApiResult {
     let items = body.into_inner().items;
     if items.is_empty() || items.len() > 256 {
         return Err(ApiError::bad_request("give 1 to 256 items"));
     }
     let keys = crate::actors::memory::remember(&telos.embedder, &telos.memory, items).await?;
-    Ok(HttpResponse::Created().json(json!({ "ids": keys })))
+    Ok(HttpResponse::Created().json(Remembered { ids: keys }))
 }

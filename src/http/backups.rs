@@ -2,7 +2,6 @@
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::error::ApiError;
 use crate::actors::backup::Backups;
@@ -12,16 +11,41 @@ use crate::telos::Telos;
 
 type ApiResult = Result<HttpResponse, ApiError>;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/backups", web::get().to(list))
-        .route("/backups", web::post().to(run))
-        .route("/backups/schedule", web::get().to(get_schedule))
-        .route("/backups/schedule", web::put().to(put_schedule))
-        .route("/backups/retention", web::get().to(get_retention))
-        .route("/backups/retention", web::put().to(put_retention))
-        .route("/backups/{id}/verify", web::post().to(verify));
+routes! {
+    get "/backups" => list,
+    post "/backups" => run,
+    get "/backups/schedule" => get_schedule,
+    put "/backups/schedule" => put_schedule,
+    get "/backups/retention" => get_retention,
+    put "/backups/retention" => put_retention,
+    post "/backups/{id}/verify" => verify,
 }
 
+/// The OpenAPI description of the backup routes (see [`super::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    list,
+    run,
+    get_schedule,
+    put_schedule,
+    get_retention,
+    put_retention,
+    verify
+))]
+pub struct Doc;
+
+/// A backup as listed: its manifest, size on disk and last verification.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Listed {
+    #[serde(flatten)]
+    manifest: backup::Manifest,
+    /// Bytes of its files.
+    size: u64,
+    /// The last verification of this backup (null: never verified).
+    verification: Option<backup::Verification>,
+}
+
+#[utoipa::path(get, path = "/api/backups", tag = "backups", responses((status = 200, description = "Backups on disk, newest first", body = Vec<Listed>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn list(telos: web::Data<Telos>) -> ApiResult {
     let dir = telos.settings.backup_dir.clone();
     // Manifests and verifications are files: read on a blocking worker.
@@ -30,11 +54,10 @@ async fn list(telos: web::Data<Telos>) -> ApiResult {
         Ok::<_, anyhow::Error>(
             all.iter()
                 .rev()
-                .map(|m| {
-                    let mut v = serde_json::to_value(m).unwrap_or_default();
-                    v["size"] = json!(backup::size_of(m));
-                    v["verification"] = json!(backup::last_verification(&dir, &m.id));
-                    v
+                .map(|m| Listed {
+                    size: backup::size_of(m),
+                    verification: backup::last_verification(&dir, &m.id),
+                    manifest: m.clone(),
                 })
                 .collect::<Vec<_>>(),
         )
@@ -45,12 +68,14 @@ async fn list(telos: web::Data<Telos>) -> ApiResult {
     Ok(HttpResponse::Ok().json(rows))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RunBody {
+    /// `full` or `incremental`.
     kind: String,
 }
 
+#[utoipa::path(post, path = "/api/backups", tag = "backups", request_body = RunBody, responses((status = 201, description = "The backup taken", body = backup::Manifest), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn run(backups: web::Data<Backups>, body: web::Json<RunBody>) -> ApiResult {
     let kind: Kind = body
         .kind
@@ -60,6 +85,7 @@ async fn run(backups: web::Data<Backups>, body: web::Json<RunBody>) -> ApiResult
     Ok(HttpResponse::Created().json(manifest))
 }
 
+#[utoipa::path(post, path = "/api/backups/{id}/verify", tag = "backups", params(("id" = String, Path, description = "A backup id")), responses((status = 200, body = backup::Verification), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn verify(backups: web::Data<Backups>, id: web::Path<String>) -> ApiResult {
     let id = id.into_inner();
     backup::validate_id(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -67,30 +93,35 @@ async fn verify(backups: web::Data<Backups>, id: web::Path<String>) -> ApiResult
     Ok(HttpResponse::Ok().json(v))
 }
 
+#[utoipa::path(get, path = "/api/backups/schedule", tag = "backups", responses((status = 200, body = crate::actors::backup::Schedule), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn get_schedule(backups: web::Data<Backups>) -> ApiResult {
     let s = backups.schedule().await?;
     Ok(HttpResponse::Ok().json(s))
 }
 
-#[derive(Deserialize)]
+/// Either or both cron expressions (six fields, seconds first).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScheduleBody {
     full: Option<String>,
     incremental: Option<String>,
 }
 
+#[utoipa::path(put, path = "/api/backups/schedule", tag = "backups", request_body = ScheduleBody, responses((status = 200, body = crate::actors::backup::Schedule), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn put_schedule(backups: web::Data<Backups>, body: web::Json<ScheduleBody>) -> ApiResult {
     let ScheduleBody { full, incremental } = body.into_inner();
     let s = backups.set_schedule(full, incremental).await?;
     Ok(HttpResponse::Ok().json(s))
 }
 
+#[utoipa::path(get, path = "/api/backups/retention", tag = "backups", responses((status = 200, body = backup::Retention), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn get_retention(backups: web::Data<Backups>) -> ApiResult {
     let r = backups.retention().await?;
     Ok(HttpResponse::Ok().json(r))
 }
 
 /// `PUT /api/backups/retention` `{"keep_full": 4, "keep_incremental_days": 14}`.
+#[utoipa::path(put, path = "/api/backups/retention", tag = "backups", request_body = backup::Retention, responses((status = 200, body = backup::Retention), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn put_retention(
     backups: web::Data<Backups>,
     body: web::Json<backup::Retention>,

@@ -3,9 +3,20 @@
 use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 
 use crate::error::TelosError;
+
+/// The body of every error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `not_found`, `bad_request`, `does_not_understand`, `method_error`, `limit_exceeded`,
+    /// `conflict`, `forbidden`, `rate_limited`, `unavailable` or `internal`.
+    pub code: &'static str,
+    pub message: String,
+    /// For a message the kernel could not learn: the stage it failed in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<crate::kernel::Stage>,
+}
 
 /// An error answered to a REST client.
 #[derive(Debug)]
@@ -86,10 +97,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = json!({ "code": self.error.code(), "message": self.error.public_message() });
-        if let Some(stage) = self.error.stage() {
-            body["stage"] = json!(stage);
-        }
-        HttpResponse::build(self.status_code()).json(body)
+        HttpResponse::build(self.status_code()).json(ErrorBody {
+            code: self.error.code(),
+            message: self.error.public_message(),
+            stage: self.error.stage(),
+        })
     }
 }

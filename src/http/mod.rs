@@ -1,11 +1,26 @@
 //! The HTTP edge: REST under `/api`, the WebSocket at `/ws`, the page at `/`.
 //! Handlers only extract, call the [`Telos`] handle, and map; errors become `{code, message}`.
 
+/// Registers a module's routes and lists them in `ROUTES` (method, path under `/api`): the one
+/// table both come from, so the OpenAPI test can check that every registered route is
+/// documented.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route this module registers: (method, path under `/api`).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+            $(cfg.route($path, actix_web::web::$method().to($handler));)*
+        }
+    };
+}
+
 pub mod api;
 pub mod backups;
 pub mod error;
 pub mod guard;
 pub mod hub;
+pub mod openapi;
 pub mod ws;
 
 use std::net::TcpListener;
@@ -20,6 +35,9 @@ use error::ApiError;
 const INDEX_HTML: &str = include_str!("../../frontend/index.html");
 const APP_JS: &str = include_str!("../../frontend/app.js");
 const STYLE_CSS: &str = include_str!("../../frontend/style.css");
+
+/// The routes outside `/api` (registered below, in this order), besides the page's files.
+pub const ROOT_ROUTES: &[(&str, &str)] = &[("get", "/metrics"), ("get", "/ws")];
 
 /// Builds the HTTP server over `listener`.
 pub fn server(
@@ -61,8 +79,8 @@ pub fn server(
                     .configure(api::configure)
                     .configure(backups::configure),
             )
-            .route("/metrics", web::get().to(api::metrics))
-            .route("/ws", web::get().to(ws::index))
+            .route(ROOT_ROUTES[0].1, web::get().to(api::metrics))
+            .route(ROOT_ROUTES[1].1, web::get().to(ws::index))
             .route("/", web::get().to(index))
             .route("/app.js", web::get().to(app_js))
             .route("/style.css", web::get().to(style_css))

@@ -33,6 +33,17 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client that must authenticate has this long to send its `auth` frame.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The WebSocket of SPEC §10 (`send`, `subscribe`, `stage` ... frames as JSON text).
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "world",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol: JSON text frames (`send`, `result`, `error`, `stage`, `subscribe`, `auth` ...; see the README)"),
+        (status = 400, description = "Not a WebSocket handshake"),
+        (status = 403, description = "Refused at the boundary (another origin, a foreign Host)", body = super::error::ErrorBody)
+    )
+)]
 pub async fn index(
     req: HttpRequest,
     stream: web::Payload,

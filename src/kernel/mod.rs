@@ -8,7 +8,9 @@ pub mod pipeline;
 pub mod prompts;
 
 /// A stage of a kernel run, as streamed in `stage` frames and named in errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Gate,

@@ -52,7 +52,7 @@ pub fn prompt_text(messages: &[Message]) -> String {
 }
 
 /// Which kind of language-model server answers a persona.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// llama.cpp in this process, over a GGUF file.
@@ -100,7 +100,7 @@ where
 }
 
 /// How one persona is run.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PersonaConfig {
     /// None: the server's `persona_backend`.

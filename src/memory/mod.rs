@@ -9,7 +9,9 @@ pub mod records;
 use serde::{Deserialize, Serialize};
 
 /// What a memory is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MemoryKind {
     /// A method the kernel learned (or one posted with its source).
@@ -57,7 +59,7 @@ impl std::fmt::Display for MemoryKind {
 }
 
 /// One memory: a text, its embedding, and where it came from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Record {
     /// The key in the vector index (also the record id); never reused.
     pub key: u64,
@@ -90,7 +92,7 @@ pub struct Record {
 }
 
 /// A search result: a record (without its vector) and its cosine distance to the query.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, utoipa::ToSchema)]
 pub struct Found {
     /// The record's key.
     pub id: u64,
@@ -107,7 +109,7 @@ pub struct Found {
 }
 
 /// What a caller asks to remember.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMemory {
     /// Default: `note`.

@@ -9,7 +9,7 @@ use super::{Store, Tombstoned, Write, db_err, write_tombstoned};
 use crate::object::ObjectState;
 
 /// A summary row of the object list.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ObjectSummary {
     pub oid: String,
     pub name: String,
