@@ -101,6 +101,35 @@ function systemLine(text) {
   scrollDown();
 }
 
+// With kernel_approval = "ask": the method, ALFRED's review and the trial's answer wait for a
+// person. A reason given with Reject goes back to BRICK on the next attempt.
+function approvalForm(f) {
+  const d = f.detail || {};
+  const reason = el("input", { type: "text", class: "reason", placeholder: "why (optional; BRICK sees it next time)", "aria-label": "reason for rejecting" });
+  const status = el("span", { class: "muted", role: "status" });
+  const decide = async (verb) => {
+    for (const b of form.querySelectorAll("button")) b.disabled = true;
+    status.textContent = verb === "approve" ? "approving…" : "rejecting…";
+    try {
+      await api("POST", "/runs/" + encodeURIComponent(f.run) + "/" + verb, { by: "page", reason: reason.value });
+      status.textContent = verb === "approve" ? "approved" : "rejected";
+    } catch (e) {
+      status.textContent = "could not " + verb + ": " + e.message;
+      for (const b of form.querySelectorAll("button")) b.disabled = false;
+    }
+  };
+  const form = el("div", { class: "approval", role: "group", "aria-label": "approve the generated method" },
+    el("div", {}, "review: " + (d.review || "")),
+    el("div", {}, "trial answered: " + json(d.trial)),
+    el("div", { class: "muted" }, "rejected automatically after " + d.timeout_secs + " s without an answer"),
+    el("div", { class: "row" },
+      el("button", { type: "button", class: "approve-btn", onclick: () => decide("approve") }, "Approve"),
+      reason,
+      el("button", { type: "button", class: "reject-btn", onclick: () => decide("reject") }, "Reject"),
+      status));
+  return form;
+}
+
 function stageBody(f) {
   const d = f.detail || {};
   const body = el("div", { class: "body" });
@@ -110,6 +139,8 @@ function stageBody(f) {
   }
   if (d.code) body.append(highlight(d.code));
   if (d.verdict) body.append(el("div", {}, d.verdict + (d.reason ? ": " + d.reason : "")));
+  if (f.stage === "approve" && f.status === "started") body.append(approvalForm(f));
+  if (f.stage === "approve" && d.by) body.append(el("div", { class: "muted" }, "approved by " + d.by));
   if ("value" in d) body.append(el("div", {}, "value: " + json(d.value)));
   if (d.description) body.append(el("div", {}, d.description));
   if (d.error) body.append(el("div", { class: "answer err" }, d.error));
@@ -164,7 +195,7 @@ function chatEntry(text) {
         row.replaceChildren(
           el("summary", {}, el("span", { class: "mark" }, mark), f.stage, el("span", { class: "ms" }, took)),
           stageBody(f));
-        if (f.status === "failed") row.open = true;
+        if (f.status === "failed" || (f.stage === "approve" && f.status === "started")) row.open = true;
         scrollDown();
       } else if (f.type === "log") {
         logs.append(el("div", { class: "logline" }, "log: " + f.text));
@@ -374,6 +405,16 @@ async function loadAdmin() {
       ["models loaded", h.personas ? (h.personas.loaded_models || []).join(", ") || "none" : "—"]];
     $("#health").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
   } catch (e) { $("#health").replaceChildren(el("dd", { class: "answer err" }, e.message)); }
+  try {
+    // Generated methods waiting for a person (kernel_approval = "ask"), whoever sent the message.
+    const waiting = await api("GET", "/approvals");
+    $("#approvals").replaceChildren(...(waiting.length ? waiting.map((r) => el("div", { class: "waiting", "data-run": r.run },
+      el("div", {}, el("span", { class: "mono" }, r.receiver + "." + r.selector + "(" + r.args.map(json).join(", ") + ")"), " ",
+        el("span", { class: "muted" }, "run " + r.run + " · asked " + new Date(r.asked_at).toLocaleTimeString())),
+      highlight(r.code),
+      approvalForm({ run: r.run, detail: { review: r.review, trial: r.trial, timeout_secs: r.timeout_secs } })))
+      : [el("p", { class: "muted" }, "none")]));
+  } catch (e) { $("#approvals").replaceChildren(el("p", { class: "answer err" }, e.message)); }
   try {
     const ps = await api("GET", "/personas");
     $("#personas tbody").replaceChildren(...ps.map((p) => el("tr", {}, el("td", {}, p.name), el("td", {}, p.backend), el("td", { class: "mono" }, p.model || "—"),

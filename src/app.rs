@@ -79,6 +79,7 @@ impl Telos {
         };
         let settings = Arc::new(settings);
         let (stages, _) = tokio::sync::broadcast::channel(1024);
+        let approvals = crate::kernel::approval::Approvals::default();
         let kernel = kernel.unwrap_or_else(|| {
             GenerativeKernel::new(KernelDeps {
                 world: world.clone(),
@@ -88,6 +89,7 @@ impl Telos {
                 embedder: embedder.clone(),
                 settings: settings.clone(),
                 stages: stages.clone(),
+                approvals: approvals.clone(),
             })
             .start()
             .recipient()
@@ -114,6 +116,7 @@ impl Telos {
             live,
             started: Instant::now(),
             backups: crate::backup::SummaryCache::default(),
+            approvals,
         })
     }
 }

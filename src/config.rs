@@ -64,6 +64,12 @@ pub struct Settings {
     pub llm_timeout_secs: u64,
     /// Repair rounds after a failed review or trial.
     pub kernel_repair_rounds: usize,
+    /// `never`: generated methods are installed once review and trial pass; `ask`: each waits
+    /// for a person to approve it (page, `telos approve`, REST). An object's `kernel_approval`
+    /// slot (along its chain) overrides this for its messages.
+    pub kernel_approval: crate::kernel::approval::Approval,
+    /// How long a method waits for approval before it counts as rejected, seconds.
+    pub kernel_approval_timeout_secs: u64,
     /// A selector that failed this many times on one receiver within the window is not retried.
     pub kernel_max_failures: usize,
     pub kernel_failure_window_secs: u64,
@@ -171,6 +177,8 @@ impl Default for Settings {
             openai_api_key: String::new(),
             llm_timeout_secs: 300,
             kernel_repair_rounds: 3,
+            kernel_approval: crate::kernel::approval::Approval::Never,
+            kernel_approval_timeout_secs: 600,
             kernel_max_failures: 3,
             kernel_failure_window_secs: 600,
             kernel_reuse_distance: 0.25,
@@ -231,6 +239,8 @@ const ENV: &[&str] = &[
     "openai_api_key",
     "llm_timeout_secs",
     "kernel_repair_rounds",
+    "kernel_approval",
+    "kernel_approval_timeout_secs",
     "kernel_max_failures",
     "kernel_failure_window_secs",
     "kernel_reuse_distance",

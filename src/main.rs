@@ -47,6 +47,27 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// List the kernel runs waiting for a person's approval (`kernel_approval = "ask"`).
+    Approvals {
+        /// Server to talk to (default: http:// + TELOS_BIND).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Approve a waiting kernel run (its method is installed and its message answered), or
+    /// reject it with --reject REASON (the reason goes back to BRICK on the next attempt).
+    Approve {
+        /// The run id (`telos approvals` lists them).
+        run: String,
+        /// Reject instead, for this reason.
+        #[arg(long, value_name = "REASON")]
+        reject: Option<String>,
+        /// Who decides, for the method's provenance (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Server to talk to (default: http:// + TELOS_BIND).
+        #[arg(long)]
+        server: Option<String>,
+    },
     /// Ask a running server to take a backup now (incremental unless --full).
     Backup {
         #[arg(long)]
@@ -201,6 +222,24 @@ fn main() -> ExitCode {
         Command::Send { line, server } => {
             let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
             actix_web::rt::System::new().block_on(telos::bench::cli_send(&server, &line, &settings))
+        }
+        Command::Approvals { server } => {
+            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            actix_web::rt::System::new().block_on(telos::bench::cli_approvals(&server, &settings))
+        }
+        Command::Approve {
+            run,
+            reject,
+            by,
+            server,
+        } => {
+            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            let by = by
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "cli".into());
+            actix_web::rt::System::new().block_on(telos::bench::cli_approve(
+                &server, &run, reject, &by, &settings,
+            ))
         }
         Command::Backup { full, server } => {
             let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));

@@ -45,6 +45,8 @@ pub struct Telos {
     pub(crate) started: Instant,
     /// The backups part of health, refreshed by the backup actor.
     pub(crate) backups: crate::backup::SummaryCache,
+    /// Kernel runs waiting for a person's approval.
+    pub approvals: crate::kernel::approval::Approvals,
 }
 
 impl Telos {

@@ -14,7 +14,7 @@ use super::persona::{EmbedClient, Generate, PersonaActor};
 use crate::config::Settings;
 use crate::error::TelosError;
 use crate::exec::Executor;
-use crate::kernel::pipeline::{Facts, Memory, Personas, Sandbox, StageEvent};
+use crate::kernel::pipeline::{Approver, Facts, Memory, Personas, Sandbox, StageEvent};
 use crate::kernel::prompts::ReceiverContext;
 use crate::llm::{Generated, Message as Chat};
 use crate::memory::{Found, NewMemory};
@@ -33,6 +33,19 @@ pub struct KernelDeps {
     pub embedder: EmbedClient,
     pub settings: Arc<Settings>,
     pub stages: broadcast::Sender<StageEvent>,
+    /// Runs waiting for a person (`kernel_approval = "ask"`).
+    pub approvals: crate::kernel::approval::Approvals,
+}
+
+impl Approver for KernelDeps {
+    fn approve(
+        &self,
+        request: crate::kernel::approval::Request,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = crate::kernel::approval::Outcome> + Send {
+        let approvals = self.approvals.clone();
+        async move { approvals.ask(request, timeout).await }
+    }
 }
 
 impl Personas for KernelDeps {

@@ -20,18 +20,36 @@ async fn post_json(
     body: Json,
     settings: &Settings,
 ) -> anyhow::Result<Json> {
+    request_json(server, path, Some(body), settings).await
+}
+
+/// GETs `server` + `path` (see [`post_json`]).
+async fn get_json(server: &str, path: &str, settings: &Settings) -> anyhow::Result<Json> {
+    request_json(server, path, None, settings).await
+}
+
+async fn request_json(
+    server: &str,
+    path: &str,
+    body: Option<Json>,
+    settings: &Settings,
+) -> anyhow::Result<Json> {
     let url = format!("{}{path}", server.trim_end_matches('/'));
-    let mut req = awc::Client::builder()
+    let client = awc::Client::builder()
         .timeout(Duration::from_secs(3600))
-        .finish()
-        .post(&url);
+        .finish();
+    let mut req = match body {
+        Some(_) => client.post(&url),
+        None => client.get(&url),
+    };
     if !settings.admin_token.is_empty() {
         req = req.bearer_auth(&settings.admin_token);
     }
-    let mut resp = req
-        .send_json(&body)
-        .await
-        .map_err(|e| anyhow!("cannot reach {server}: {e}"))?;
+    let sent = match body {
+        Some(body) => req.send_json(&body).await,
+        None => req.send().await,
+    };
+    let mut resp = sent.map_err(|e| anyhow!("cannot reach {server}: {e}"))?;
     let body: Json = resp
         .json()
         .limit(64 << 20)
@@ -90,6 +108,56 @@ pub async fn cli_reindex(server: &str, objects: bool, settings: &Settings) -> an
         "memory index rebuilt: {} records ({} Retrievable objects re-chunked) in {} ms",
         r["records"], r["retrievable_objects"], r["ms"]
     );
+    Ok(())
+}
+
+/// `telos approvals`: the kernel runs waiting for a person.
+pub async fn cli_approvals(server: &str, settings: &Settings) -> anyhow::Result<()> {
+    let pending = get_json(server, "/api/approvals", settings).await?;
+    let pending = pending.as_array().cloned().unwrap_or_default();
+    if pending.is_empty() {
+        println!("no kernel run is waiting for approval");
+    }
+    for r in pending {
+        let args: Vec<String> = r["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| a.to_string())
+            .collect();
+        println!(
+            "run {}  {}.{}({})  asked {} (rejected after {} s)\n  review: {}\n  trial:  {}\n{}\n",
+            r["run"].as_str().unwrap_or_default(),
+            r["receiver"].as_str().unwrap_or_default(),
+            r["selector"].as_str().unwrap_or_default(),
+            args.join(", "),
+            r["asked_at"].as_str().unwrap_or_default(),
+            r["timeout_secs"],
+            r["review"].as_str().unwrap_or_default(),
+            r["trial"],
+            r["code"].as_str().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+/// `telos approve RUN [--reject --reason TEXT]`.
+pub async fn cli_approve(
+    server: &str,
+    run: &str,
+    reject: Option<String>,
+    by: &str,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let (verb, body) = match reject {
+        None => ("approve", json!({ "by": by })),
+        Some(reason) => ("reject", json!({ "by": by, "reason": reason })),
+    };
+    if run.is_empty() || !run.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        bail!("{run:?} is not a kernel run id (see `telos approvals`)");
+    }
+    let r = post_json(server, &format!("/api/runs/{run}/{verb}"), body, settings).await?;
+    println!("run {run}: {}", r["decision"].as_str().unwrap_or(verb));
     Ok(())
 }
 

@@ -33,6 +33,9 @@ routes! {
     get "/memory/records" => memory_records,
     post "/memory/records" => memory_remember,
     post "/memory/reindex" => memory_reindex,
+    get "/approvals" => list_approvals,
+    post "/runs/{run}/approve" => approve_run,
+    post "/runs/{run}/reject" => reject_run,
 }
 
 /// The OpenAPI description of this module's routes (see [`super::openapi`]).
@@ -55,7 +58,10 @@ routes! {
     memory_search,
     memory_records,
     memory_remember,
-    memory_reindex
+    memory_reindex,
+    list_approvals,
+    approve_run,
+    reject_run
 ))]
 pub struct Doc;
 
@@ -610,4 +616,90 @@ async fn memory_remember(telos: web::Data<Telos>, body: web::Json<RememberBody>)
     }
     let keys = crate::actors::memory::remember(&telos.embedder, &telos.memory, items).await?;
     Ok(HttpResponse::Created().json(Remembered { ids: keys }))
+}
+
+/// `GET /api/approvals`: kernel runs waiting for a person (`kernel_approval = "ask"`).
+#[utoipa::path(get, path = "/api/approvals", tag = "kernel", responses((status = 200, description = "Runs waiting, oldest first", body = Vec<crate::kernel::approval::Request>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
+async fn list_approvals(telos: web::Data<Telos>) -> ApiResult {
+    Ok(HttpResponse::Ok().json(telos.approvals.pending()))
+}
+
+/// The body of an approval or rejection (optional for an approval).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    /// Who decides (recorded in the method's provenance). Default: `api`.
+    #[serde(default)]
+    by: Option<String>,
+    /// Why a method is rejected: the run fails with it, and the next attempt's prompt shows it
+    /// to BRICK.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Decided {
+    run: String,
+    decision: &'static str,
+}
+
+/// Longest `by` and `reason` of a decision (the reason reaches BRICK's prompt).
+const MAX_BY: usize = 100;
+const MAX_REASON: usize = 2000;
+
+fn decision_body(body: &web::Bytes) -> Result<(String, String), ApiError> {
+    let body: DecisionBody = serde_json::from_value(optional_body(body)?).map_err(|e| {
+        ApiError::bad_request(format!("the body must be {{\"by\"?, \"reason\"?}}: {e}"))
+    })?;
+    let by = body
+        .by
+        .map(|b| b.trim().to_string())
+        .filter(|b| !b.is_empty());
+    let by = by.unwrap_or_else(|| "api".to_string());
+    let reason = body.reason.unwrap_or_default();
+    if by.chars().count() > MAX_BY || reason.chars().count() > MAX_REASON {
+        return Err(ApiError::bad_request(format!(
+            "`by` takes at most {MAX_BY} characters and `reason` at most {MAX_REASON}"
+        )));
+    }
+    Ok((by, reason))
+}
+
+/// `POST /api/runs/{run}/approve` `{"by"?}`: installs the waiting method; its message is then
+/// answered.
+#[utoipa::path(post, path = "/api/runs/{run}/approve", tag = "kernel", params(("run" = String, Path, description = "A kernel run id (from its stage events or GET /api/approvals)")), request_body(content = Option<DecisionBody>), responses((status = 200, body = Decided), (status = "default", description = "An error", body = super::error::ErrorBody)))]
+async fn approve_run(
+    telos: web::Data<Telos>,
+    run: web::Path<String>,
+    body: web::Bytes,
+) -> ApiResult {
+    let (by, _) = decision_body(&body)?;
+    let run = run.into_inner();
+    telos
+        .approvals
+        .decide(&run, crate::kernel::approval::Decision::Approve { by })?;
+    Ok(HttpResponse::Ok().json(Decided {
+        run,
+        decision: "approved",
+    }))
+}
+
+/// `POST /api/runs/{run}/reject` `{"reason"?, "by"?}`: nothing is installed; the waiting
+/// message is answered with an error naming the reason.
+#[utoipa::path(post, path = "/api/runs/{run}/reject", tag = "kernel", params(("run" = String, Path, description = "A kernel run id (from its stage events or GET /api/approvals)")), request_body(content = Option<DecisionBody>), responses((status = 200, body = Decided), (status = "default", description = "An error", body = super::error::ErrorBody)))]
+async fn reject_run(
+    telos: web::Data<Telos>,
+    run: web::Path<String>,
+    body: web::Bytes,
+) -> ApiResult {
+    let (by, reason) = decision_body(&body)?;
+    let run = run.into_inner();
+    telos.approvals.decide(
+        &run,
+        crate::kernel::approval::Decision::Reject { by, reason },
+    )?;
+    Ok(HttpResponse::Ok().json(Decided {
+        run,
+        decision: "rejected",
+    }))
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::error::{Result, TelosError};
+use crate::kernel::approval::{APPROVAL_SLOT, Approval};
 use crate::kernel::prompts::{self, ReceiverContext};
 use crate::object::{ObjectState, PARENTS_SLOT, PRIMORDIAL, Slot, ancestors};
 use crate::sandbox::Miss;
@@ -21,10 +22,21 @@ where
     let chain = ancestors(&miss.receiver, &mut fetch)?;
     let mut values: Vec<(String, String)> = Vec::new();
     let mut methods = BTreeSet::new();
+    let mut approval = None;
     for oid in &chain {
         let Some(o) = fetch(oid)? else { continue };
         let primordial = PRIMORDIAL.contains(&oid.as_str());
         for (name, slot) in &o.slots {
+            if name == APPROVAL_SLOT {
+                // The nearest one counts; anything but "never" asks (fail closed).
+                if let (None, Slot::Value(v)) = (approval, slot) {
+                    approval = Some(match v.as_str() {
+                        Some("never") => Approval::Never,
+                        _ => Approval::Ask,
+                    });
+                }
+                continue;
+            }
             match slot {
                 Slot::Method(_) => {
                     methods.insert(name.clone());
@@ -48,6 +60,7 @@ where
         methods: methods.into_iter().collect(),
         selector: miss.selector.clone(),
         args: miss.args.clone(),
+        approval,
     })
 }
 

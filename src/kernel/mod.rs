@@ -3,6 +3,7 @@
 //! the stages with them.
 
 pub mod admission;
+pub mod approval;
 pub mod context;
 pub mod pipeline;
 pub mod prompts;
@@ -19,6 +20,8 @@ pub enum Stage {
     Review,
     Trial,
     Repair,
+    /// A person approves the method (with `kernel_approval = "ask"`).
+    Approve,
     Install,
     Answer,
     Learn,
@@ -26,13 +29,14 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in the order a run usually shows them.
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
         Stage::Gate,
         Stage::Recall,
         Stage::Write,
         Stage::Review,
         Stage::Trial,
         Stage::Repair,
+        Stage::Approve,
         Stage::Install,
         Stage::Answer,
         Stage::Learn,
@@ -46,6 +50,7 @@ impl Stage {
             Stage::Review => "review",
             Stage::Trial => "trial",
             Stage::Repair => "repair",
+            Stage::Approve => "approve",
             Stage::Install => "install",
             Stage::Answer => "answer",
             Stage::Learn => "learn",

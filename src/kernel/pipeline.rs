@@ -20,6 +20,7 @@ use serde_json::{Value as Json, json};
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument as _;
 
+use super::approval::{self, Approval};
 use super::prompts::{self, Example, Feedback, PastFailure, ReceiverContext};
 use super::{Stage, Status, extract_method, static_checks, verdict};
 use crate::error::TelosError;
@@ -192,6 +193,16 @@ pub trait Facts: Sync {
     fn record_attempt(&self, attempt: Attempt) -> impl Future<Output = ()> + Send;
 }
 
+/// A person who approves generated methods (`kernel_approval = "ask"`).
+pub trait Approver: Sync {
+    /// Waits for a person's decision on `request`, at most `timeout`.
+    fn approve(
+        &self,
+        request: approval::Request,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = approval::Outcome> + Send;
+}
+
 /// The kernel's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -200,6 +211,9 @@ pub struct Config {
     pub repair_rounds: usize,
     pub max_failures: usize,
     pub failure_window_secs: u64,
+    /// Whether methods wait for a person (the receiver's `kernel_approval` slot overrides).
+    pub approval: Approval,
+    pub approval_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -210,6 +224,8 @@ impl Config {
             repair_rounds: s.kernel_repair_rounds,
             max_failures: s.kernel_max_failures,
             failure_window_secs: s.kernel_failure_window_secs,
+            approval: s.kernel_approval,
+            approval_timeout: std::time::Duration::from_secs(s.kernel_approval_timeout_secs),
         }
     }
 }
@@ -787,6 +803,7 @@ pub async fn install<S: Sandbox>(
     recalled: &[Found],
     prompts_seen: &[String],
     rounds: usize,
+    approved: Option<Json>,
     timings: &Timings,
     em: &Emitter,
 ) -> Result<(), TelosError> {
@@ -807,6 +824,7 @@ pub async fn install<S: Sandbox>(
         "alfred": c.verdict,
         "trial": c.trial,
         "repair_rounds": rounds,
+        "approved": approved,
         "stage_ms": Json::Object(timings.0.clone()),
     }));
     if let Err(e) = sandbox
@@ -824,8 +842,73 @@ pub async fn install<S: Sandbox>(
     Ok(())
 }
 
+/// Approve, when asked for (`kernel_approval = "ask"` or the receiver's `kernel_approval`
+/// slot): a person sees the method, ALFRED's review and the trial's answer, and approves or
+/// rejects it; nobody answering within the timeout rejects it. Answers who approved and when
+/// (for the provenance), or `None` when no approval was needed.
+pub async fn approve<A: Approver>(
+    approver: &A,
+    cfg: &Config,
+    miss: &Miss,
+    ctx: &ReceiverContext,
+    c: &Candidate,
+    timings: &mut Timings,
+    em: &Emitter,
+) -> Result<Option<Json>, TelosError> {
+    let asked = match ctx.approval {
+        Some(per_object) => per_object,
+        None => cfg.approval,
+    };
+    if asked == Approval::Never {
+        return Ok(None);
+    }
+    let t = Instant::now();
+    let request = approval::Request {
+        run: em.run.clone(),
+        receiver: miss.receiver.clone(),
+        selector: miss.selector.clone(),
+        args: miss.args.clone(),
+        code: c.source.clone(),
+        review: c.verdict.clone(),
+        trial: c.trial.clone(),
+        asked_at: chrono::Utc::now().to_rfc3339(),
+        timeout_secs: cfg.approval_timeout.as_secs(),
+    };
+    em.emit(
+        Stage::Approve,
+        Status::Started,
+        json!({
+            "code": request.code, "review": request.review, "trial": request.trial,
+            "timeout_secs": request.timeout_secs,
+        }),
+    );
+    let outcome = approver
+        .approve(request, cfg.approval_timeout)
+        .instrument(tracing::info_span!("stage", stage = "approve"))
+        .await;
+    timings.add(Stage::Approve, t);
+    let reason = match outcome {
+        approval::Outcome::Approved { by, at } => {
+            em.emit(Stage::Approve, Status::Done, json!({ "by": by, "at": at }));
+            return Ok(Some(json!({ "by": by, "at": at })));
+        }
+        approval::Outcome::Rejected { by, reason } if reason.trim().is_empty() => {
+            format!("{by} rejected the method (no reason given)")
+        }
+        approval::Outcome::Rejected { by, reason } => {
+            format!("{by} rejected the method: {}", reason.trim())
+        }
+        approval::Outcome::TimedOut => format!(
+            "nobody approved the method within {} s, so it was rejected",
+            cfg.approval_timeout.as_secs()
+        ),
+    };
+    em.emit(Stage::Approve, Status::Failed, json!({ "error": reason }));
+    Err(fail(miss, Stage::Approve, reason))
+}
+
 /// Every stage up to install. The answer and the learn stage follow.
-pub async fn run<X: Personas + Memory + Sandbox + Facts>(
+pub async fn run<X: Personas + Memory + Sandbox + Facts + Approver>(
     x: &X,
     cfg: &Config,
     miss: &Miss,
@@ -876,6 +959,7 @@ pub async fn run<X: Personas + Memory + Sandbox + Facts>(
             .await?
         }
     };
+    let approved = approve(x, cfg, miss, &ctx, &candidate, &mut timings, em).await?;
     install(
         x,
         miss,
@@ -884,6 +968,7 @@ pub async fn run<X: Personas + Memory + Sandbox + Facts>(
         &recalled,
         &prompts_seen,
         rounds,
+        approved,
         &timings,
         em,
     )
@@ -897,7 +982,7 @@ pub async fn run<X: Personas + Memory + Sandbox + Facts>(
 
 /// Runs [`run`] and records the attempt (negative memory); a refusal at the gate is not a new
 /// attempt.
-pub async fn run_recorded<X: Personas + Memory + Sandbox + Facts>(
+pub async fn run_recorded<X: Personas + Memory + Sandbox + Facts + Approver>(
     x: &X,
     cfg: &Config,
     miss: &Miss,
@@ -1048,6 +1133,22 @@ mod tests {
         slots: Vec<(String, String)>,
         recall_fails: bool,
         install_fails: bool,
+        /// The person's answers, in order (none left: silence, which times out).
+        decisions: Mutex<VecDeque<approval::Outcome>>,
+        /// What the person was asked.
+        approvals: Mutex<Vec<approval::Request>>,
+    }
+
+    impl Approver for Fake {
+        fn approve(
+            &self,
+            request: approval::Request,
+            _: std::time::Duration,
+        ) -> impl Future<Output = approval::Outcome> + Send {
+            self.approvals.lock().unwrap().push(request);
+            let next = self.decisions.lock().unwrap().pop_front();
+            async move { next.unwrap_or(approval::Outcome::TimedOut) }
+        }
     }
 
     impl Fake {
@@ -1190,6 +1291,7 @@ mod tests {
                 methods: vec![],
                 selector: miss.selector.clone(),
                 args: miss.args.clone(),
+                approval: None,
             };
             async move { Ok(ctx) }
         }
@@ -1219,7 +1321,93 @@ mod tests {
             repair_rounds,
             max_failures: 3,
             failure_window_secs: 600,
+            approval: Approval::Never,
+            approval_timeout: std::time::Duration::from_secs(60),
         }
+    }
+
+    #[tokio::test]
+    async fn with_approval_asked_a_person_sees_the_method_and_approves_it() {
+        let x = Fake {
+            slots: box_slots(),
+            decisions: Mutex::new(VecDeque::from([approval::Outcome::Approved {
+                by: "ada".into(),
+                at: "2026-11-28T00:00:00Z".into(),
+            }])),
+            ..Fake::default()
+        }
+        .reply("BRICK", &[GOOD])
+        .reply("ALFRED", &["VALID: multiplies the sides"]);
+        let (em, mut rx) = emitter();
+        let cfg = Config {
+            approval: Approval::Ask,
+            ..cfg(3)
+        };
+        run_recorded(&x, &cfg, &miss(), &em).await.unwrap();
+        let seen = stages(&mut rx);
+        let at = seen.iter().position(|s| s == "approve:started").unwrap();
+        assert_eq!(
+            seen[at..],
+            [
+                "approve:started",
+                "approve:done",
+                "install:started",
+                "install:done"
+            ]
+        );
+        let asked = x.approvals.lock().unwrap();
+        assert_eq!(asked[0].code, GOOD);
+        assert_eq!(asked[0].trial, 12);
+        assert!(asked[0].review.contains("multiplies the sides"));
+        let installed = x.installed.lock().unwrap();
+        assert_eq!(
+            installed[0].provenance.as_ref().unwrap()["approved"]["by"],
+            "ada"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rejection_or_silence_installs_nothing_and_names_the_reason() {
+        let rejecting = |outcome: Option<approval::Outcome>| {
+            Fake {
+                slots: box_slots(),
+                decisions: Mutex::new(outcome.into_iter().collect()),
+                ..Fake::default()
+            }
+            .reply("BRICK", &[GOOD])
+            .reply("ALFRED", &["VALID: multiplies the sides"])
+        };
+        let cfg = Config {
+            approval: Approval::Ask,
+            ..cfg(3)
+        };
+        let x = rejecting(Some(approval::Outcome::Rejected {
+            by: "ada".into(),
+            reason: "use the width slot, not an argument".into(),
+        }));
+        let (em, _rx) = emitter();
+        let err = run_recorded(&x, &cfg, &miss(), &em).await.unwrap_err();
+        assert_eq!(err.stage(), Some(Stage::Approve));
+        assert!(
+            err.to_string()
+                .contains("ada rejected the method: use the width slot"),
+            "{err}"
+        );
+        assert!(x.installed.lock().unwrap().is_empty());
+        // The attempt is recorded with the reason: the next run's BRICK prompt shows it.
+        let attempt = x.attempts.lock().unwrap()[0].clone();
+        assert_eq!((attempt.ok, attempt.stage.as_str()), (false, "approve"));
+        assert!(attempt.reason.contains("use the width slot"));
+
+        let x = rejecting(None);
+        let (em, _rx) = emitter();
+        let err = run_recorded(&x, &cfg, &miss(), &em).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("nobody approved the method within 60 s"),
+            "{err}"
+        );
+        assert!(x.installed.lock().unwrap().is_empty());
     }
 
     fn miss() -> Miss {

@@ -18,6 +18,8 @@ pub struct ReceiverContext {
     pub methods: Vec<String>,
     pub selector: String,
     pub args: Vec<Json>,
+    /// The `kernel_approval` slot nearest along the chain, if any.
+    pub approval: Option<super::approval::Approval>,
 }
 
 /// A method recalled from memory, offered as an example.
@@ -357,6 +359,7 @@ mod tests {
             methods: vec!["describe".into()],
             selector: "area".into(),
             args: vec![json!(2)],
+            approval: None,
         }
     }
 

@@ -512,6 +512,132 @@ async fn recall_reuse_shared_runs_and_rollback() {
     assert_eq!(s, 409, "no older version: {m}");
 }
 
+/// Polls `GET /api/approvals` until a run is waiting; answers it.
+async fn waiting_approval(app: &TestApp) -> Json {
+    loop {
+        let (status, pending) = app.get("/api/approvals").await;
+        assert_eq!(status, 200, "{pending}");
+        if let Some(first) = pending.as_array().and_then(|a| a.first()) {
+            return first.clone();
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn with_approval_a_person_decides_and_a_rejection_reason_reaches_brick() {
+    let from_slots =
+        "```javascript\nfunction area(self) {\n  return self.width * self.height;\n}\n```";
+    let mut lines = vec![
+        // Only a prompt that carries the person's reason gets the other method.
+        line("BRICK", "from its slots, not from arguments", from_slots),
+        line("BRICK", ".", GOOD_AREA),
+    ];
+    lines.extend(helpers());
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(dir.path(), &lines);
+    let app = spawn_app_with(move |s| {
+        s.scripted_personas = path.display().to_string();
+        s.kernel_repair_rounds = 0;
+        s.kernel_approval = telos::kernel::approval::Approval::Ask;
+    })
+    .await;
+    let rect = rectangle(&app).await;
+
+    // The message waits while a person looks at the method, its review and its trial.
+    let reason = "compute it from its slots, not from arguments";
+    let decide = async {
+        let asked = waiting_approval(&app).await;
+        assert_eq!(asked["receiver"], rect.as_str());
+        assert_eq!(asked["selector"], "area");
+        assert!(asked["code"].as_str().unwrap().contains("w * h"), "{asked}");
+        assert_eq!(asked["trial"], 12);
+        let run = asked["run"].as_str().unwrap().to_string();
+        let (status, body) = app
+            .post(
+                &format!("/api/runs/{run}/reject"),
+                json!({"by": "ada", "reason": reason}),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["decision"]),
+            (200, &json!("rejected")),
+            "{body}"
+        );
+        // Decided once: a second decision finds nothing waiting.
+        let (status, _) = app
+            .post(&format!("/api/runs/{run}/approve"), json!({}))
+            .await;
+        assert_eq!(status, 404);
+    };
+    let (sent, ()) = futures_util::join!(app.send(&rect, "area", json!([3, 4])), decide);
+    assert_eq!(sent.0, 422, "{}", sent.1);
+    assert_eq!(sent.1["stage"], "approve");
+    let message = sent.1["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("ada rejected the method: {reason}")),
+        "{message}"
+    );
+    let (status, _) = app.get(&format!("/api/objects/{rect}/methods/area")).await;
+    assert_eq!(status, 404, "a rejected method was installed");
+
+    // The next attempt's prompt shows BRICK the reason: the method it writes reads the slots.
+    let approve = async {
+        let asked = waiting_approval(&app).await;
+        assert!(
+            asked["code"].as_str().unwrap().contains("self.width"),
+            "{asked}"
+        );
+        let run = asked["run"].as_str().unwrap().to_string();
+        let (status, body) = app
+            .post(&format!("/api/runs/{run}/approve"), json!({"by": "ada"}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let (sent, ()) = futures_util::join!(app.send(&rect, "area", json!([3, 4])), approve);
+    assert_eq!((sent.0, &sent.1["value"]), (200, &json!(12)), "{}", sent.1);
+    let (_, method) = app.get(&format!("/api/objects/{rect}/methods/area")).await;
+    assert_eq!(method["provenance"]["approved"]["by"], "ada", "{method}");
+
+    // An object whose chain says `kernel_approval: "never"` learns without asking.
+    let trusted = app
+        .clone_obj(
+            "genesis_obj",
+            json!({"width": 2, "height": 5, "kernel_approval": "never"}),
+        )
+        .await;
+    let (status, body) = app.send(&trusted, "area", json!([2, 5])).await;
+    assert_eq!((status, &body["value"]), (200, &json!(10)), "{body}");
+    std::mem::forget(dir);
+}
+
+#[actix_web::test]
+async fn an_unanswered_approval_times_out_to_a_rejection() {
+    let mut lines = vec![line("BRICK", ".", GOOD_AREA)];
+    lines.extend(helpers());
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(dir.path(), &lines);
+    let app = spawn_app_with(move |s| {
+        s.scripted_personas = path.display().to_string();
+        s.kernel_approval = telos::kernel::approval::Approval::Ask;
+        s.kernel_approval_timeout_secs = 1;
+    })
+    .await;
+    let rect = rectangle(&app).await;
+    let (status, body) = app.send(&rect, "area", json!([3, 4])).await;
+    assert_eq!((status, &body["stage"]), (422, &json!("approve")), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("nobody approved the method within 1 s"),
+        "{body}"
+    );
+    let (_, pending) = app.get("/api/approvals").await;
+    assert_eq!(pending, json!([]));
+    std::mem::forget(dir);
+}
+
 #[actix_web::test]
 async fn a_selector_that_keeps_failing_is_not_retried_in_the_window() {
     let app = kernel_app(vec![line("BRICK", ".", "not code at all")], 0).await;

@@ -150,3 +150,68 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     await stop(server.child);
   }
 });
+
+test("the page: a person approves and rejects generated methods (kernel_approval = ask)", { timeout: 240_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "telos-e2e-approval-"));
+  const personas = join(dir, "personas.jsonl");
+  writeFileSync(personas, [
+    // Only a prompt carrying the person's reason gets the method that reads the slots.
+    line("BRICK", "read the slots", "```javascript\nfunction area(self) {\n  return self.width * self.height;\n}\n```"),
+    line("BRICK", ".", "```javascript\nfunction area(self, w, h) {\n  return w * h;\n}\n```"),
+    line("ALFRED", ".", "VALID: it multiplies"),
+    line("BABS", ".", "Computes the area of a rectangle."),
+  ].join("\n"));
+  const server = await serve({ TELOS_BIND: "127.0.0.1:0", TELOS_DATA_DIR: join(dir, "data"), TELOS_BACKUP_DIR: join(dir, "backups"),
+    TELOS_PERSONA_BACKEND: "scripted", TELOS_SCRIPTED_PERSONAS: personas, TELOS_KERNEL_APPROVAL: "ask", TELOS_KERNEL_REPAIR_ROUNDS: "0" });
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
+  const errors = [];
+  try {
+    const made = await fetch(server.base + "/api/objects/genesis_obj/clone", { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ slots: { name: "box", width: 3, height: 4 } }) }).then((r) => r.json());
+    const oid = made.oid;
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+    page.on("pageerror", (e) => errors.push(String(e)));
+    await page.goto(server.base + "/");
+    await page.locator("#conn", { hasText: "connected" }).waitFor();
+    const ask = async (text) => {
+      await page.fill("#chat-input", text);
+      await page.press("#chat-input", "Enter");
+      const entry = page.locator(".entry", { has: page.locator(".me", { hasText: text }) }).last();
+      await entry.locator(".approval button.approve-btn").waitFor({ timeout: 60_000 });
+      return entry;
+    };
+
+    // The method waits in the approve stage, shown with its code, review and trial answer.
+    let entry = await ask(`${oid}.area(3, 4)`);
+    const approval = entry.locator(".stage", { hasText: "approve" });
+    assert.match(await approval.textContent(), /w \* h/);
+    assert.match(await approval.textContent(), /trial answered: 12/);
+    // The Admin view lists it too, for messages sent from anywhere.
+    await page.click("nav button[data-view=admin]");
+    await page.locator("#approvals .waiting", { hasText: oid }).waitFor();
+    mkdirSync(shots, { recursive: true });
+    await page.screenshot({ path: join(shots, "admin-approval.png"), fullPage: true });
+    await page.click("nav button[data-view=chat]");
+    // Reject, with a reason: the message is answered with an error naming it.
+    await entry.locator(".approval input.reason").fill("read the slots instead of taking arguments");
+    await page.screenshot({ path: join(shots, "chat-approval.png"), fullPage: true });
+    await entry.locator(".approval button.reject-btn").click();
+    const answer = entry.locator(":scope > .answer.err");
+    await answer.waitFor({ timeout: 30_000 });
+    assert.match(await answer.textContent(), /page rejected the method: read the slots instead/);
+
+    // The next attempt's prompt carried the reason: the new method reads the slots. Approve it.
+    entry = await ask(`${oid}.area(3, 4)`);
+    assert.match(await entry.locator(".stage", { hasText: "approve" }).textContent(), /self\.width/);
+    await entry.locator(".approval button.approve-btn").click();
+    await entry.locator(".answer.ok").waitFor({ timeout: 30_000 });
+    assert.equal((await entry.locator(".answer.ok").textContent()).trim(), "12");
+    const method = await fetch(`${server.base}/api/objects/${oid}/methods/area`).then((r) => r.json());
+    assert.equal(method.provenance.approved.by, "page");
+    assert.deepEqual(errors, [], "no console errors");
+  } finally {
+    await browser.close();
+    await stop(server.child);
+  }
+});
