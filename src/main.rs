@@ -26,6 +26,24 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum MemoryCommand {
+    /// The memories nearest in meaning to TEXT, closest first, with their distances.
+    Search {
+        text: String,
+        /// How many.
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+        /// Only this kind: method, object or note.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        server: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the server.
     Serve {
@@ -47,12 +65,50 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
-    /// List the kernel runs waiting for a person's approval (`kernel_approval = "ask"`).
-    Approvals {
+    /// List the objects of a running server (oid and name).
+    Objects {
+        /// Only those whose oid or name contains this (case-insensitive).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
         /// Server to talk to (default: http:// + TELOS_BIND).
         #[arg(long)]
         server: Option<String>,
     },
+    /// Show one object: its parents, value slots and methods.
+    Show {
+        oid: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// The world's memory (`telos memory search TEXT`).
+    Memory {
+        #[command(subcommand)]
+        command: MemoryCommand,
+    },
+    /// The most recent kernel runs, learned or failed, newest first.
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// List the kernel runs waiting for a person's approval (`kernel_approval = "ask"`).
+    Approvals {
+        #[arg(long)]
+        json: bool,
+        /// Server to talk to (default: http:// + TELOS_BIND).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Print a shell completion script: `telos completions bash > /etc/bash_completion.d/telos`.
+    Completions { shell: clap_complete::Shell },
     /// Approve a waiting kernel run (its method is installed and its message answered), or
     /// reject it with --reject REASON (the reason goes back to BRICK on the next attempt).
     Approve {
@@ -223,9 +279,62 @@ fn main() -> ExitCode {
             let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
             actix_web::rt::System::new().block_on(telos::bench::cli_send(&server, &line, &settings))
         }
-        Command::Approvals { server } => {
+        Command::Approvals { json, server } => {
             let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
-            actix_web::rt::System::new().block_on(telos::bench::cli_approvals(&server, &settings))
+            actix_web::rt::System::new()
+                .block_on(telos::bench::cli_approvals(&server, json, &settings))
+        }
+        Command::Objects {
+            filter,
+            json,
+            server,
+        } => {
+            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            actix_web::rt::System::new().block_on(telos::bench::cli_objects(
+                &server,
+                filter.as_deref(),
+                json,
+                &settings,
+            ))
+        }
+        Command::Show { oid, json, server } => {
+            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            actix_web::rt::System::new()
+                .block_on(telos::bench::cli_show(&server, &oid, json, &settings))
+        }
+        Command::Memory {
+            command:
+                MemoryCommand::Search {
+                    text,
+                    k,
+                    kind,
+                    json,
+                    server,
+                },
+        } => {
+            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            actix_web::rt::System::new().block_on(telos::bench::cli_memory_search(
+                &server,
+                &text,
+                k,
+                kind.as_deref(),
+                json,
+                &settings,
+            ))
+        }
+        Command::Runs {
+            limit,
+            json,
+            server,
+        } => {
+            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            actix_web::rt::System::new()
+                .block_on(telos::bench::cli_runs(&server, limit, json, &settings))
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "telos", &mut std::io::stdout());
+            Ok(())
         }
         Command::Approve {
             run,

@@ -28,6 +28,231 @@ async fn get_json(server: &str, path: &str, settings: &Settings) -> anyhow::Resu
     request_json(server, path, None, settings).await
 }
 
+/// `path` with `query` appended, form-encoded.
+fn with_query(path: &str, query: &[(&str, String)]) -> String {
+    let encoded: Vec<String> = query
+        .iter()
+        .map(|(k, v)| {
+            let v: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{k}={v}")
+        })
+        .collect();
+    format!("{path}?{}", encoded.join("&"))
+}
+
+/// An oid as a path segment: refused unless it is one (nothing else reaches the URL).
+fn oid_segment(oid: &str) -> anyhow::Result<&str> {
+    if oid.is_empty()
+        || oid.len() > 128
+        || !oid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    {
+        bail!("{oid:?} is not an object id");
+    }
+    Ok(oid)
+}
+
+fn print_json(v: &Json) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `telos objects [--filter TEXT]`: every object (oid and name), paged through the server.
+pub async fn cli_objects(
+    server: &str,
+    filter: Option<&str>,
+    json: bool,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let needle = filter.map(str::to_lowercase);
+    let mut all = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let page = get_json(
+            server,
+            &with_query(
+                "/api/objects",
+                &[("offset", offset.to_string()), ("limit", "1000".into())],
+            ),
+            settings,
+        )
+        .await?;
+        let rows = page.as_array().cloned().unwrap_or_default();
+        let n = rows.len() as u64;
+        all.extend(rows.into_iter().filter(|o| match &needle {
+            None => true,
+            Some(t) => ["oid", "name"].iter().any(|k| {
+                o[k].as_str()
+                    .is_some_and(|v| v.to_lowercase().contains(t.as_str()))
+            }),
+        }));
+        if n < 1000 {
+            break;
+        }
+        offset += n;
+    }
+    if json {
+        return print_json(&Json::Array(all));
+    }
+    for o in &all {
+        println!(
+            "{:<20} {}",
+            o["oid"].as_str().unwrap_or_default(),
+            o["name"].as_str().unwrap_or_default()
+        );
+    }
+    eprintln!("{} objects", all.len());
+    Ok(())
+}
+
+/// `telos show OID`: an object's slots, parents and methods.
+pub async fn cli_show(
+    server: &str,
+    oid: &str,
+    json: bool,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let o = get_json(
+        server,
+        &format!("/api/objects/{}", oid_segment(oid)?),
+        settings,
+    )
+    .await?;
+    if json {
+        return print_json(&o);
+    }
+    println!(
+        "{} ({})  version {}",
+        o["oid"].as_str().unwrap_or_default(),
+        o["name"].as_str().unwrap_or_default(),
+        o["version"]
+    );
+    let parents: Vec<&str> = o["parents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Json::as_str)
+        .collect();
+    println!("parents: {}", parents.join(", "));
+    for (name, value) in o["slots"].as_object().into_iter().flatten() {
+        match value.get("method") {
+            Some(m) if value.as_object().is_some_and(|v| v.len() == 1) => println!(
+                "  {name}: method ({}){}\n{}",
+                m["origin"].as_str().unwrap_or_default(),
+                if m["history"].as_array().is_some_and(|h| !h.is_empty()) {
+                    format!(
+                        ", {} earlier versions",
+                        m["history"].as_array().map_or(0, Vec::len)
+                    )
+                } else {
+                    String::new()
+                },
+                m["source"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+            _ => println!("  {name} = {value}"),
+        }
+    }
+    Ok(())
+}
+
+/// `telos memory search TEXT`: the nearest memories, closest first.
+pub async fn cli_memory_search(
+    server: &str,
+    text: &str,
+    k: usize,
+    kind: Option<&str>,
+    json: bool,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let mut query = vec![("q", text.to_string()), ("k", k.to_string())];
+    if let Some(kind) = kind {
+        query.push(("kind", kind.to_string()));
+    }
+    let found = get_json(server, &with_query("/api/memory/search", &query), settings).await?;
+    if json {
+        return print_json(&found);
+    }
+    let hits = found.as_array().cloned().unwrap_or_default();
+    if hits.is_empty() {
+        println!("no memories");
+    }
+    for m in hits {
+        println!(
+            "#{:<6} {:.3}  {:<6} {}{}",
+            m["id"],
+            m["distance"].as_f64().unwrap_or(f64::NAN),
+            m["kind"].as_str().unwrap_or_default(),
+            m["text"].as_str().unwrap_or_default(),
+            match m["owner"].as_str() {
+                Some(o) if !o.is_empty() => format!("  (owner {o})"),
+                _ => String::new(),
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `telos runs`: the most recent kernel runs, newest first.
+pub async fn cli_runs(
+    server: &str,
+    limit: u64,
+    json: bool,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let runs = get_json(
+        server,
+        &with_query("/api/runs", &[("limit", limit.to_string())]),
+        settings,
+    )
+    .await?;
+    if json {
+        return print_json(&runs);
+    }
+    let runs = runs.as_array().cloned().unwrap_or_default();
+    if runs.is_empty() {
+        println!("no kernel runs yet");
+    }
+    for r in runs {
+        let at = r["at"]
+            .as_i64()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let outcome = if r["ok"] == true {
+            "learned".to_string()
+        } else {
+            format!(
+                "failed at {}: {}",
+                r["stage"].as_str().unwrap_or_default(),
+                r["reason"].as_str().unwrap_or_default()
+            )
+        };
+        println!(
+            "{at}  {}  {}.{}  {} ms  {outcome}",
+            r["run"].as_str().unwrap_or_default(),
+            r["receiver"].as_str().unwrap_or_default(),
+            r["selector"].as_str().unwrap_or_default(),
+            r["ms"],
+        );
+    }
+    Ok(())
+}
+
 async fn request_json(
     server: &str,
     path: &str,
@@ -112,8 +337,11 @@ pub async fn cli_reindex(server: &str, objects: bool, settings: &Settings) -> an
 }
 
 /// `telos approvals`: the kernel runs waiting for a person.
-pub async fn cli_approvals(server: &str, settings: &Settings) -> anyhow::Result<()> {
+pub async fn cli_approvals(server: &str, json: bool, settings: &Settings) -> anyhow::Result<()> {
     let pending = get_json(server, "/api/approvals", settings).await?;
+    if json {
+        return print_json(&pending);
+    }
     let pending = pending.as_array().cloned().unwrap_or_default();
     if pending.is_empty() {
         println!("no kernel run is waiting for approval");

@@ -33,6 +33,7 @@ routes! {
     get "/memory/records" => memory_records,
     post "/memory/records" => memory_remember,
     post "/memory/reindex" => memory_reindex,
+    get "/runs" => list_runs,
     get "/approvals" => list_approvals,
     post "/runs/{run}/approve" => approve_run,
     post "/runs/{run}/reject" => reject_run,
@@ -59,6 +60,7 @@ routes! {
     memory_records,
     memory_remember,
     memory_reindex,
+    list_runs,
     list_approvals,
     approve_run,
     reject_run
@@ -702,4 +704,18 @@ async fn reject_run(
         run,
         decision: "rejected",
     }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct RunsQuery {
+    /// How many (default 50, at most 1000).
+    limit: Option<u64>,
+}
+
+/// `GET /api/runs?limit=`: the most recent kernel runs, learned or failed, newest first.
+#[utoipa::path(get, path = "/api/runs", tag = "kernel", params(RunsQuery), responses((status = 200, body = Vec<crate::store::Attempt>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
+async fn list_runs(telos: web::Data<Telos>, query: web::Query<RunsQuery>) -> ApiResult {
+    let limit = query.limit.unwrap_or(50).min(1000);
+    Ok(HttpResponse::Ok().json(telos.world.store().recent_attempts(limit).await?))
 }

@@ -8,7 +8,7 @@ use super::{Result, StoreError};
 use super::{Store, db_err};
 
 /// One kernel run, as the `attempt` table holds it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub run: String,
     pub receiver: String,
@@ -43,6 +43,24 @@ impl Store {
                 .and_then(|r| r.check())
                 .map_err(db_err)
                 .map(|_| ())
+        })
+        .await?
+    }
+
+    /// The `limit` most recent kernel runs, newest first.
+    pub async fn recent_attempts(&self, limit: u64) -> Result<Vec<Attempt>> {
+        self.run(move |db| async move {
+            let mut res = db
+                .query(
+                    "SELECT run, receiver, selector, ok, stage, reason, at, ms FROM attempt
+                     ORDER BY at DESC LIMIT $n",
+                )
+                .bind(("n", limit))
+                .await?;
+            let rows = res.take::<Vec<Json>>(0)?;
+            rows.into_iter()
+                .map(|r| serde_json::from_value(r).map_err(StoreError::malformed("an attempt row")))
+                .collect()
         })
         .await?
     }
@@ -113,6 +131,9 @@ mod tests {
             .unwrap();
         let at: Vec<i64> = found.iter().map(|f| f.at).collect();
         assert_eq!(at, vec![100, 300]);
+        let recent = rt.block_on(store.recent_attempts(2)).unwrap();
+        let runs: Vec<&str> = recent.iter().map(|a| a.run.as_str()).collect();
+        assert_eq!(runs, ["r3", "r4"]);
         assert_eq!(found[0].stage, "trial");
         assert_eq!(found[0].reason, "NaN");
         assert!(

@@ -611,6 +611,96 @@ async fn with_approval_a_person_decides_and_a_rejection_reason_reaches_brick() {
     std::mem::forget(dir);
 }
 
+/// Runs the `telos` CLI against `app`; answers (success, stdout, stderr).
+async fn cli(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_telos"))
+        .args(args)
+        .args(["--server", &app.base])
+        .env("TELOS_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+#[actix_web::test]
+async fn the_cli_lists_shows_searches_runs_and_approves() {
+    let mut lines = vec![line("BRICK", ".", GOOD_AREA)];
+    lines.extend(helpers());
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(dir.path(), &lines);
+    let app = spawn_app_with(move |s| {
+        s.scripted_personas = path.display().to_string();
+        s.kernel_approval = telos::kernel::approval::Approval::Ask;
+    })
+    .await;
+    let rect = rectangle(&app).await;
+
+    let (ok, out, err) = cli(&app, &["objects", "--filter", "RECTANGLE", "--json"]).await;
+    assert!(ok, "{err}");
+    let listed: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed, json!([{"oid": rect, "name": "rectangle"}]));
+    let (ok, out, _) = cli(&app, &["objects"]).await;
+    assert!(
+        ok && out.contains("genesis_obj") && out.contains(&rect),
+        "{out}"
+    );
+
+    // Approving from the CLI: the waiting message is answered.
+    let approve = async {
+        let asked = waiting_approval(&app).await;
+        let run = asked["run"].as_str().unwrap().to_string();
+        let (ok, out, _) = cli(&app, &["approvals"]).await;
+        assert!(ok && out.contains(&run) && out.contains("w * h"), "{out}");
+        let (ok, out, err) = cli(&app, &["approve", &run, "--by", "grace"]).await;
+        assert!(ok, "{err}");
+        assert!(out.contains("approved"), "{out}");
+        // Nothing waits under that id any more: a clear error, and a failing exit status.
+        let (ok, _, err) = cli(&app, &["approve", &run]).await;
+        assert!(!ok && err.contains("not_found"), "{err}");
+    };
+    let (sent, ()) = futures_util::join!(app.send(&rect, "area", json!([3, 4])), approve);
+    assert_eq!(sent.1["value"], 12, "{}", sent.1);
+
+    let (ok, out, err) = cli(&app, &["show", &rect]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("width = 3") && out.contains("area: method (kernel)"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&app, &["show", "../health"]).await;
+    assert!(!ok, "{out}");
+
+    let (ok, out, err) = cli(&app, &["runs", "--json"]).await;
+    assert!(ok, "{err}");
+    let runs: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs[0]["selector"], "area");
+    assert_eq!(runs[0]["ok"], true);
+
+    app.wait_for_memories(&rect, 1).await;
+    let (ok, out, err) = cli(
+        &app,
+        &["memory", "search", "area of a rectangle & more", "--json"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let found: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(found[0]["owner"], rect.as_str(), "{found}");
+
+    let completions = tokio::process::Command::new(env!("CARGO_BIN_EXE_telos"))
+        .args(["completions", "bash"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&completions.stdout);
+    assert!(
+        completions.status.success() && out.contains("approve"),
+        "{out}"
+    );
+    std::mem::forget(dir);
+}
+
 #[actix_web::test]
 async fn an_unanswered_approval_times_out_to_a_rejection() {
     let mut lines = vec![line("BRICK", ".", GOOD_AREA)];
