@@ -60,6 +60,9 @@ pub struct Settings {
     /// Base URL of the OpenAI-compatible server (`openai` backend), and its key.
     pub openai_url: String,
     pub openai_api_key: String,
+    /// A PEM file of CA certificates to trust for HTTPS model servers, besides the system's
+    /// and the webpki roots (a private CA); empty: none.
+    pub llm_ca_file: String,
     /// Longest wait for a remote model server, seconds.
     pub llm_timeout_secs: u64,
     /// Repair rounds after a failed review or trial.
@@ -175,6 +178,7 @@ impl Default for Settings {
             ollama_url: "http://127.0.0.1:11434".into(),
             openai_url: String::new(),
             openai_api_key: String::new(),
+            llm_ca_file: String::new(),
             llm_timeout_secs: 300,
             kernel_repair_rounds: 3,
             kernel_approval: crate::kernel::approval::Approval::Never,
@@ -237,6 +241,7 @@ const ENV: &[&str] = &[
     "ollama_url",
     "openai_url",
     "openai_api_key",
+    "llm_ca_file",
     "llm_timeout_secs",
     "kernel_repair_rounds",
     "kernel_approval",

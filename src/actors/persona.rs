@@ -451,6 +451,7 @@ impl PersonaActor {
             },
             BackendKind::Ollama => {
                 Remote::new(Dialect::Ollama, &self.settings.ollama_url, "", timeout)
+                    .with_ca_file(&self.settings.llm_ca_file)
                     .complete(&name, &cfg, messages)
             }
             BackendKind::Openai => Remote::new(
@@ -459,6 +460,7 @@ impl PersonaActor {
                 &self.settings.openai_api_key,
                 timeout,
             )
+            .with_ca_file(&self.settings.llm_ca_file)
             .complete(&name, &cfg, messages),
             BackendKind::Local => {
                 let model = self.local_model(PathBuf::from(&model))?;

@@ -1,6 +1,10 @@
 //! HTTP backends: an Ollama server (`/api/chat`) and any OpenAI-compatible endpoint
-//! (`/v1/chat/completions`). Plain HTTP (a local or in-cluster server); called from the
-//! persona host's own thread, each request on a small private runtime.
+//! (`/v1/chat/completions`), over HTTP or HTTPS (rustls; the system's roots and the webpki
+//! roots, plus `llm_ca_file` for a private CA), with an API key for OpenAI-compatible servers.
+//! Called from the persona host's own thread, each request on a small private runtime. A
+//! refused or reset connection, 429 or 502–504 is retried twice (after 0.5 s and 1 s);
+//! anything else (a certificate, a timeout, another status) is a clear error at once, with the
+//! server's own words.
 
 use std::time::Duration;
 
@@ -21,7 +25,13 @@ pub struct Remote {
     base: String,
     api_key: String,
     timeout: Duration,
+    /// PEM file of extra CA certificates to trust (empty: none).
+    ca_file: String,
 }
+
+/// Tries per request (the first and two retries) and the pause before each retry.
+const TRIES: u32 = 3;
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 impl Remote {
     pub fn new(dialect: Dialect, base: &str, api_key: &str, timeout: Duration) -> Remote {
@@ -30,7 +40,30 @@ impl Remote {
             base: base.trim_end_matches('/').to_string(),
             api_key: api_key.to_string(),
             timeout,
+            ca_file: String::new(),
         }
+    }
+
+    /// Also trusts the CA certificates in the PEM file `path` (`llm_ca_file`).
+    pub fn with_ca_file(mut self, path: &str) -> Remote {
+        self.ca_file = path.to_string();
+        self
+    }
+
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)));
+        if !self.ca_file.is_empty() {
+            let pem = std::fs::read(&self.ca_file)
+                .with_context(|| format!("reading llm_ca_file {}", self.ca_file))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("llm_ca_file {} holds no PEM certificates", self.ca_file)
+            })? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        builder.build().context("building the HTTP client")
     }
 
     fn request(&self, cfg: &PersonaConfig, messages: &[Message]) -> (String, Json) {
@@ -57,6 +90,35 @@ impl Remote {
     }
 }
 
+/// Whether a connection failed for a reason worth retrying (refused or reset: a server
+/// restarting), not a certificate or name that will fail the same way again.
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An error and its causes, as one line (a TLS failure's reason is in a source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// The reply text (and token count) in an answer of `dialect`.
 pub fn parse_answer(dialect: Dialect, body: &Json) -> anyhow::Result<(String, Option<u32>)> {
     let (text, tokens) = match dialect {
@@ -80,35 +142,56 @@ impl Backend for Remote {
         cfg: &PersonaConfig,
         messages: &[Message],
     ) -> anyhow::Result<(String, Option<u32>)> {
-        if self.base.starts_with("https://") {
-            tracing::warn!(url = %self.base, "the model server's address is HTTPS");
-            bail!(
-                "the model server's address is HTTPS; this build talks plain HTTP to model servers (put a local proxy in front)"
-            );
+        if !(self.base.starts_with("http://") || self.base.starts_with("https://")) {
+            bail!("the model server's address must start with http:// or https://");
         }
         let (url, body) = self.request(cfg, messages);
-        let (timeout, key) = (self.timeout, self.api_key.clone());
+        let body = serde_json::to_vec(&body)?;
+        let client = self.client()?;
+        let key = self.api_key.clone();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let local = tokio::task::LocalSet::new();
-        let (status, answer) = local.block_on(&rt, async move {
-            let client = awc::Client::builder().timeout(timeout).finish();
-            let mut req = client.post(&url);
-            if !key.is_empty() {
-                req = req.bearer_auth(&key);
+        let (status, answer) = rt.block_on(async move {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let mut req = client
+                    .post(&url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+                if !key.is_empty() {
+                    req = req.bearer_auth(&key);
+                }
+                let sent = req.send().await;
+                let again = match &sent {
+                    Err(e) => e.is_connect() && refused(e),
+                    Ok(r) => matches!(r.status().as_u16(), 429 | 502..=504),
+                };
+                if again && tries < TRIES {
+                    tracing::info!(%url, tries, "the model server is unavailable; trying again");
+                    tokio::time::sleep(RETRY_PAUSE * tries).await;
+                    continue;
+                }
+                let resp = sent.map_err(|e| {
+                    // The address is the operator's business: logged, not told to clients.
+                    tracing::warn!(%url, error = %e, "cannot reach the model server");
+                    if e.is_timeout() {
+                        anyhow!("the model server did not answer within llm_timeout_secs")
+                    } else {
+                        anyhow!("cannot reach the model server: {}", error_chain(&e))
+                    }
+                })?;
+                let status = resp.status();
+                let bytes = resp
+                    .bytes()
+                    .await
+                    .context("reading the model server's answer")?;
+                if bytes.len() > 16 << 20 {
+                    bail!("the model server's answer is larger than 16 MiB");
+                }
+                return Ok::<_, anyhow::Error>((status, bytes));
             }
-            let mut resp = req.send_json(&body).await.map_err(|e| {
-                // The address is the operator's business: logged, not told to clients.
-                tracing::warn!(%url, error = %e, "cannot reach the model server");
-                anyhow!("cannot reach the model server: {e}")
-            })?;
-            let bytes = resp
-                .body()
-                .limit(16 << 20)
-                .await
-                .context("reading the model server's answer")?;
-            Ok::<_, anyhow::Error>((resp.status(), bytes))
         })?;
         if !status.is_success() {
             bail!(
@@ -139,5 +222,34 @@ mod tests {
             ("yo".into(), Some(2))
         );
         assert!(parse_answer(Dialect::OpenAi, &o).is_err());
+    }
+
+    #[test]
+    fn a_refused_connection_is_retried_and_then_named() {
+        // A port nobody listens on: refused at once, tried three times, then a clear error.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        let err = Remote::new(Dialect::Ollama, &url, "", Duration::from_secs(5))
+            .complete("ROBIN", &PersonaConfig::default(), &[Message::user("hi")])
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot reach the model server"),
+            "{err:#}"
+        );
+        // Two pauses (0.5 s, then 1 s) came before the error.
+        assert!(
+            started.elapsed() >= RETRY_PAUSE * 3,
+            "{:?}",
+            started.elapsed()
+        );
+        let err = Remote::new(Dialect::Ollama, "ftp://x", "", Duration::from_secs(1))
+            .complete("ROBIN", &PersonaConfig::default(), &[Message::user("hi")])
+            .unwrap_err();
+        assert!(err.to_string().contains("http:// or https://"), "{err}");
     }
 }

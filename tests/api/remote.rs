@@ -89,12 +89,58 @@ fn stand_in(stand: Stand) -> String {
     format!("http://{addr}")
 }
 
+fn tls_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+/// An HTTPS front for the plain stand-in at `plain` (`http://ADDR`), with the test server
+/// certificate (signed by the test CA in `tests/fixtures/tls`); answers its `https://` URL.
+async fn tls_front(plain: &str) -> String {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(tls_fixture("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(tls_fixture("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = plain.trim_start_matches("http://").to_string();
+    actix_web::rt::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            actix_web::rt::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    format!("https://127.0.0.1:{port}")
+}
+
 /// The example file loaded as `telos --config FILE` would, pointed at `url`, with this test's
-/// directories.
-async fn app_from_example(file: &str, url: &str, key: &str) -> TestApp {
+/// directories (and `ca` as `llm_ca_file`).
+async fn app_from_example(file: &str, url: &str, key: &str, ca: Option<&str>) -> TestApp {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let loaded = telos::Settings::load(Some(&path)).expect("the example config loads");
     let (url, key) = (url.to_string(), key.to_string());
+    let ca = ca.unwrap_or_default().to_string();
     spawn_app_with(move |s| {
         let (bind, data, backups) = (s.bind.clone(), s.data_dir.clone(), s.backup_dir.clone());
         *s = loaded;
@@ -102,14 +148,23 @@ async fn app_from_example(file: &str, url: &str, key: &str) -> TestApp {
         s.ollama_url = url.clone();
         s.openai_url = url;
         s.openai_api_key = key;
+        s.llm_ca_file = ca;
     })
     .await
 }
 
 async fn learns_through(file: &str, dialect_path: &str, key: &str) {
+    learns_through_over(file, dialect_path, key, false).await
+}
+
+async fn learns_through_over(file: &str, dialect_path: &str, key: &str, https: bool) {
     let stand = Stand::default();
-    let url = stand_in(stand.clone());
-    let app = app_from_example(file, &url, key).await;
+    let mut url = stand_in(stand.clone());
+    let ca = tls_fixture("ca.pem").display().to_string();
+    if https {
+        url = tls_front(&url).await;
+    }
+    let app = app_from_example(file, &url, key, https.then_some(ca.as_str())).await;
     let rect = app
         .clone_obj(
             "genesis_obj",
@@ -178,4 +233,44 @@ async fn the_ollama_example_config_learns_through_an_ollama_server() {
 #[actix_web::test]
 async fn the_openai_example_config_learns_through_a_compatible_server() {
     learns_through("config/openai-gpu.toml", "/v1/chat/completions", "sk-test").await;
+}
+
+#[actix_web::test]
+async fn both_backends_learn_over_https_with_a_private_ca() {
+    learns_through_over(
+        "config/openai-gpu.toml",
+        "/v1/chat/completions",
+        "sk-test",
+        true,
+    )
+    .await;
+    learns_through_over("config/ollama-gpu.toml", "/api/chat", "", true).await;
+}
+
+#[actix_web::test]
+async fn an_untrusted_certificate_is_a_clear_error() {
+    use telos::llm::Backend as _;
+    use telos::llm::remote::{Dialect, Remote};
+    let url = tls_front(&stand_in(Stand::default())).await;
+    // The backend blocks (it is called from the persona host's own thread); this runtime
+    // keeps serving the stand-in meanwhile.
+    let err = tokio::task::spawn_blocking(move || {
+        let cfg = telos::llm::PersonaConfig::default();
+        let messages = [telos::llm::Message::user("hi")];
+        Remote::new(
+            Dialect::OpenAi,
+            &url,
+            "sk",
+            std::time::Duration::from_secs(10),
+        )
+        .complete("ROBIN", &cfg, &messages)
+        .unwrap_err()
+    })
+    .await
+    .unwrap();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("cannot reach the model server") && text.contains("certificate"),
+        "{text}"
+    );
 }
