@@ -269,7 +269,29 @@ document.addEventListener("keydown", (e) => {
 // ---------- inspector ----------
 let inspected = null;
 let objects = [];
-function subscriptionsFrames() { return inspected ? [{ type: "subscribe", target: inspected }] : []; }
+// The managers' long work (backups, verifications, reindexing) streams `progress` frames to
+// their watchers: the page watches them always, and draws bars in the Admin view.
+const MANAGERS = ["backup_manager", "memory_manager"];
+function subscriptionsFrames() {
+  const watch = MANAGERS.map((target) => ({ type: "subscribe", target }));
+  return inspected && !MANAGERS.includes(inspected) ? [...watch, { type: "subscribe", target: inspected }] : watch;
+}
+const jobBars = new Map(); // job id -> row
+listeners.add((f) => {
+  if (f.type !== "progress") return;
+  let row = jobBars.get(f.job);
+  if (!row) {
+    row = el("div", { class: "job", "data-job": f.job, "data-kind": f.kind });
+    jobBars.set(f.job, row);
+    $("#jobs").append(row);
+  }
+  const pct = f.total > 0 ? Math.round(100 * f.done / f.total) : 0;
+  const bar = el("progress", { max: String(Math.max(f.total, 1)), value: String(f.done), "aria-label": f.kind + " progress" });
+  row.replaceChildren(el("span", { class: "mono" }, f.kind), " ", el("span", { class: "muted" }, f.phase), " ", bar, " ",
+    el("span", { class: "pct" }, f.state === "running" ? f.done + "/" + f.total + " (" + pct + "%)" : f.state));
+  row.className = "job " + f.state;
+  if (f.state !== "running") setTimeout(() => { row.remove(); jobBars.delete(f.job); }, 4000);
+});
 
 async function loadObjects() {
   try { objects = await api("GET", "/objects?limit=1000"); } catch (e) { objects = []; }
@@ -286,7 +308,7 @@ function renderObjectList() {
 $("#obj-filter").addEventListener("input", renderObjectList);
 
 async function inspect(oid) {
-  if (inspected && inspected !== oid) wsSend({ type: "unsubscribe", target: inspected });
+  if (inspected && inspected !== oid && !MANAGERS.includes(inspected)) wsSend({ type: "unsubscribe", target: inspected });
   if (inspected !== oid) wsSend({ type: "subscribe", target: oid });
   inspected = oid;
   renderObjectList();

@@ -117,6 +117,7 @@ impl Telos {
             started: Instant::now(),
             backups: crate::backup::SummaryCache::default(),
             approvals,
+            jobs: crate::progress::Jobs::default(),
         })
     }
 }

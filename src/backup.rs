@@ -179,7 +179,9 @@ async fn write_backup(
         Kind::Full => 0,
         Kind::Incremental => previous.as_ref().map(|p| p.seq_to).unwrap_or(0),
     };
+    crate::progress::report("read", 0, 1);
     let changes = store.changes_since(after).await?;
+    crate::progress::report("read", 1, 1);
     let mut id = format!(
         "{}-{}",
         now.format("%Y%m%dT%H%M%S%3fZ"),
@@ -197,19 +199,23 @@ async fn write_backup(
     let mut files = BTreeMap::new();
     files.insert(
         OBJECTS.to_string(),
-        write_jsonl(&tmp.join(OBJECTS), &changes.objects)?,
+        write_jsonl(&tmp.join(OBJECTS), &changes.objects, "objects")?,
     );
     files.insert(
         TOMBSTONES.to_string(),
-        write_jsonl(&tmp.join(TOMBSTONES), &changes.tombstones)?,
+        write_jsonl(&tmp.join(TOMBSTONES), &changes.tombstones, "tombstones")?,
     );
     files.insert(
         MEMORIES.to_string(),
-        write_jsonl(&tmp.join(MEMORIES), &changes.memories)?,
+        write_jsonl(&tmp.join(MEMORIES), &changes.memories, "memories")?,
     );
     files.insert(
         MEMORY_TOMBSTONES.to_string(),
-        write_jsonl(&tmp.join(MEMORY_TOMBSTONES), &changes.memory_tombstones)?,
+        write_jsonl(
+            &tmp.join(MEMORY_TOMBSTONES),
+            &changes.memory_tombstones,
+            "memory tombstones",
+        )?,
     );
     if let (Kind::Full, Some(index)) = (kind, index) {
         let meta = crate::memory::index::meta_path(index);
@@ -269,12 +275,17 @@ async fn write_backup(
     Ok(manifest)
 }
 
-fn write_jsonl(path: &Path, rows: &[Json]) -> anyhow::Result<FileEntry> {
+fn write_jsonl(path: &Path, rows: &[Json], phase: &str) -> anyhow::Result<FileEntry> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = BufWriter::new(file);
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    for row in rows {
+    let total = rows.len() as u64;
+    crate::progress::report(phase, 0, total);
+    for (i, row) in rows.iter().enumerate() {
+        if i % 1000 == 999 {
+            crate::progress::report(phase, i as u64 + 1, total);
+        }
         let mut line = serde_json::to_vec(row)?;
         line.push(b'\n');
         hasher.update(&line);
@@ -283,6 +294,7 @@ fn write_jsonl(path: &Path, rows: &[Json]) -> anyhow::Result<FileEntry> {
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
+    crate::progress::report(phase, total, total);
     Ok(FileEntry {
         sha256: hex::encode(hasher.finalize()),
         size,

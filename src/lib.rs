@@ -14,6 +14,7 @@
 //! - [`kernel`]: the generative kernel: its stages as a pipeline over four small ports
 //!   (personas, memory, sandbox, facts), the answer parsing, static checks and prompts.
 //! - [`llm`]: the persona language-model backends (llama.cpp, Ollama, OpenAI-compatible, scripted).
+//! - [`progress`]: long work (backups, verifications, reindexing) as jobs that report progress.
 //!
 //! Actors ([`actors`]) own the cores and talk in typed messages:
 //! HTTP/WS → [`telos::Telos`] → `Directory` (oid → `ObjectActor`) → `ObjectActor` (one mailbox per
@@ -48,6 +49,7 @@ pub mod llm;
 pub mod memory;
 pub mod metrics;
 pub mod object;
+pub mod progress;
 pub mod sandbox;
 pub mod store;
 pub mod telos;

@@ -373,7 +373,11 @@ fn main() -> ExitCode {
         Command::Restore { id, to, backup_dir } => {
             let dir = backup_dir.unwrap_or(settings.backup_dir);
             actix_web::rt::System::new().block_on(async move {
-                let m = telos::backup::restore(&dir, id.as_deref(), &to).await?;
+                let m = telos::bench::with_local_bar(
+                    "restore",
+                    telos::backup::restore(&dir, id.as_deref(), &to),
+                )
+                .await?;
                 println!(
                     "restored backup {} ({} objects, sequence {}) into {}",
                     m.id,
@@ -453,7 +457,11 @@ async fn cli_verify(dir: PathBuf, id: Option<String>) -> anyhow::Result<()> {
             .map(|m| m.id.clone())
             .ok_or_else(|| anyhow::anyhow!("no backups in {}", dir.display()))?,
     };
-    let v = telos::backup::verify(&dir, &id, chrono::Utc::now()).await?;
+    let v = telos::bench::with_local_bar(
+        "verify",
+        telos::backup::verify(&dir, &id, chrono::Utc::now()),
+    )
+    .await?;
     if v.ok {
         println!("backup {id}: ok: {}", v.detail);
         Ok(())

@@ -47,6 +47,8 @@ pub struct Telos {
     pub(crate) backups: crate::backup::SummaryCache,
     /// Kernel runs waiting for a person's approval.
     pub approvals: crate::kernel::approval::Approvals,
+    /// Long work (backups, verifications, reindexing) and its progress.
+    pub jobs: crate::progress::Jobs,
 }
 
 impl Telos {
@@ -243,6 +245,7 @@ impl Telos {
             memory: self.memory.clone(),
             settings: self.settings.clone(),
             summary: self.backups.clone(),
+            jobs: self.jobs.clone(),
         }
     }
 

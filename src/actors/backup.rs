@@ -231,9 +231,10 @@ async fn take(
     let index = telos.settings.memory_index_path();
     // A backup reads the tables: every acknowledged change goes there first.
     telos.world.settled().await?;
-    let (store, to) = (telos.world.store().clone(), dir.clone());
+    let (store, to, jobs) = (telos.world.store().clone(), dir.clone(), telos.jobs.clone());
     let result = off_the_arbiter(move || async move {
-        backup::take_with_index(&store, &to, kind, now, Some(&index)).await
+        let work = backup::take_with_index(&store, &to, kind, now, Some(&index));
+        jobs.run("backup", MANAGER, work).await
     })
     .await?;
     let slot = match kind {
@@ -299,6 +300,8 @@ pub struct BackupDeps {
     pub settings: Arc<Settings>,
     /// What health reports of the backups, refreshed here whenever they change.
     pub summary: backup::SummaryCache,
+    /// Backups and verifications run as jobs that report their progress.
+    pub jobs: crate::progress::Jobs,
 }
 
 impl BackupDeps {
@@ -420,6 +423,7 @@ impl Handler<VerifyBackup> for BackupActor {
         let telos = self.telos.clone();
         let summary = telos.summary.clone();
         let span = tracing::info_span!("verify", id = ?msg.id);
+        let jobs = telos.jobs.clone();
         let job = async move {
             let v = off_the_arbiter(move || async move {
                 let id = match msg.id {
@@ -433,7 +437,9 @@ impl Handler<VerifyBackup> for BackupActor {
                 if !backup::path_of(&dir, &id).join("manifest.json").exists() {
                     return Err(TelosError::NotFound(format!("no backup {id}")));
                 }
-                let v = backup::verify(&dir, &id, Utc::now()).await?;
+                let v = jobs
+                    .run("verify", MANAGER, backup::verify(&dir, &id, Utc::now()))
+                    .await?;
                 summary.refresh(&dir);
                 Ok(v)
             })

@@ -306,10 +306,82 @@ pub async fn cli_send(server: &str, text: &str, settings: &Settings) -> anyhow::
     Ok(())
 }
 
+/// A progress bar on stderr (drawn only on a terminal) for a job.
+fn job_bar(kind: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{kind} {{msg:>18}} [{{bar:32}}] {{pos}}/{{len}} ({{elapsed}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn show_job(bar: &indicatif::ProgressBar, job: &crate::progress::JobEvent) {
+    bar.set_message(job.phase.clone());
+    bar.set_length(job.total);
+    bar.set_position(job.done);
+}
+
+/// Runs `work` (a request to `server` that starts a job of `kind`) with a progress bar fed by
+/// polling `GET /api/jobs` until `work` ends.
+async fn with_server_bar<T>(
+    server: &str,
+    kind: &str,
+    settings: &Settings,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let bar = job_bar(kind);
+    let watch = async {
+        loop {
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+            let Ok(jobs) = get_json(server, "/api/jobs", settings).await else {
+                continue;
+            };
+            let jobs: Vec<crate::progress::JobEvent> =
+                serde_json::from_value(jobs).unwrap_or_default();
+            if let Some(job) = jobs.iter().find(|j| j.kind == kind) {
+                show_job(&bar, job);
+            }
+        }
+    };
+    let out = tokio::select! {
+        out = work => out,
+        () = watch => unreachable!("the watch never ends"),
+    };
+    bar.finish_and_clear();
+    out
+}
+
+/// Runs `work` here as a job of `kind`, with a progress bar (`telos verify`, `telos restore`).
+pub async fn with_local_bar<T>(
+    kind: &str,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let jobs = crate::progress::Jobs::default();
+    let mut feed = jobs.subscribe();
+    let bar = job_bar(kind);
+    let shown = bar.clone();
+    let draw = async move {
+        while let Ok(job) = feed.recv().await {
+            show_job(&shown, &job);
+        }
+    };
+    let out = tokio::select! {
+        out = jobs.run(kind, "", work) => out,
+        () = draw => unreachable!("the feed lives as long as the jobs"),
+    };
+    bar.finish_and_clear();
+    out
+}
+
 /// `telos backup [--full]` against a running server.
 pub async fn cli_backup(server: &str, full: bool, settings: &Settings) -> anyhow::Result<()> {
     let kind = if full { "full" } else { "incremental" };
-    let m = post_json(server, "/api/backups", json!({ "kind": kind }), settings).await?;
+    let post = post_json(server, "/api/backups", json!({ "kind": kind }), settings);
+    let m = with_server_bar(server, "backup", settings, post).await?;
     println!(
         "backup {} ({}): {} objects in the world, {} rows written",
         m["id"].as_str().unwrap_or_default(),
@@ -322,13 +394,13 @@ pub async fn cli_backup(server: &str, full: bool, settings: &Settings) -> anyhow
 
 /// `telos reindex`: asks a running server to rebuild its memory index.
 pub async fn cli_reindex(server: &str, objects: bool, settings: &Settings) -> anyhow::Result<()> {
-    let r = post_json(
+    let post = post_json(
         server,
         "/api/memory/reindex",
         json!({ "objects": objects }),
         settings,
-    )
-    .await?;
+    );
+    let r = with_server_bar(server, "reindex", settings, post).await?;
     println!(
         "memory index rebuilt: {} records ({} Retrievable objects re-chunked) in {} ms",
         r["records"], r["retrievable_objects"], r["ms"]

@@ -34,6 +34,7 @@ routes! {
     post "/memory/records" => memory_remember,
     post "/memory/reindex" => memory_reindex,
     get "/runs" => list_runs,
+    get "/jobs" => list_jobs,
     get "/approvals" => list_approvals,
     post "/runs/{run}/approve" => approve_run,
     post "/runs/{run}/reject" => reject_run,
@@ -61,6 +62,7 @@ routes! {
     memory_remember,
     memory_reindex,
     list_runs,
+    list_jobs,
     list_approvals,
     approve_run,
     reject_run
@@ -577,24 +579,32 @@ async fn memory_reindex(
 ) -> ApiResult {
     let body = body.map(|b| b.into_inner()).unwrap_or_default();
     let started = std::time::Instant::now();
-    let mut objects = 0;
-    if body.objects {
-        let oids = telos.world.all_oids().await?;
-        let indexer = telos.indexer();
-        for oid in oids {
-            if crate::actors::retrievable::reindex(&indexer, &oid, false)
-                .await?
-                .is_some()
-            {
-                objects += 1;
+    let work = async {
+        let mut objects = 0;
+        if body.objects {
+            let oids = telos.world.all_oids().await?;
+            let indexer = telos.indexer();
+            let total = oids.len() as u64;
+            for (i, oid) in oids.into_iter().enumerate() {
+                crate::progress::report("objects", i as u64, total);
+                if crate::actors::retrievable::reindex(&indexer, &oid, false)
+                    .await?
+                    .is_some()
+                {
+                    objects += 1;
+                }
             }
         }
-    }
-    let records = telos
-        .memory
-        .send(crate::actors::memory::Reindex)
-        .await
-        .map_err(crate::actors::down(crate::actors::Who::Memory))??;
+        crate::progress::report("index", 0, 1);
+        let records = telos
+            .memory
+            .send(crate::actors::memory::Reindex)
+            .await
+            .map_err(crate::actors::down(crate::actors::Who::Memory))??;
+        crate::progress::report("index", 1, 1);
+        Ok::<_, ApiError>((records, objects))
+    };
+    let (records, objects) = telos.jobs.run("reindex", "memory_manager", work).await?;
     Ok(HttpResponse::Ok().json(Reindexed {
         records,
         retrievable_objects: objects,
@@ -718,4 +728,11 @@ struct RunsQuery {
 async fn list_runs(telos: web::Data<Telos>, query: web::Query<RunsQuery>) -> ApiResult {
     let limit = query.limit.unwrap_or(50).min(1000);
     Ok(HttpResponse::Ok().json(telos.world.store().recent_attempts(limit).await?))
+}
+
+/// `GET /api/jobs`: long work running now (backups, verifications, reindexing) and how far
+/// along it is; subscribers of the job's target object get the same as `progress` frames.
+#[utoipa::path(get, path = "/api/jobs", tag = "world", responses((status = 200, description = "Running jobs, oldest first", body = Vec<crate::progress::JobEvent>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
+async fn list_jobs(telos: web::Data<Telos>) -> ApiResult {
+    Ok(HttpResponse::Ok().json(telos.jobs.list()))
 }

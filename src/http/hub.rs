@@ -11,10 +11,14 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::world::{Change, World};
 
-/// A committed change to an object the session watches.
+/// Something about an object the session watches: a committed change, or the progress of a
+/// job on it (a backup on `backup_manager`, ...).
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
-pub struct Changed(pub Arc<Change>);
+pub enum Changed {
+    Change(Arc<Change>),
+    Progress(Arc<crate::progress::JobEvent>),
+}
 
 /// The watchers of each object, by connection id.
 #[derive(Default)]
@@ -25,8 +29,23 @@ pub struct Hub {
 impl Hub {
     /// A hub following `world`'s changes (on the current actix system) until the world's feed
     /// closes.
-    pub fn start(world: &World) -> Arc<Hub> {
+    pub fn start(world: &World, jobs: &crate::progress::Jobs) -> Arc<Hub> {
         let hub = Arc::new(Hub::default());
+        let mut progress = jobs.subscribe();
+        let watching = hub.clone();
+        actix::spawn(async move {
+            loop {
+                let event = match progress.recv().await {
+                    Ok(event) => Arc::new(event),
+                    // Progress is a gauge: a missed step is made good by the next.
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                };
+                for watcher in watching.of(&event.target) {
+                    watcher.do_send(Changed::Progress(event.clone()));
+                }
+            }
+        });
         let mut changes = world.subscribe();
         let feed = hub.clone();
         actix::spawn(async move {
@@ -43,7 +62,7 @@ impl Hub {
                     Err(RecvError::Closed) => break,
                 };
                 for watcher in feed.of(&change.oid) {
-                    watcher.do_send(Changed(change.clone()));
+                    watcher.do_send(Changed::Change(change.clone()));
                 }
             }
         });

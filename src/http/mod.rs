@@ -51,7 +51,7 @@ pub fn server(
         listener.local_addr()?,
     ));
     let max_connections = telos.settings.max_connections;
-    let hub = web::Data::from(hub::Hub::start(&telos.world));
+    let hub = web::Data::from(hub::Hub::start(&telos.world, &telos.jobs));
     let data = web::Data::new(telos);
     let backups = web::Data::new(backups);
     let server = HttpServer::new(move || {

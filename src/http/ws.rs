@@ -512,7 +512,23 @@ impl Actor for WsSession {
 impl Handler<Changed> for WsSession {
     type Result = ();
 
-    fn handle(&mut self, Changed(change): Changed, ctx: &mut Self::Context) {
+    fn handle(&mut self, notice: Changed, ctx: &mut Self::Context) {
+        let change = match notice {
+            Changed::Change(change) => change,
+            Changed::Progress(job) => {
+                if self.authed && self.subscriptions.contains(&job.target) {
+                    let mut frame = serde_json::to_value(&*job).unwrap_or_default();
+                    // `id` names a client's request in this protocol: the job's is `job`.
+                    if let Some(f) = frame.as_object_mut() {
+                        let job = f.remove("id").unwrap_or_default();
+                        f.insert("job".into(), job);
+                        f.insert("type".into(), json!("progress"));
+                    }
+                    Self::send_json(ctx, frame);
+                }
+                return;
+            }
+        };
         if self.authed && self.subscriptions.contains(&change.oid) {
             Self::send_json(
                 ctx,

@@ -151,11 +151,20 @@ impl Store {
         // Into empty tables, two inserts run at once (they touch disjoint keys): on two cores
         // that is most of the gain to be had, the rest is SurrealDB's cost per record.
         let at_once = if fresh { 2 } else { 1 };
+        let total = rows.len() as u64;
+        let phase = format!("restore {table}");
+        crate::progress::report(&phase, 0, total);
         let mut writes = futures_util::stream::iter(rows.chunks(batch))
-            .map(|chunk| self.run_statement(&sql, Json::Array(chunk.to_vec())))
+            .map(|chunk| {
+                let n = chunk.len() as u64;
+                let write = self.run_statement(&sql, Json::Array(chunk.to_vec()));
+                async move { write.await.map(|()| n) }
+            })
             .buffer_unordered(at_once);
+        let mut done = 0;
         while let Some(written) = writes.next().await {
-            written?;
+            done += written?;
+            crate::progress::report(&phase, done, total);
         }
         Ok(())
     }

@@ -755,3 +755,83 @@ fn restore_sh_killed_at_any_point_leaves_a_complete_world() {
         drop(server);
     }
 }
+
+#[actix_web::test]
+async fn a_backup_and_a_verification_stream_their_progress_to_watchers_of_backup_manager() {
+    let app = spawn_app().await;
+    // 2,500 objects, made by a method (one message clones up to 1,000).
+    let maker = app.clone_obj("genesis_obj", json!({"name": "maker"})).await;
+    app.set_method(
+        &maker,
+        "make",
+        "function make(self, n) { for (let i = 0; i < n; i++) clone(self, { i: i }); return n; }",
+    )
+    .await;
+    for n in [1000, 1000, 500] {
+        let (s, body) = app.send(&maker, "make", json!([n])).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let mut ws = app.ws().await;
+    ws.send_json(json!({"type": "subscribe", "target": "backup_manager"}))
+        .await;
+    ws.until(|f| f["type"] == "subscribed").await;
+
+    let c = client();
+    let (s, m) = post(
+        &c,
+        format!("{}/api/backups", app.base),
+        json!({"kind": "full"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{m}");
+    let frames = ws
+        .until(|f| f["type"] == "progress" && f["state"] != "running")
+        .await;
+    let progress: Vec<&Json> = frames.iter().filter(|f| f["type"] == "progress").collect();
+    assert!(
+        progress
+            .iter()
+            .all(|f| f["kind"] == "backup" && f["target"] == "backup_manager")
+    );
+    let last = progress.last().unwrap();
+    assert_eq!(last["state"], "done", "{last}");
+    // The objects phase counts up to every object written (the maker and its clones, plus the
+    // world's own); steps between go out at most every 100 ms.
+    let objects: Vec<(u64, u64)> = progress
+        .iter()
+        .filter(|f| f["phase"] == "objects")
+        .map(|f| (f["done"].as_u64().unwrap(), f["total"].as_u64().unwrap()))
+        .collect();
+    assert!(objects.len() >= 2, "{progress:?}");
+    assert!(objects.windows(2).all(|w| w[0].0 <= w[1].0), "{objects:?}");
+    let (done, total) = *objects.last().unwrap();
+    assert!(done == total && total >= 2501, "{objects:?}");
+    assert!(
+        progress.iter().any(|f| f["phase"] == "read"),
+        "{progress:?}"
+    );
+    let (_, jobs) = app.get("/api/jobs").await;
+    assert_eq!(jobs, json!([]));
+
+    // A verification restores into a scratch database: its progress counts the rows restored.
+    let id = m["id"].as_str().unwrap();
+    let (s, v) = post(
+        &c,
+        format!("{}/api/backups/{id}/verify", app.base),
+        json!({}),
+    )
+    .await;
+    assert_eq!((s, &v["ok"]), (200, &json!(true)), "{v}");
+    let frames = ws
+        .until(|f| f["type"] == "progress" && f["state"] != "running")
+        .await;
+    let restored: Vec<&Json> = frames
+        .iter()
+        .filter(|f| f["kind"] == "verify" && f["phase"] == "restore object")
+        .collect();
+    assert!(!restored.is_empty(), "{frames:?}");
+    assert_eq!(
+        restored.last().unwrap()["done"],
+        restored.last().unwrap()["total"]
+    );
+}

@@ -132,6 +132,16 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     await page.locator("#personas tbody tr", { hasText: "BRICK" }).waitFor();
     assert.match(await page.locator("#personas tbody").textContent(), /scripted/);
     await page.locator("#health dd", { hasText: "ok" }).first().waitFor();
+    // A full backup from the Admin view: its progress bar comes and ends done; then verify it.
+    await page.click("#backup-full");
+    await page.locator("#jobs .job.done[data-kind=backup]").waitFor({ timeout: 60_000 });
+    assert.match(await page.locator("#backup-status").textContent(), /written|running/);
+    const backupRow = page.locator("#backups tbody tr").first();
+    await backupRow.waitFor();
+    await backupRow.locator("button", { hasText: "Verify" }).click();
+    await page.locator("#jobs .job.done[data-kind=verify]").waitFor({ timeout: 60_000 });
+    await page.locator("#backups tbody tr td", { hasText: /^ok/ }).first().waitFor({ timeout: 60_000 });
+    await page.screenshot({ path: join(shots, "admin.png"), fullPage: true });
 
     // Restart the server on the same port: the page reconnects by itself.
     const port = new URL(server.base).port;
