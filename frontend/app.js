@@ -307,15 +307,24 @@ function renderObjectList() {
 }
 $("#obj-filter").addEventListener("input", renderObjectList);
 
+// Renders overlap (a write's own refresh, the `changed` frame it causes): only the newest
+// applies, and what the person is typing into the new-slot form survives a refresh.
+let inspectSeq = 0;
 async function inspect(oid) {
   if (inspected && inspected !== oid && !MANAGERS.includes(inspected)) wsSend({ type: "unsubscribe", target: inspected });
   if (inspected !== oid) wsSend({ type: "subscribe", target: oid });
   inspected = oid;
   renderObjectList();
   const box = $("#obj-detail");
+  const mine = ++inspectSeq;
   let obj;
   try { obj = await api("GET", "/objects/" + encodeURIComponent(oid)); }
-  catch (e) { box.replaceChildren(el("p", { class: "answer err" }, e.message)); return; }
+  catch (e) { if (mine === inspectSeq) box.replaceChildren(el("p", { class: "answer err" }, e.message)); return; }
+  if (mine !== inspectSeq || inspected !== oid) return;
+  const form = $("#add-slot");
+  const typing = form && form.dataset.oid === oid
+    ? { name: form.elements[0].value, value: form.elements[1].value, focus: document.activeElement && form.contains(document.activeElement) ? document.activeElement.getAttribute("aria-label") : null }
+    : null;
   const chain = el("div", { class: "chain" }, "parents: ",
     ...(obj.parents || []).flatMap((p, i) => [i ? ", " : "", el("a", { tabindex: "0", role: "link", onclick: () => inspect(p), onkeydown: (e) => { if (e.key === "Enter") inspect(p); } }, p)]));
   const values = el("tbody");
@@ -326,7 +335,8 @@ async function inspect(oid) {
   }
   const addName = el("input", { "aria-label": "new slot name", placeholder: "slot name" });
   const addValue = el("input", { "aria-label": "new slot value (JSON)", placeholder: "value as JSON, e.g. 42 or \"text\"" });
-  const addForm = el("form", { class: "row", id: "add-slot" }, addName, addValue, el("button", {}, "Set slot"));
+  const addForm = el("form", { class: "row", id: "add-slot", "data-oid": oid }, addName, addValue, el("button", {}, "Set slot"));
+  if (typing) { addName.value = typing.name; addValue.value = typing.value; }
   addForm.addEventListener("submit", async (e) => {
     e.preventDefault();
     await setSlot(oid, addName.value.trim(), addValue.value);
@@ -346,14 +356,19 @@ async function inspect(oid) {
     addForm,
     el("h3", {}, "Methods"),
     methods.childNodes.length ? methods : el("p", { class: "muted" }, "No methods of its own."));
+  if (typing && typing.focus) { const f = addForm.querySelector(`[aria-label="${typing.focus}"]`); if (f) f.focus(); }
 }
 
 async function setSlot(oid, name, text) {
   let value;
   try { value = JSON.parse(text); } catch { value = text; }
   try { await api("PUT", "/objects/" + encodeURIComponent(oid) + "/slots/" + encodeURIComponent(name), { value }); }
-  catch (e) { $("#obj-detail").prepend(el("p", { class: "answer err", role: "alert" }, e.message)); return; }
+  catch (e) { $("#obj-detail").prepend(el("p", { class: "answer err", role: "alert" }, e.message)); return false; }
+  // The form the person typed into may have been redrawn meanwhile: clear the current one.
+  const form = $("#add-slot");
+  if (form && form.dataset.oid === oid && form.elements[0].value.trim() === name) form.reset();
   inspect(oid);
+  return true;
 }
 
 function slotRow(oid, name, value) {
