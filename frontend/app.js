@@ -252,7 +252,7 @@ function show(view) {
   for (const b of document.querySelectorAll("nav button")) b.setAttribute("aria-current", b.dataset.view === view ? "page" : "false");
   for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + view;
   if (view === "inspector") loadObjects();
-  if (view === "memory") loadMemoryStats();
+  if (view === "memory") { loadMemoryStats(); drawMap(); }
   if (view === "admin") loadAdmin();
   if (view === "chat") $("#chat-input").focus();
   if (location.hash !== "#" + view) history_replace(view);
@@ -431,6 +431,56 @@ $("#mem-form").addEventListener("submit", async (e) => {
       : [el("li", { class: "muted" }, "No memories yet.")]));
   } catch (err) { out.replaceChildren(el("li", { class: "answer err" }, err.message)); }
 });
+
+// ---------- memory map ----------
+// Memories as points (their vectors' first two principal components, computed by the server),
+// coloured by kind, outlined by owner; hover shows the text, a click opens the owner; the
+// memories the latest kernel run recalled are ringed.
+let lastRecall = new Set();
+listeners.add((f) => {
+  if (f.type === "stage" && f.stage === "recall" && f.status === "done" && f.detail && Array.isArray(f.detail.memories)) {
+    lastRecall = new Set(f.detail.memories.map((m) => m.id));
+  }
+});
+const KIND_COLOURS = { method: "#8cc8ff", object: "#8fe39a", note: "#f5c26b" };
+const hue = (s) => { let h = 0; for (const c of s) h = (h * 31 + c.charCodeAt(0)) % 360; return h; };
+function svg(tag, attrs = {}, ...children) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+async function drawMap() {
+  $("#map-status").textContent = "projecting…";
+  let map;
+  try { map = await api("GET", "/memory/map?limit=2000"); }
+  catch (e) { $("#map-status").textContent = "could not draw the map: " + e.message; return; }
+  const pts = map.points;
+  $("#map-status").textContent = pts.length + " memories · the axes show " + Math.round(100 * (map.explained[0] + map.explained[1])) + "% of their variance";
+  const W = 900, H = 420, pad = 24;
+  const xs = pts.map((p) => p.x), ys = pts.map((p) => p.y);
+  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const sx = (x) => pad + (x1 > x0 ? (x - x0) / (x1 - x0) : 0.5) * (W - 2 * pad);
+  const sy = (y) => H - pad - (y1 > y0 ? (y - y0) / (y1 - y0) : 0.5) * (H - 2 * pad);
+  const plot = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "map", role: "img", "aria-label": pts.length + " memories" });
+  for (const p of pts) {
+    const recalled = lastRecall.has(p.id);
+    const dot = svg("circle", {
+      cx: sx(p.x).toFixed(1), cy: sy(p.y).toFixed(1), r: recalled ? 8 : 5,
+      fill: KIND_COLOURS[p.kind] || "#ccc", stroke: p.owner ? `hsl(${hue(p.owner)} 70% 55%)` : "none", "stroke-width": 2,
+      class: "pt" + (recalled ? " recalled" : ""), "data-id": p.id, "data-owner": p.owner, tabindex: "0",
+      onclick: () => { if (p.owner) { show("inspector"); inspect(p.owner); } },
+      onkeydown: (e) => { if (e.key === "Enter" && p.owner) { show("inspector"); inspect(p.owner); } },
+    }, svg("title", {}, `#${p.id} ${p.kind}${p.owner ? " · " + p.owner : ""}${p.selector ? "." + p.selector : ""}: ${p.text}`));
+    plot.append(dot);
+  }
+  $("#mem-map").replaceChildren(plot);
+  $("#map-legend").replaceChildren(...Object.entries(KIND_COLOURS).flatMap(([k, c]) => [el("span", { class: "swatch", style: "background:" + c }), " " + k + "  "]),
+    lastRecall.size ? "· ringed: recalled by the latest kernel run · " : "", "outline: owner · click a point to open its owner");
+}
+$("#map-btn").addEventListener("click", drawMap);
 
 // ---------- admin ----------
 const fmtBytes = (n) => n > 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MiB" : n > 1024 ? (n / 1024).toFixed(1) + " KiB" : n + " B";

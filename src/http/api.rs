@@ -31,6 +31,7 @@ routes! {
     post "/memory/embed" => embed,
     get "/memory/search" => memory_search,
     get "/memory/records" => memory_records,
+    get "/memory/map" => memory_map,
     post "/memory/records" => memory_remember,
     post "/memory/reindex" => memory_reindex,
     get "/runs" => list_runs,
@@ -59,6 +60,7 @@ routes! {
     embed,
     memory_search,
     memory_records,
+    memory_map,
     memory_remember,
     memory_reindex,
     list_runs,
@@ -735,4 +737,57 @@ async fn list_runs(telos: web::Data<Telos>, query: web::Query<RunsQuery>) -> Api
 #[utoipa::path(get, path = "/api/jobs", tag = "world", responses((status = 200, description = "Running jobs, oldest first", body = Vec<crate::progress::JobEvent>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn list_jobs(telos: web::Data<Telos>) -> ApiResult {
     Ok(HttpResponse::Ok().json(telos.jobs.list()))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct MapQuery {
+    /// The newest this many records (default 1000, at most 5000).
+    limit: Option<u64>,
+}
+
+/// One memory on the map.
+#[derive(Serialize, utoipa::ToSchema)]
+struct MapPoint {
+    id: u64,
+    x: f32,
+    y: f32,
+    kind: crate::memory::MemoryKind,
+    owner: String,
+    selector: String,
+    /// The start of the record's text.
+    text: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct MemoryMap {
+    points: Vec<MapPoint>,
+    /// The share of the vectors' variance each axis shows.
+    explained: [f32; 2],
+}
+
+/// `GET /api/memory/map?limit=`: the newest records as points in 2-D (their vectors' first two
+/// principal components): memories near in meaning are near on the map.
+#[utoipa::path(get, path = "/api/memory/map", tag = "memory", params(MapQuery), responses((status = 200, body = MemoryMap), (status = "default", description = "An error", body = super::error::ErrorBody)))]
+async fn memory_map(telos: web::Data<Telos>, query: web::Query<MapQuery>) -> ApiResult {
+    let limit = query.limit.unwrap_or(1000).min(5000);
+    let rows = telos.world.store().memory_with_vectors(limit).await?;
+    let (rows, vectors): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+    let (points, explained) = web::block(move || crate::memory::map::project(&vectors))
+        .await
+        .map_err(crate::error::TelosError::internal)?;
+    let points = rows
+        .into_iter()
+        .zip(points)
+        .map(|(r, [x, y])| MapPoint {
+            id: r.key,
+            x,
+            y,
+            kind: r.kind,
+            owner: r.owner,
+            selector: r.selector,
+            text: r.text.chars().take(160).collect(),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(MemoryMap { points, explained }))
 }

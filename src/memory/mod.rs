@@ -4,6 +4,7 @@
 
 pub mod chunker;
 pub mod index;
+pub mod map;
 pub mod records;
 
 use serde::{Deserialize, Serialize};

@@ -207,6 +207,32 @@ impl Store {
         rows_to_records(rows)
     }
 
+    /// The newest `limit` records with their vectors (the memory map), newest first.
+    pub async fn memory_with_vectors(&self, limit: u64) -> Result<Vec<(Record, Vec<f32>)>> {
+        let rows = self
+            .run(move |db| async move {
+                let mut res = db
+                    .query(format!(
+                        "SELECT {LIST_FIELDS}, vector FROM memory ORDER BY key DESC LIMIT $limit"
+                    ))
+                    .bind(("limit", limit as i64))
+                    .await?;
+                res.take::<Vec<Json>>(0).map_err(StoreError::from)
+            })
+            .await??;
+        rows.into_iter()
+            .map(|mut row| {
+                let vector = vector_of(&row);
+                if let Some(r) = row.as_object_mut() {
+                    r.remove("vector");
+                }
+                let record = serde_json::from_value(row)
+                    .map_err(StoreError::malformed("a memory record"))?;
+                Ok((record, vector))
+            })
+            .collect()
+    }
+
     /// One page of records, newest first, optionally of one owner; and the total count.
     pub async fn memory_page(
         &self,

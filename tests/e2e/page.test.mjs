@@ -11,6 +11,16 @@ import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
+import { createRequire } from "node:module";
+
+const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
+/** Runs axe-core in the page; fails on serious or critical violations. */
+async function accessible(page, view) {
+  await page.addScriptTag({ path: axePath });
+  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  assert.deepEqual(bad.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`), [], `accessibility of the ${view} view`);
+}
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const bin = process.env.TELOS_BIN || join(process.env.CARGO_TARGET_DIR || join(root, "target"), "debug/telos");
@@ -106,6 +116,7 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     mkdirSync(shots, { recursive: true });
     await page.screenshot({ path: join(shots, "chat-after-kernel-run.png"), fullPage: true });
 
+    await accessible(page, "chat");
     // The inspector shows the slot and the learned method with its provenance.
     await page.click("nav button[data-view=inspector]");
     await page.click(`#obj-list button[data-oid="${oid}"]`);
@@ -116,8 +127,40 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     await method.locator("details summary", { hasText: "provenance" }).waitFor();
     assert.match(await method.textContent(), /kernel/);
     await page.screenshot({ path: join(shots, "inspector.png"), fullPage: true });
+    await accessible(page, "inspector");
+    // Edit a slot in place.
+    await page.click("#slots tr[data-slot=width] button[aria-label='edit width']");
+    await page.fill("#slots tr[data-slot=width] input[aria-label='value of width']", "5");
+    await page.click("#slots tr[data-slot=width] form button");
+    await page.locator("#slots tr[data-slot=width] td.value", { hasText: "5" }).waitFor();
+    await fetch(`${server.base}/api/objects/${oid}/slots/width`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify({ value: 3 }) });
+    await page.locator("#slots tr[data-slot=width] td.value", { hasText: "3" }).waitFor();
+    // Roll a method back: a second version, then the button restores the first.
+    const put = (body) => fetch(`${server.base}/api/objects/${oid}/slots/double`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    await put({ method: "function double(self, x) { return 2 * x; }" });
+    await put({ method: "function double(self, x) { return x + x + 0; }" });
+    const dbl = page.locator("details[data-method=double]");
+    await dbl.waitFor();
+    await dbl.locator("summary").click();
+    await dbl.locator("button", { hasText: "Roll back" }).click();
+    await page.locator("details[data-method=double] pre", { hasText: "2 * x" }).first().waitFor();
+    // Delete an object, with the confirmation.
+    const doomed = await fetch(`${server.base}/api/objects/genesis_obj/clone`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ slots: { name: "doomed" } }) }).then((r) => r.json());
+    await page.click("nav button[data-view=chat]");
+    await page.click("nav button[data-view=inspector]");
+    await page.click(`#obj-list button[data-oid="${doomed.oid}"]`);
+    await page.locator("#obj-detail h2 .mono", { hasText: doomed.oid }).waitFor();
+    page.once("dialog", (d) => d.accept());
+    await page.click("#delete-btn");
+    await page.locator("#obj-detail", { hasText: "Deleted " + doomed.oid }).waitFor();
+    assert.equal((await fetch(`${server.base}/api/objects/${doomed.oid}`)).status, 404);
 
     // Memory: the learned method is found by meaning, with its distance and owner.
+    const notes = ["the perimeter of a square is four times its side", "a circle's area is pi r squared",
+      "Ada Lovelace wrote the first program", "Grace Hopper built the first compiler", "tea is brewed with hot water"];
+    const remembered = await fetch(`${server.base}/api/memory/records`, { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ items: notes.map((text) => ({ text })) }) });
+    assert.equal(remembered.status, 201);
     await page.click("nav button[data-view=memory]");
     await page.locator("#mem-stats", { hasText: "memories" }).waitFor();
     await page.fill("#mem-q", "area of a rectangle");
@@ -126,6 +169,14 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     await hit.waitFor();
     assert.match(await hit.textContent(), /distance 0\.\d{3}/);
     assert.match(await hit.textContent(), new RegExp(oid));
+    // The memory map: the learned method is a point; a click on it opens its owner.
+    const point = page.locator(`#mem-map circle.pt[data-owner="${oid}"]`).first();
+    await point.waitFor();
+    assert.equal(await page.locator("#mem-map circle.pt").count(), notes.length + 1);
+    await accessible(page, "memory");
+    await page.screenshot({ path: join(shots, "memory-map.png"), fullPage: true });
+    await point.click();
+    await page.locator("#obj-detail h2 .mono", { hasText: oid }).waitFor();
 
     // Admin: health, the personas and their backends.
     await page.click("nav button[data-view=admin]");
@@ -142,6 +193,7 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     await page.locator("#jobs .job.done[data-kind=verify]").waitFor({ timeout: 60_000 });
     await page.locator("#backups tbody tr td", { hasText: /^ok/ }).first().waitFor({ timeout: 60_000 });
     await page.screenshot({ path: join(shots, "admin.png"), fullPage: true });
+    await accessible(page, "admin");
 
     // Restart the server on the same port: the page reconnects by itself.
     const port = new URL(server.base).port;
