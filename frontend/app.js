@@ -506,7 +506,14 @@ async function loadAdmin() {
     const ps = await api("GET", "/personas");
     $("#personas tbody").replaceChildren(...ps.map((p) => el("tr", {}, el("td", {}, p.name), el("td", {}, p.backend), el("td", { class: "mono" }, p.model || "—"),
       el("td", {}, p.loaded ? "yes" : "no"), el("td", {}, p.answers),
-      el("td", {}, p.loaded ? el("button", { onclick: async () => { await api("POST", "/personas/" + p.name + "/unload", {}); loadAdmin(); } }, "Unload") : ""))));
+      el("td", {}, el("button", { class: "unload", "aria-label": "unload " + p.name, onclick: async (e) => {
+        const status = e.target.nextSibling;
+        try {
+          const r = await api("POST", "/personas/" + encodeURIComponent(p.name) + "/unload", {});
+          status.textContent = r.unloaded ? " unloaded" : " nothing loaded";
+          if (r.unloaded) loadAdmin();
+        } catch (err) { status.textContent = " " + err.message; }
+      } }, "Unload"), el("span", { class: "muted", role: "status" })))));
   } catch (e) { $("#personas tbody").replaceChildren(el("tr", {}, el("td", { class: "answer err" }, e.message))); }
   try {
     const bs = await api("GET", "/backups");

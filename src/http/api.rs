@@ -481,6 +481,22 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
         ));
     }
+    for (name, help, value) in [
+        (
+            "telos_approvals_pending",
+            "Generated methods waiting for a person's approval.",
+            telos.approvals.pending().len(),
+        ),
+        (
+            "telos_jobs_running",
+            "Long jobs running (backups, verifications, reindexing).",
+            telos.jobs.list().len(),
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    }
     out.push_str(&format!(
         "# HELP telos_commit_log_pending Commit-log records not yet checkpointed.\n# TYPE telos_commit_log_pending gauge\ntelos_commit_log_pending {}\n",
         commits.log_pending

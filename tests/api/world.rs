@@ -1078,6 +1078,8 @@ async fn metrics_count_messages_by_outcome_and_time_them_in_a_histogram() {
         "# TYPE telos_ws_connections gauge",
         "# TYPE telos_script_queue_depth gauge",
         "# TYPE telos_objects gauge",
+        "# TYPE telos_approvals_pending gauge",
+        "# TYPE telos_jobs_running gauge",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }

@@ -183,6 +183,9 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     await page.locator("#personas tbody tr", { hasText: "BRICK" }).waitFor();
     assert.match(await page.locator("#personas tbody").textContent(), /scripted/);
     await page.locator("#health dd", { hasText: "ok" }).first().waitFor();
+    // Unloading a persona whose model is not loaded (scripted) says so.
+    await page.click("#personas button[aria-label='unload BRICK']");
+    await page.locator("#personas tr", { hasText: "BRICK" }).locator("[role=status]", { hasText: "nothing loaded" }).waitFor();
     // A full backup from the Admin view: its progress bar comes and ends done; then verify it.
     await page.click("#backup-full");
     await page.locator("#jobs .job.done[data-kind=backup]").waitFor({ timeout: 60_000 });
