@@ -189,9 +189,23 @@ pub fn brick(
             .map(|i| format!(", {}", param_name(i)))
             .collect::<String>()
     ));
-    if !past.is_empty() {
+    // A person's rejection (the approve stage) is a requirement, not a mistake to avoid: it
+    // comes first and is worded as one.
+    let (asked, failed): (Vec<&PastFailure>, Vec<&PastFailure>) =
+        past.iter().partition(|f| f.stage == "approve");
+    if !asked.is_empty() {
+        u.push_str("\nThe person who approves methods in this world rejected earlier versions. Do what they ask:\n");
+        for f in &asked {
+            let request = f
+                .reason
+                .split_once(": ")
+                .map_or(f.reason.as_str(), |(_, r)| r);
+            u.push_str(&format!("- {}\n", short(request, 300)));
+        }
+    }
+    if !failed.is_empty() {
         u.push_str("\nEarlier attempts at this message failed; do not repeat these mistakes:\n");
-        for f in past {
+        for f in failed {
             u.push_str(&format!(
                 "- at the {} stage: {}\n",
                 f.stage,
@@ -361,6 +375,25 @@ mod tests {
             args: vec![json!(2)],
             approval: None,
         }
+    }
+
+    #[test]
+    fn a_persons_rejection_reaches_brick_as_a_request() {
+        let past = [
+            PastFailure {
+                stage: "approve".into(),
+                reason: "ada rejected the method: name the result".into(),
+            },
+            PastFailure {
+                stage: "trial".into(),
+                reason: "returned NaN".into(),
+            },
+        ];
+        let u = &brick(&ctx(), &[], &past, None)[1].content;
+        let asked = u.find("Do what they ask:\n- name the result\n").expect(u);
+        let failed = u.find("- at the trial stage: returned NaN").expect(u);
+        assert!(asked < failed, "{u}");
+        assert!(!u.contains("at the approve stage"), "{u}");
     }
 
     #[test]
