@@ -90,6 +90,7 @@ impl Telos {
                 settings: settings.clone(),
                 stages: stages.clone(),
                 approvals: approvals.clone(),
+                slot: Default::default(),
             })
             .start()
             .recipient()

@@ -68,8 +68,8 @@ pub struct Settings {
     /// Repair rounds after a failed review or trial.
     pub kernel_repair_rounds: usize,
     /// `never`: generated methods are installed once review and trial pass; `ask`: each waits
-    /// for a person to approve it (page, `telos approve`, REST). An object's `kernel_approval`
-    /// slot (along its chain) overrides this for its messages.
+    /// for a person to approve it (page, `telos approve`, REST). A `kernel_approval` slot along
+    /// an object's chain can ask for its messages where this says `never`, never the reverse.
     pub kernel_approval: crate::kernel::approval::Approval,
     /// How long a method waits for approval before it counts as rejected, seconds.
     pub kernel_approval_timeout_secs: u64,

@@ -121,7 +121,10 @@ async fn learn_one(
 ) -> Result<KernelRun, TelosError> {
     let em = Emitter::new(&miss, deps.stages.clone(), progress);
     let cfg = Config::from_settings(&deps.settings);
-    let learning: Learning = pipeline::run_recorded(&deps, &cfg, &miss, &em).await?;
+    let learning = pipeline::run_recorded(&deps, &cfg, &miss, &em).await;
+    // The learn stage runs after the answer, outside the kernel's concurrent runs.
+    deps.slot.release();
+    let learning: Learning = learning?;
     let answered = Arc::new(tokio::sync::Notify::new());
     let (wait, emitter) = (answered.clone(), em.clone());
     // The person gets the answer first; remembering happens right after it.
@@ -173,7 +176,13 @@ impl Handler<Understand> for GenerativeKernel {
                     // A guard, not a hope: whatever happens in the run (an error, a panic in a
                     // stage), every waiter gets an answer and the object is released.
                     let run = async {
-                        let _permit = permits.acquire_owned().await;
+                        let permit = permits.clone().acquire_owned().await.ok();
+                        // The run holds its permit through the slot, which gives it up while
+                        // a person decides (see `RunSlot`).
+                        let deps = KernelDeps {
+                            slot: super::kernel_deps::RunSlot::new(permits, permit),
+                            ..deps
+                        };
                         learn_one(deps, msg.miss, msg.progress).await
                     };
                     let result = match AssertUnwindSafe(run).catch_unwind().await {

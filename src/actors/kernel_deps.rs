@@ -35,6 +35,37 @@ pub struct KernelDeps {
     pub stages: broadcast::Sender<StageEvent>,
     /// Runs waiting for a person (`kernel_approval = "ask"`).
     pub approvals: crate::kernel::approval::Approvals,
+    /// This run's place among the kernel's concurrent runs (set per run by the kernel).
+    pub slot: RunSlot,
+}
+
+/// A run's permit among `kernel_concurrent_runs`: given up while the run waits for a person,
+/// so one unanswered approval does not stop every other miss from being learned.
+#[derive(Clone, Default)]
+pub struct RunSlot {
+    permits: Option<Arc<tokio::sync::Semaphore>>,
+    held: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+}
+
+impl RunSlot {
+    pub fn new(
+        permits: Arc<tokio::sync::Semaphore>,
+        held: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> RunSlot {
+        RunSlot {
+            permits: Some(permits),
+            held: Arc::new(std::sync::Mutex::new(held)),
+        }
+    }
+
+    /// Gives the permit up for good (the run's stages up to install are over).
+    pub fn release(&self) {
+        drop(self.held().take());
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<tokio::sync::OwnedSemaphorePermit>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Approver for KernelDeps {
@@ -43,8 +74,16 @@ impl Approver for KernelDeps {
         request: crate::kernel::approval::Request,
         timeout: std::time::Duration,
     ) -> impl Future<Output = crate::kernel::approval::Outcome> + Send {
-        let approvals = self.approvals.clone();
-        async move { approvals.ask(request, timeout).await }
+        let (approvals, slot) = (self.approvals.clone(), self.slot.clone());
+        async move {
+            slot.release();
+            let outcome = approvals.ask(request, timeout).await;
+            if let Some(permits) = &slot.permits {
+                let permit = permits.clone().acquire_owned().await.ok();
+                *slot.held() = permit;
+            }
+            outcome
+        }
     }
 }
 

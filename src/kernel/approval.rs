@@ -23,8 +23,9 @@ pub enum Approval {
     Ask,
 }
 
-/// The slot that overrides `kernel_approval` for an object and its descendants: `"ask"` or
-/// `"never"`, found along the receiver's chain like any slot.
+/// The slot that asks for approval for an object and its descendants where the server does not:
+/// anything but `"never"` asks (found along the receiver's chain like any slot). It cannot
+/// waive a server's `ask`: any message may write it.
 pub const APPROVAL_SLOT: &str = "kernel_approval";
 
 /// What a person is asked to approve.

@@ -842,8 +842,8 @@ pub async fn install<S: Sandbox>(
     Ok(())
 }
 
-/// Approve, when asked for (`kernel_approval = "ask"` or the receiver's `kernel_approval`
-/// slot): a person sees the method, ALFRED's review and the trial's answer, and approves or
+/// Approve, when asked for (`kernel_approval = "ask"`, or a `kernel_approval` slot saying so
+/// along the receiver's chain, which can only ask, never waive): a person sees the method, ALFRED's review and the trial's answer, and approves or
 /// rejects it; nobody answering within the timeout rejects it. Answers who approved and when
 /// (for the provenance), or `None` when no approval was needed.
 pub async fn approve<A: Approver>(
@@ -855,9 +855,11 @@ pub async fn approve<A: Approver>(
     timings: &mut Timings,
     em: &Emitter,
 ) -> Result<Option<Json>, TelosError> {
-    let asked = match ctx.approval {
-        Some(per_object) => per_object,
-        None => cfg.approval,
+    // The receiver's slot can only ask where the server would not: any message could write
+    // the slot, so it must never switch a server's `ask` off.
+    let asked = match (cfg.approval, ctx.approval) {
+        (Approval::Ask, _) | (_, Some(Approval::Ask)) => Approval::Ask,
+        _ => Approval::Never,
     };
     if asked == Approval::Never {
         return Ok(None);

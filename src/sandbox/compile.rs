@@ -110,12 +110,16 @@ pub(super) fn compile_error(file: &str, err: CaughtError<'_>) -> TelosError {
     }
 }
 
-/// `text` holds nothing but whitespace and comments.
+/// `text` holds nothing but whitespace and comments. A line comment ends at any of
+/// JavaScript's line terminators (`\n`, `\r`, U+2028, U+2029), as QuickJS ends it: ending it
+/// only at `\n` would take code after a `\r` for comment.
 fn only_comments(text: &str) -> bool {
     let mut rest = text.trim_start();
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix("//") {
-            rest = after.split_once('\n').map_or("", |(_, r)| r);
+            rest = after
+                .split_once(['\n', '\r', '\u{2028}', '\u{2029}'])
+                .map_or("", |(_, r)| r);
         } else if let Some(after) = rest.strip_prefix("/*") {
             match after.split_once("*/") {
                 Some((_, r)) => rest = r,
@@ -151,6 +155,11 @@ mod tests {
         assert!(!only_comments("/* open"));
         assert!(!only_comments("(() => { let r; return "));
         assert!(!only_comments(")()"));
+        // Code after any line terminator is code, not the comment's rest.
+        for end in ["\r", "\u{2028}", "\u{2029}", "\r\n"] {
+            assert!(!only_comments(&format!("//{end}(function(){{")), "{end:?}");
+            assert!(only_comments(&format!("// note{end}")), "{end:?}");
+        }
     }
 
     #[test]

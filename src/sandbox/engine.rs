@@ -606,6 +606,23 @@ mod tests {
             }
             other => panic!("expected the source to be refused, got {other:?}"),
         }
+        // Nor can a line terminator JavaScript honours (and `\n` alone would not) hide one.
+        for end in ["\r", "\u{2028}", "\u{2029}"] {
+            let source = format!(
+                "//{end}(function(){{let n=0;return function g(self){{return ++n}}//{end}}})()"
+            );
+            let refused = e.run(
+                &a,
+                &Op::SetMethod {
+                    name: "g".into(),
+                    source,
+                },
+            );
+            assert!(
+                matches!(&refused, Outcome::Failed { error, .. } if error.to_string().contains("must be a function expression")),
+                "{end:?}: {refused:?}"
+            );
+        }
         // Comments around a function are fine.
         method(
             &e,

@@ -599,15 +599,37 @@ async fn with_approval_a_person_decides_and_a_rejection_reason_reaches_brick() {
     let (_, method) = app.get(&format!("/api/objects/{rect}/methods/area")).await;
     assert_eq!(method["provenance"]["approved"]["by"], "ada", "{method}");
 
-    // An object whose chain says `kernel_approval: "never"` learns without asking.
-    let trusted = app
+    // A slot saying `kernel_approval: "never"` cannot waive the server's `ask` (any message can
+    // write a slot): the method still waits for a person.
+    let waiver = app
         .clone_obj(
             "genesis_obj",
             json!({"width": 2, "height": 5, "kernel_approval": "never"}),
         )
         .await;
-    let (status, body) = app.send(&trusted, "area", json!([2, 5])).await;
-    assert_eq!((status, &body["value"]), (200, &json!(10)), "{body}");
+    // And a run waiting for a person gives up its kernel slot (one by default): a second
+    // object's miss reaches its own approval meanwhile.
+    let other = rectangle(&app).await;
+    let approve = async {
+        let pending = loop {
+            let (_, pending) = app.get("/api/approvals").await;
+            if pending.as_array().unwrap().len() == 2 {
+                break pending;
+            }
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        for asked in pending.as_array().unwrap() {
+            let run = asked["run"].as_str().unwrap();
+            let (s, _) = app.post(&format!("/api/runs/{run}/approve"), json!({})).await;
+            assert_eq!(s, 200);
+        }
+    };
+    let (a, b, ()) = futures_util::join!(
+        app.send(&waiver, "area", json!([2, 5])),
+        app.send(&other, "area", json!([3, 4])),
+        approve
+    );
+    assert_eq!((&a.1["value"], &b.1["value"]), (&json!(10), &json!(12)), "{a:?} {b:?}");
     std::mem::forget(dir);
 }
 
@@ -707,13 +729,18 @@ async fn an_unanswered_approval_times_out_to_a_rejection() {
     lines.extend(helpers());
     let dir = tempfile::tempdir().unwrap();
     let path = script(dir.path(), &lines);
+    // The server does not ask; the object's chain does (a slot can ask, never waive).
     let app = spawn_app_with(move |s| {
         s.scripted_personas = path.display().to_string();
-        s.kernel_approval = telos::kernel::approval::Approval::Ask;
         s.kernel_approval_timeout_secs = 1;
     })
     .await;
-    let rect = rectangle(&app).await;
+    let careful = app
+        .clone_obj("genesis_obj", json!({"name": "careful", "kernel_approval": "ask"}))
+        .await;
+    let rect = app
+        .clone_obj(&careful, json!({"name": "rectangle", "width": 3, "height": 4}))
+        .await;
     let (status, body) = app.send(&rect, "area", json!([3, 4])).await;
     assert_eq!((status, &body["stage"]), (422, &json!("approve")), "{body}");
     assert!(
