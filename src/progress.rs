@@ -104,8 +104,20 @@ impl Jobs {
             event: Mutex::new((event, None)),
             jobs: self.clone(),
         }));
-        let result = CURRENT.scope(job.clone(), work).await;
-        job.end(if result.is_ok() { "done" } else { "failed" });
+        // Ends the job `failed` if `work` never finishes (its caller went away, or it panicked).
+        struct Ending(Option<Job>);
+        impl Drop for Ending {
+            fn drop(&mut self) {
+                if let Some(job) = self.0.take() {
+                    job.end("failed");
+                }
+            }
+        }
+        let mut ending = Ending(Some(job.clone()));
+        let result = CURRENT.scope(job, work).await;
+        if let Some(job) = ending.0.take() {
+            job.end(if result.is_ok() { "done" } else { "failed" });
+        }
         result
     }
 }
@@ -189,5 +201,15 @@ mod tests {
         assert!(failed.is_err());
         let last = std::iter::from_fn(|| feed.try_recv().ok()).last().unwrap();
         assert_eq!(last.state, "failed");
+        // A job whose caller goes away (its future dropped) ends failed, not running forever.
+        let never = jobs.run::<(), ()>("reindex", "memory_manager", std::future::pending());
+        let gone = tokio::time::timeout(Duration::from_millis(1), never).await;
+        assert!(gone.is_err());
+        assert!(jobs.list().is_empty());
+        let last = std::iter::from_fn(|| feed.try_recv().ok()).last().unwrap();
+        assert_eq!(
+            (last.kind.as_str(), last.state.as_str()),
+            ("reindex", "failed")
+        );
     }
 }

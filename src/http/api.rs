@@ -786,6 +786,13 @@ struct MemoryMap {
 /// principal components): memories near in meaning are near on the map.
 #[utoipa::path(get, path = "/api/memory/map", tag = "memory", params(MapQuery), responses((status = 200, body = MemoryMap), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn memory_map(telos: web::Data<Telos>, query: web::Query<MapQuery>) -> ApiResult {
+    // One projection at a time (each reads up to 5,000 vectors and iterates over them): many
+    // pages asking at once wait instead of taking every core.
+    static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _turn = ONE_AT_A_TIME
+        .acquire()
+        .await
+        .map_err(crate::error::TelosError::internal)?;
     let limit = query.limit.unwrap_or(1000).min(5000);
     let rows = telos.world.store().memory_with_vectors(limit).await?;
     let (rows, vectors): (Vec<_>, Vec<_>) = rows.into_iter().unzip();

@@ -85,9 +85,15 @@ impl Approvals {
         let (tx, rx) = oneshot::channel();
         self.pending_map()
             .insert(run.clone(), Pending { request, reply: tx });
+        // Gone whatever happens (decided, timed out, or the run dropped while it waits).
+        struct Forget<'a>(&'a Approvals, String);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.pending_map().remove(&self.1);
+            }
+        }
+        let _forget = Forget(self, run);
         let decided = tokio::time::timeout(timeout, rx).await;
-        // Gone whatever happened (decided, timed out, or the run was dropped meanwhile).
-        self.pending_map().remove(&run);
         match decided {
             Ok(Ok(Decision::Approve { by })) => Outcome::Approved {
                 by,

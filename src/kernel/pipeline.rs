@@ -898,7 +898,7 @@ pub async fn approve<A: Approver>(
             format!("{by} rejected the method (no reason given)")
         }
         approval::Outcome::Rejected { by, reason } => {
-            format!("{by} rejected the method: {}", reason.trim())
+            format!("{by}{}{}", prompts::REJECTED, reason.trim())
         }
         approval::Outcome::TimedOut => format!(
             "nobody approved the method within {} s, so it was rejected",

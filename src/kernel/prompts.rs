@@ -134,6 +134,9 @@ pub struct PastFailure {
     pub reason: String,
 }
 
+/// What a rejection's reason follows in a recorded attempt (see `pipeline::approve`).
+pub const REJECTED: &str = " rejected the method: ";
+
 /// BRICK's task: write the method. The fixed instructions come first, then what this world
 /// remembers, then the receiver, then the message, then (in a repair) what went wrong.
 pub fn brick(
@@ -191,16 +194,22 @@ pub fn brick(
     ));
     // A person's rejection (the approve stage) is a requirement, not a mistake to avoid: it
     // comes first and is worded as one.
-    let (asked, failed): (Vec<&PastFailure>, Vec<&PastFailure>) =
+    // Only rejections with a reason ask something: a timeout or a bare rejection says nothing
+    // about the code, and is left out.
+    let (approvals, failed): (Vec<&PastFailure>, Vec<&PastFailure>) =
         past.iter().partition(|f| f.stage == "approve");
+    let asked: Vec<&str> = approvals
+        .iter()
+        .filter_map(|f| f.reason.split_once(REJECTED).map(|(_, r)| r.trim()))
+        .filter(|r| !r.is_empty())
+        .collect();
     if !asked.is_empty() {
         u.push_str("\nThe person who approves methods in this world rejected earlier versions. Do what they ask:\n");
-        for f in &asked {
-            let request = f
-                .reason
-                .split_once(": ")
-                .map_or(f.reason.as_str(), |(_, r)| r);
-            u.push_str(&format!("- {}\n", short(request, 300)));
+        for request in asked {
+            u.push_str(&format!(
+                "- {}\n",
+                short(&request.replace(['\r', '\n'], " "), 300)
+            ));
         }
     }
     if !failed.is_empty() {
@@ -388,8 +397,13 @@ mod tests {
                 stage: "trial".into(),
                 reason: "returned NaN".into(),
             },
+            PastFailure {
+                stage: "approve".into(),
+                reason: "nobody approved the method within 600 s, so it was rejected".into(),
+            },
         ];
         let u = &brick(&ctx(), &[], &past, None)[1].content;
+        assert!(!u.contains("nobody approved"), "{u}");
         let asked = u.find("Do what they ask:\n- name the result\n").expect(u);
         let failed = u.find("- at the trial stage: returned NaN").expect(u);
         assert!(asked < failed, "{u}");

@@ -29,6 +29,8 @@ pub struct Remote {
     ca_file: String,
 }
 
+/// The largest answer read from a model server.
+const MAX_ANSWER: usize = 16 << 20;
 /// Tries per request (the first and two retries) and the pause before each retry.
 const TRIES: u32 = 3;
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
@@ -179,25 +181,39 @@ impl Backend for Remote {
                     if e.is_timeout() {
                         anyhow!("the model server did not answer within llm_timeout_secs")
                     } else {
-                        anyhow!("cannot reach the model server: {}", error_chain(&e))
+                        // Without the URL (it may carry credentials): the cause only.
+                        anyhow!(
+                            "cannot reach the model server: {}",
+                            error_chain(&e.without_url())
+                        )
                     }
                 })?;
                 let status = resp.status();
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .context("reading the model server's answer")?;
-                if bytes.len() > 16 << 20 {
-                    bail!("the model server's answer is larger than 16 MiB");
+                // Read at most MAX_ANSWER bytes, whatever the server sends.
+                let mut resp = resp;
+                let mut bytes = Vec::new();
+                while let Some(chunk) = resp.chunk().await.map_err(|e| {
+                    anyhow!(
+                        "reading the model server's answer: {}",
+                        error_chain(&e.without_url())
+                    )
+                })? {
+                    if bytes.len() + chunk.len() > MAX_ANSWER {
+                        bail!("the model server's answer is larger than 16 MiB");
+                    }
+                    bytes.extend_from_slice(&chunk);
                 }
                 return Ok::<_, anyhow::Error>((status, bytes));
             }
         })?;
         if !status.is_success() {
-            bail!(
-                "the model server answered {status}: {}",
-                String::from_utf8_lossy(&answer)
-            );
+            // The server's own words, shortened (they reach the person and the attempt log), with
+            // the key masked should a proxy echo it.
+            let mut words: String = String::from_utf8_lossy(&answer).chars().take(512).collect();
+            if !self.api_key.is_empty() {
+                words = words.replace(&self.api_key, "***");
+            }
+            bail!("the model server answered {status}: {words}");
         }
         let body: Json = serde_json::from_slice(&answer).context("the answer is not JSON")?;
         parse_answer(self.dialect, &body)

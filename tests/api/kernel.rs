@@ -620,7 +620,9 @@ async fn with_approval_a_person_decides_and_a_rejection_reason_reaches_brick() {
         };
         for asked in pending.as_array().unwrap() {
             let run = asked["run"].as_str().unwrap();
-            let (s, _) = app.post(&format!("/api/runs/{run}/approve"), json!({})).await;
+            let (s, _) = app
+                .post(&format!("/api/runs/{run}/approve"), json!({}))
+                .await;
             assert_eq!(s, 200);
         }
     };
@@ -629,7 +631,11 @@ async fn with_approval_a_person_decides_and_a_rejection_reason_reaches_brick() {
         app.send(&other, "area", json!([3, 4])),
         approve
     );
-    assert_eq!((&a.1["value"], &b.1["value"]), (&json!(10), &json!(12)), "{a:?} {b:?}");
+    assert_eq!(
+        (&a.1["value"], &b.1["value"]),
+        (&json!(10), &json!(12)),
+        "{a:?} {b:?}"
+    );
     std::mem::forget(dir);
 }
 
@@ -736,10 +742,16 @@ async fn an_unanswered_approval_times_out_to_a_rejection() {
     })
     .await;
     let careful = app
-        .clone_obj("genesis_obj", json!({"name": "careful", "kernel_approval": "ask"}))
+        .clone_obj(
+            "genesis_obj",
+            json!({"name": "careful", "kernel_approval": "ask"}),
+        )
         .await;
     let rect = app
-        .clone_obj(&careful, json!({"name": "rectangle", "width": 3, "height": 4}))
+        .clone_obj(
+            &careful,
+            json!({"name": "rectangle", "width": 3, "height": 4}),
+        )
         .await;
     let (status, body) = app.send(&rect, "area", json!([3, 4])).await;
     assert_eq!((status, &body["stage"]), (422, &json!("approve")), "{body}");
