@@ -32,6 +32,13 @@ pub struct Failure {
     pub at: i64,
 }
 
+/// Rows of the `attempt` table as `T`.
+fn attempt_rows<T: serde::de::DeserializeOwned>(rows: Vec<Json>) -> Result<Vec<T>> {
+    rows.into_iter()
+        .map(|r| serde_json::from_value(r).map_err(StoreError::malformed("an attempt row")))
+        .collect()
+}
+
 impl Store {
     /// Records one kernel run (learned or failed).
     pub async fn record_attempt(&self, attempt: Attempt) -> Result<()> {
@@ -57,10 +64,7 @@ impl Store {
                 )
                 .bind(("n", limit))
                 .await?;
-            let rows = res.take::<Vec<Json>>(0)?;
-            rows.into_iter()
-                .map(|r| serde_json::from_value(r).map_err(StoreError::malformed("an attempt row")))
-                .collect()
+            attempt_rows(res.take::<Vec<Json>>(0)?)
         })
         .await?
     }
@@ -85,10 +89,7 @@ impl Store {
                 .bind(("s", selector))
                 .bind(("since", since))
                 .await?;
-            let rows = res.take::<Vec<Json>>(0)?;
-            rows.into_iter()
-                .map(|r| serde_json::from_value(r).map_err(StoreError::malformed("an attempt row")))
-                .collect()
+            attempt_rows(res.take::<Vec<Json>>(0)?)
         })
         .await?
     }

@@ -39,12 +39,20 @@ fn helpers() -> Vec<String> {
 }
 
 async fn kernel_app(lines: Vec<String>, repair_rounds: usize) -> TestApp {
+    kernel_app_with(lines, move |s| {
+        s.kernel_repair_rounds = repair_rounds;
+        s.wall_time_ms = 500;
+    })
+    .await
+}
+
+/// A server whose personas follow `lines`, with `tweak` applied to its settings.
+async fn kernel_app_with(lines: Vec<String>, tweak: impl FnOnce(&mut telos::Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let path = script(dir.path(), &lines);
     let app = spawn_app_with(move |s| {
         s.scripted_personas = path.display().to_string();
-        s.kernel_repair_rounds = repair_rounds;
-        s.wall_time_ms = 500;
+        tweak(s);
     })
     .await;
     // The script file lives as long as the test.
@@ -534,10 +542,7 @@ async fn with_approval_a_person_decides_and_a_rejection_reason_reaches_brick() {
         line("BRICK", ".", GOOD_AREA),
     ];
     lines.extend(helpers());
-    let dir = tempfile::tempdir().unwrap();
-    let path = script(dir.path(), &lines);
-    let app = spawn_app_with(move |s| {
-        s.scripted_personas = path.display().to_string();
+    let app = kernel_app_with(lines, |s| {
         s.kernel_repair_rounds = 0;
         s.kernel_approval = telos::kernel::approval::Approval::Ask;
     })
@@ -636,7 +641,6 @@ async fn with_approval_a_person_decides_and_a_rejection_reason_reaches_brick() {
         (&json!(10), &json!(12)),
         "{a:?} {b:?}"
     );
-    std::mem::forget(dir);
 }
 
 /// Runs the `telos` CLI against `app`; answers (success, stdout, stderr).
@@ -656,10 +660,7 @@ async fn cli(app: &TestApp, args: &[&str]) -> (bool, String, String) {
 async fn the_cli_lists_shows_searches_runs_and_approves() {
     let mut lines = vec![line("BRICK", ".", GOOD_AREA)];
     lines.extend(helpers());
-    let dir = tempfile::tempdir().unwrap();
-    let path = script(dir.path(), &lines);
-    let app = spawn_app_with(move |s| {
-        s.scripted_personas = path.display().to_string();
+    let app = kernel_app_with(lines, |s| {
         s.kernel_approval = telos::kernel::approval::Approval::Ask;
     })
     .await;
@@ -726,21 +727,14 @@ async fn the_cli_lists_shows_searches_runs_and_approves() {
         completions.status.success() && out.contains("approve"),
         "{out}"
     );
-    std::mem::forget(dir);
 }
 
 #[actix_web::test]
 async fn an_unanswered_approval_times_out_to_a_rejection() {
     let mut lines = vec![line("BRICK", ".", GOOD_AREA)];
     lines.extend(helpers());
-    let dir = tempfile::tempdir().unwrap();
-    let path = script(dir.path(), &lines);
     // The server does not ask; the object's chain does (a slot can ask, never waive).
-    let app = spawn_app_with(move |s| {
-        s.scripted_personas = path.display().to_string();
-        s.kernel_approval_timeout_secs = 1;
-    })
-    .await;
+    let app = kernel_app_with(lines, |s| s.kernel_approval_timeout_secs = 1).await;
     let careful = app
         .clone_obj(
             "genesis_obj",
@@ -764,7 +758,6 @@ async fn an_unanswered_approval_times_out_to_a_rejection() {
     );
     let (_, pending) = app.get("/api/approvals").await;
     assert_eq!(pending, json!([]));
-    std::mem::forget(dir);
 }
 
 #[actix_web::test]
