@@ -201,7 +201,7 @@ async fn drive(load: Load) -> anyhow::Result<()> {
             .spawn(move || pace(start, end, every, schedules, late))
     });
     let pacing = pacing.transpose().context("starting the pacing thread")?;
-    for target in targets {
+    for (client, target) in targets.into_iter().enumerate() {
         let (counters, latencies) = (counters.clone(), latencies.clone());
         let mut pacer = pacers.remove(0);
         match load.mode {
@@ -235,8 +235,13 @@ async fn drive(load: Load) -> anyhow::Result<()> {
                 tasks.push(actix_web::rt::spawn(async move {
                     while let Some((i, at)) = pacer.tick().await {
                         // `writes` in every 100, evenly spread (50: alternating).
+                        // Counted from the client's own place, so that in each round of the
+                        // schedule (every client sends its i-th message) the writes are spread
+                        // over the clients; counting from `i` alone made every client write in
+                        // the same rounds, offering writes at twice the rate half the time.
                         let w = u64::from(writes);
-                        let frame = if i * w / 100 == (i + 1) * w / 100 {
+                        let j = i + client as u64;
+                        let frame = if j * w / 100 == (j + 1) * w / 100 {
                             json!({"type": "send", "id": i, "target": target, "selector": "n", "args": []})
                         } else {
                             json!({"type": "send", "id": i, "target": target, "selector": "n_", "args": [i]})
