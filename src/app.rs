@@ -50,7 +50,8 @@ impl Telos {
                 path,
             ))?),
         };
-        let persona_board = PersonaBoard::new(&settings);
+        let jobs = crate::progress::Jobs::default();
+        let persona_board = PersonaBoard::new(&settings).with_jobs(jobs.clone());
         let personas = start_sync(PersonaActor::new(
             &settings,
             scripted,
@@ -118,7 +119,7 @@ impl Telos {
             started: Instant::now(),
             backups: crate::backup::SummaryCache::default(),
             approvals,
-            jobs: crate::progress::Jobs::default(),
+            jobs,
         })
     }
 }

@@ -122,6 +122,55 @@ impl Jobs {
     }
 }
 
+/// A job run by blocking code ([`Jobs::begin`]): updated by hand, ended by
+/// [`Running::finish`], or `failed` when dropped unfinished.
+pub struct Running(Option<Job>);
+
+impl Running {
+    pub fn update(&self, phase: &str, done: u64, total: u64) {
+        if let Some(job) = &self.0 {
+            job.update(phase, done, total);
+        }
+    }
+
+    pub fn finish(mut self, ok: bool) {
+        if let Some(job) = self.0.take() {
+            job.end(if ok { "done" } else { "failed" });
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(job) = self.0.take() {
+            job.end("failed");
+        }
+    }
+}
+
+impl Jobs {
+    /// Starts a job of `kind` on `target` for blocking code (`""`: no object; its progress
+    /// goes to every connection, so keep such jobs rare: loading a model).
+    pub fn begin(&self, kind: &str, target: &str) -> Running {
+        let event = JobEvent {
+            id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            kind: kind.to_string(),
+            target: target.to_string(),
+            phase: "start".into(),
+            done: 0,
+            total: 0,
+            state: "running".into(),
+            started_at: chrono::Utc::now().to_rfc3339(),
+        };
+        self.running().insert(event.id.clone(), event.clone());
+        let _ = self.feed.send(event.clone());
+        Running(Some(Job(Arc::new(Inner {
+            event: Mutex::new((event, None)),
+            jobs: self.clone(),
+        }))))
+    }
+}
+
 impl Job {
     fn update(&self, phase: &str, done: u64, total: u64) {
         let mut guard = self.0.event.lock().unwrap_or_else(|p| p.into_inner());
@@ -211,5 +260,17 @@ mod tests {
             (last.kind.as_str(), last.state.as_str()),
             ("reindex", "failed")
         );
+        // Blocking code's jobs: updated by hand, finished, or failed when dropped.
+        let load = jobs.begin("load", "");
+        load.update("model", 50, 100);
+        assert_eq!(jobs.list()[0].done, 50);
+        load.finish(true);
+        drop(jobs.begin("load", ""));
+        let states: Vec<String> = std::iter::from_fn(|| feed.try_recv().ok())
+            .filter(|e| e.state != "running")
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(states, ["done", "failed"]);
+        assert!(jobs.list().is_empty());
     }
 }

@@ -144,6 +144,8 @@ pub struct PersonaBoard {
     torch_threads: i32,
     default_backend: BackendKind,
     budget_mib: u64,
+    /// Model loads run as jobs (their progress goes to every connection).
+    jobs: crate::progress::Jobs,
 }
 
 #[derive(Default)]
@@ -164,7 +166,14 @@ impl PersonaBoard {
             torch_threads: settings.torch_threads,
             default_backend: settings.persona_backend,
             budget_mib: settings.model_budget_mib,
+            jobs: crate::progress::Jobs::default(),
         }
+    }
+
+    /// Model loads report to `jobs` (the server's).
+    pub fn with_jobs(mut self, jobs: crate::progress::Jobs) -> PersonaBoard {
+        self.jobs = jobs;
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, BoardState> {
@@ -410,9 +419,19 @@ impl PersonaActor {
                 tracing::info!(model = %oldest.display(), "unloading a model to stay within the budget");
                 self.loaded.remove(&oldest);
             }
+            let running = std::rc::Rc::new(self.board.jobs.begin("load", ""));
+            let report = running.clone();
+            let model = LocalModel::load_reporting(
+                &path,
+                self.settings.llm_threads,
+                self.settings.llm_context,
+                move |p| report.update("model", (p * 100.0) as u64, 100),
+            );
+            if let Ok(running) = std::rc::Rc::try_unwrap(running) {
+                running.finish(model.is_ok());
+            }
             let model =
-                LocalModel::load(&path, self.settings.llm_threads, self.settings.llm_context)
-                    .map_err(|e| TelosError::unavailable("the model could not be loaded", e))?;
+                model.map_err(|e| TelosError::unavailable("the model could not be loaded", e))?;
             self.loaded.insert(
                 path.clone(),
                 Loaded {

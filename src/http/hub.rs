@@ -41,7 +41,13 @@ impl Hub {
                     Err(RecvError::Lagged(_)) => continue,
                     Err(RecvError::Closed) => break,
                 };
-                for watcher in watching.of(&event.target) {
+                // A job on no object (a model load) goes to every connection.
+                let to = if event.target.is_empty() {
+                    watching.everyone()
+                } else {
+                    watching.of(&event.target)
+                };
+                for watcher in to {
                     watcher.do_send(Changed::Progress(event.clone()));
                 }
             }
@@ -80,6 +86,17 @@ impl Hub {
             .get(oid)
             .map(|w| w.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Every connection that watches anything, once each.
+    fn everyone(&self) -> Vec<Recipient<Changed>> {
+        let mut seen = HashMap::new();
+        for w in self.watchers().values() {
+            for (connection, to) in w {
+                seen.entry(*connection).or_insert_with(|| to.clone());
+            }
+        }
+        seen.into_values().collect()
     }
 
     /// Connection `connection` watches `oid`.

@@ -516,7 +516,9 @@ impl Handler<Changed> for WsSession {
         let change = match notice {
             Changed::Change(change) => change,
             Changed::Progress(job) => {
-                if self.authed && self.subscriptions.contains(&job.target) {
+                if self.authed
+                    && (job.target.is_empty() || self.subscriptions.contains(&job.target))
+                {
                     let mut frame = serde_json::to_value(&*job).unwrap_or_default();
                     // `id` names a client's request in this protocol: the job's is `job`.
                     if let Some(f) = frame.as_object_mut() {

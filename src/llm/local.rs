@@ -89,6 +89,17 @@ pub fn reusable(common: usize, prompt_len: usize) -> usize {
 impl LocalModel {
     /// Loads `path` (CPU) to run with `threads` threads and a context of `n_ctx` tokens.
     pub fn load(path: &Path, threads: i32, n_ctx: u32) -> anyhow::Result<LocalModel> {
+        Self::load_reporting(path, threads, n_ctx, |_| {})
+    }
+
+    /// [`LocalModel::load`], telling `progress` how far the load is (0.0 to 1.0).
+    pub fn load_reporting(
+        path: &Path,
+        threads: i32,
+        n_ctx: u32,
+        progress: impl FnMut(f32) + 'static,
+    ) -> anyhow::Result<LocalModel> {
+        let mut progress = progress;
         if !path.exists() {
             bail!(
                 "the model file {} does not exist: run ./ops/setup-models.sh, or point the persona at another GGUF file",
@@ -97,7 +108,11 @@ impl LocalModel {
         }
         let bytes = std::fs::metadata(path)?.len();
         let t = Instant::now();
-        let model = LlamaModel::load_from_file(backend()?, path, &LlamaModelParams::default())
+        let params = LlamaModelParams::default().with_progress_callback(move |p| {
+            progress(p);
+            true
+        });
+        let model = LlamaModel::load_from_file(backend()?, path, &params)
             .with_context(|| format!("loading {}", path.display()))?;
         tracing::info!(
             model = %path.display(),
