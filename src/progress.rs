@@ -88,36 +88,12 @@ impl Jobs {
         target: &str,
         work: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
-        let event = JobEvent {
-            id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
-            kind: kind.to_string(),
-            target: target.to_string(),
-            phase: "start".into(),
-            done: 0,
-            total: 0,
-            state: "running".into(),
-            started_at: chrono::Utc::now().to_rfc3339(),
-        };
-        self.running().insert(event.id.clone(), event.clone());
-        let _ = self.feed.send(event.clone());
-        let job = Job(Arc::new(Inner {
-            event: Mutex::new((event, None)),
-            jobs: self.clone(),
-        }));
-        // Ends the job `failed` if `work` never finishes (its caller went away, or it panicked).
-        struct Ending(Option<Job>);
-        impl Drop for Ending {
-            fn drop(&mut self) {
-                if let Some(job) = self.0.take() {
-                    job.end("failed");
-                }
-            }
-        }
-        let mut ending = Ending(Some(job.clone()));
+        let running = self.begin(kind, target);
+        let job = running.0.clone().expect("a job just begun");
+        // Dropped unfinished (its caller went away, or `work` panicked), `running` ends the job
+        // `failed`.
         let result = CURRENT.scope(job, work).await;
-        if let Some(job) = ending.0.take() {
-            job.end(if result.is_ok() { "done" } else { "failed" });
-        }
+        running.finish(result.is_ok());
         result
     }
 }
