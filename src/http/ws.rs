@@ -157,7 +157,8 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 /// A frame to write, queued through the session's mailbox so frames keep their order.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Out(Json);
+/// A frame for the client, and when the message it answers arrived (for result frames).
+struct Out(Json, Option<std::time::Instant>);
 
 fn with_id(mut frame: Json, id: &Option<Json>) -> Json {
     if let Some(id) = id {
@@ -368,6 +369,7 @@ impl WsSession {
         let telos = self.telos.clone();
         let me = ctx.address();
         let connection = self.connection;
+        let arrived = std::time::Instant::now();
         // Stage events and the reply go through the mailbox in the order they happen.
         actix::spawn(async move {
             let (sink, mut events) = tokio::sync::mpsc::unbounded_channel();
@@ -384,19 +386,25 @@ impl WsSession {
             let reply: Reply = loop {
                 tokio::select! {
                     reply = &mut call => break reply,
-                    Some(event) = events.recv() => me.do_send(Out(with_id(stage_frame(&event), &id))),
+                    Some(event) = events.recv() => me.do_send(Out(with_id(stage_frame(&event), &id), None)),
                 }
             };
             while let Ok(event) = events.try_recv() {
-                me.do_send(Out(with_id(stage_frame(&event), &id)));
+                me.do_send(Out(with_id(stage_frame(&event), &id), None));
             }
             for text in &reply.logs {
-                me.do_send(Out(with_id(json!({ "type": "log", "text": text }), &id)));
+                me.do_send(Out(
+                    with_id(json!({ "type": "log", "text": text }), &id),
+                    None,
+                ));
             }
-            me.do_send(Out(match reply.result {
-                Ok(value) => with_id(json!({ "type": "result", "value": value }), &id),
-                Err(e) => error_frame(&e, &id),
-            }));
+            me.do_send(Out(
+                match reply.result {
+                    Ok(value) => with_id(json!({ "type": "result", "value": value }), &id),
+                    Err(e) => error_frame(&e, &id),
+                },
+                Some(arrived),
+            ));
             drop(slot);
             // The kernel remembers what it learned after the answer: its `learn` stage still
             // reaches the sender, until the run lets go of its progress channel.
@@ -404,7 +412,7 @@ impl WsSession {
                 if !me.connected() {
                     break;
                 }
-                me.do_send(Out(with_id(stage_frame(&event), &id)));
+                me.do_send(Out(with_id(stage_frame(&event), &id), None));
             }
         });
     }
@@ -438,13 +446,16 @@ impl WsSession {
                 .map_err(crate::actors::down(crate::actors::Who::Personas))
                 .and_then(|r| r);
             drop(slot);
-            me.do_send(Out(match answer {
-                Ok(g) => with_id(
-                    json!({ "type": "result", "persona": "ROBIN", "value": g.text, "model": g.model }),
-                    &id,
-                ),
-                Err(e) => error_frame(&e, &id),
-            }));
+            me.do_send(Out(
+                match answer {
+                    Ok(g) => with_id(
+                        json!({ "type": "result", "persona": "ROBIN", "value": g.text, "model": g.model }),
+                        &id,
+                    ),
+                    Err(e) => error_frame(&e, &id),
+                },
+                None,
+            ));
         });
     }
 }
@@ -454,6 +465,14 @@ impl Handler<Out> for WsSession {
 
     fn handle(&mut self, msg: Out, ctx: &mut Self::Context) {
         Self::send_json(ctx, msg.0);
+        if let Some(arrived) = msg.1 {
+            crate::metrics::metrics().observe(
+                "telos_ws_reply_seconds",
+                "From a send frame's arrival at its session to its result frame handed to the connection (the object's work, the commit and the session's own hops).",
+                &[],
+                arrived.elapsed(),
+            );
+        }
     }
 }
 
