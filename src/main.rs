@@ -276,11 +276,11 @@ fn main() -> ExitCode {
             serve(settings)
         }
         Command::Send { line, server } => {
-            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            let server = server_url(server, &settings);
             actix_web::rt::System::new().block_on(telos::bench::cli_send(&server, &line, &settings))
         }
         Command::Approvals { json, server } => {
-            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            let server = server_url(server, &settings);
             actix_web::rt::System::new()
                 .block_on(telos::bench::cli_approvals(&server, json, &settings))
         }
@@ -289,7 +289,7 @@ fn main() -> ExitCode {
             json,
             server,
         } => {
-            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            let server = server_url(server, &settings);
             actix_web::rt::System::new().block_on(telos::bench::cli_objects(
                 &server,
                 filter.as_deref(),
@@ -298,7 +298,7 @@ fn main() -> ExitCode {
             ))
         }
         Command::Show { oid, json, server } => {
-            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            let server = server_url(server, &settings);
             actix_web::rt::System::new()
                 .block_on(telos::bench::cli_show(&server, &oid, json, &settings))
         }
@@ -312,7 +312,7 @@ fn main() -> ExitCode {
                     server,
                 },
         } => {
-            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            let server = server_url(server, &settings);
             actix_web::rt::System::new().block_on(telos::bench::cli_memory_search(
                 &server,
                 &text,
@@ -327,7 +327,7 @@ fn main() -> ExitCode {
             json,
             server,
         } => {
-            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            let server = server_url(server, &settings);
             actix_web::rt::System::new()
                 .block_on(telos::bench::cli_runs(&server, limit, json, &settings))
         }
@@ -342,7 +342,7 @@ fn main() -> ExitCode {
             by,
             server,
         } => {
-            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            let server = server_url(server, &settings);
             let by = by
                 .or_else(|| std::env::var("USER").ok())
                 .unwrap_or_else(|| "cli".into());
@@ -351,12 +351,12 @@ fn main() -> ExitCode {
             ))
         }
         Command::Backup { full, server } => {
-            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            let server = server_url(server, &settings);
             actix_web::rt::System::new()
                 .block_on(telos::bench::cli_backup(&server, full, &settings))
         }
         Command::Reindex { objects, server } => {
-            let server = server.unwrap_or_else(|| format!("http://{}", settings.bind));
+            let server = server_url(server, &settings);
             actix_web::rt::System::new()
                 .block_on(telos::bench::cli_reindex(&server, objects, &settings))
         }
@@ -395,7 +395,7 @@ fn main() -> ExitCode {
             pause_ms,
             pid,
         } => telos::bench::soak::run(telos::bench::soak::Soak {
-            server: server.unwrap_or_else(|| format!("http://{}", settings.bind)),
+            server: server_url(server, &settings),
             clients,
             minutes,
             pause: std::time::Duration::from_millis(pause_ms),
@@ -410,7 +410,7 @@ fn main() -> ExitCode {
             seconds,
             writes,
         } => telos::bench::load::run(telos::bench::load::Load {
-            server: server.unwrap_or_else(|| format!("http://{}", settings.bind)),
+            server: server_url(server, &settings),
             mode,
             clients,
             rate,
@@ -468,6 +468,11 @@ async fn cli_verify(dir: PathBuf, id: Option<String>) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("backup {id} failed verification: {}", v.detail)
     }
+}
+
+/// `--server`, or the server this config binds.
+fn server_url(server: Option<String>, settings: &Settings) -> String {
+    server.unwrap_or_else(|| format!("http://{}", settings.bind))
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {

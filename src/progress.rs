@@ -68,6 +68,11 @@ impl Jobs {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many jobs run.
+    pub fn count(&self) -> usize {
+        self.running().len()
+    }
+
     /// The running jobs, oldest first.
     pub fn list(&self) -> Vec<JobEvent> {
         let mut all: Vec<JobEvent> = self.running().values().cloned().collect();

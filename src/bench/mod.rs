@@ -20,32 +20,17 @@ async fn post_json(
     body: Json,
     settings: &Settings,
 ) -> anyhow::Result<Json> {
-    request_json(server, path, Some(body), settings).await
+    request_json(server, path, &[], Some(body), settings).await
 }
 
-/// GETs `server` + `path` (see [`post_json`]).
-async fn get_json(server: &str, path: &str, settings: &Settings) -> anyhow::Result<Json> {
-    request_json(server, path, None, settings).await
-}
-
-/// `path` with `query` appended, form-encoded.
-fn with_query(path: &str, query: &[(&str, String)]) -> String {
-    let encoded: Vec<String> = query
-        .iter()
-        .map(|(k, v)| {
-            let v: String = v
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect();
-            format!("{k}={v}")
-        })
-        .collect();
-    format!("{path}?{}", encoded.join("&"))
+/// GETs `server` + `path` with `query` (form-encoded by awc; see [`post_json`]).
+async fn get_json(
+    server: &str,
+    path: &str,
+    query: &[(&str, String)],
+    settings: &Settings,
+) -> anyhow::Result<Json> {
+    request_json(server, path, query, None, settings).await
 }
 
 /// An oid as a path segment: refused unless it is one (nothing else reaches the URL).
@@ -79,10 +64,8 @@ pub async fn cli_objects(
     loop {
         let page = get_json(
             server,
-            &with_query(
-                "/api/objects",
-                &[("offset", offset.to_string()), ("limit", "1000".into())],
-            ),
+            "/api/objects",
+            &[("offset", offset.to_string()), ("limit", "1000".into())],
             settings,
         )
         .await?;
@@ -124,6 +107,7 @@ pub async fn cli_show(
     let o = get_json(
         server,
         &format!("/api/objects/{}", oid_segment(oid)?),
+        &[],
         settings,
     )
     .await?;
@@ -183,7 +167,7 @@ pub async fn cli_memory_search(
     if let Some(kind) = kind {
         query.push(("kind", kind.to_string()));
     }
-    let found = get_json(server, &with_query("/api/memory/search", &query), settings).await?;
+    let found = get_json(server, "/api/memory/search", &query, settings).await?;
     if json {
         return print_json(&found);
     }
@@ -216,7 +200,8 @@ pub async fn cli_runs(
 ) -> anyhow::Result<()> {
     let runs = get_json(
         server,
-        &with_query("/api/runs", &[("limit", limit.to_string())]),
+        "/api/runs",
+        &[("limit", limit.to_string())],
         settings,
     )
     .await?;
@@ -256,6 +241,7 @@ pub async fn cli_runs(
 async fn request_json(
     server: &str,
     path: &str,
+    query: &[(&str, String)],
     body: Option<Json>,
     settings: &Settings,
 ) -> anyhow::Result<Json> {
@@ -267,6 +253,9 @@ async fn request_json(
         Some(_) => client.post(&url),
         None => client.get(&url),
     };
+    if !query.is_empty() {
+        req = req.query(&query).context("encoding the query")?;
+    }
     if !settings.admin_token.is_empty() {
         req = req.bearer_auth(&settings.admin_token);
     }
@@ -337,7 +326,7 @@ async fn with_server_bar<T>(
     let watch = async {
         loop {
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-            let Ok(jobs) = get_json(server, "/api/jobs", settings).await else {
+            let Ok(jobs) = get_json(server, "/api/jobs", &[], settings).await else {
                 continue;
             };
             let jobs: Vec<crate::progress::JobEvent> =
@@ -410,7 +399,7 @@ pub async fn cli_reindex(server: &str, objects: bool, settings: &Settings) -> an
 
 /// `telos approvals`: the kernel runs waiting for a person.
 pub async fn cli_approvals(server: &str, json: bool, settings: &Settings) -> anyhow::Result<()> {
-    let pending = get_json(server, "/api/approvals", settings).await?;
+    let pending = get_json(server, "/api/approvals", &[], settings).await?;
     if json {
         return print_json(&pending);
     }

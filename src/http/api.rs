@@ -485,12 +485,12 @@ pub async fn metrics(telos: web::Data<Telos>) -> ApiResult {
         (
             "telos_approvals_pending",
             "Generated methods waiting for a person's approval.",
-            telos.approvals.pending().len(),
+            telos.approvals.count(),
         ),
         (
             "telos_jobs_running",
             "Long jobs running (backups, verifications, reindexing).",
-            telos.jobs.list().len(),
+            telos.jobs.count(),
         ),
     ] {
         out.push_str(&format!(
@@ -695,6 +695,19 @@ fn decision_body(body: &web::Bytes) -> Result<(String, String), ApiError> {
     Ok((by, reason))
 }
 
+/// Hands `decision` to the run waiting under `run`.
+fn decide(telos: &Telos, run: String, decision: crate::kernel::approval::Decision) -> ApiResult {
+    let answer = match &decision {
+        crate::kernel::approval::Decision::Approve { .. } => "approved",
+        crate::kernel::approval::Decision::Reject { .. } => "rejected",
+    };
+    telos.approvals.decide(&run, decision)?;
+    Ok(HttpResponse::Ok().json(Decided {
+        run,
+        decision: answer,
+    }))
+}
+
 /// `POST /api/runs/{run}/approve` `{"by"?}`: installs the waiting method; its message is then
 /// answered.
 #[utoipa::path(post, path = "/api/runs/{run}/approve", tag = "kernel", params(("run" = String, Path, description = "A kernel run id (from its stage events or GET /api/approvals)")), request_body(content = Option<DecisionBody>), responses((status = 200, body = Decided), (status = "default", description = "An error", body = super::error::ErrorBody)))]
@@ -704,14 +717,11 @@ async fn approve_run(
     body: web::Bytes,
 ) -> ApiResult {
     let (by, _) = decision_body(&body)?;
-    let run = run.into_inner();
-    telos
-        .approvals
-        .decide(&run, crate::kernel::approval::Decision::Approve { by })?;
-    Ok(HttpResponse::Ok().json(Decided {
-        run,
-        decision: "approved",
-    }))
+    decide(
+        &telos,
+        run.into_inner(),
+        crate::kernel::approval::Decision::Approve { by },
+    )
 }
 
 /// `POST /api/runs/{run}/reject` `{"reason"?, "by"?}`: nothing is installed; the waiting
@@ -723,15 +733,11 @@ async fn reject_run(
     body: web::Bytes,
 ) -> ApiResult {
     let (by, reason) = decision_body(&body)?;
-    let run = run.into_inner();
-    telos.approvals.decide(
-        &run,
+    decide(
+        &telos,
+        run.into_inner(),
         crate::kernel::approval::Decision::Reject { by, reason },
-    )?;
-    Ok(HttpResponse::Ok().json(Decided {
-        run,
-        decision: "rejected",
-    }))
+    )
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

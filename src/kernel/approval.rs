@@ -104,6 +104,11 @@ impl Approvals {
         }
     }
 
+    /// How many runs wait for a person.
+    pub fn count(&self) -> usize {
+        self.pending_map().len()
+    }
+
     /// Every run waiting for a person, oldest first.
     pub fn pending(&self) -> Vec<Request> {
         let mut all: Vec<Request> = self

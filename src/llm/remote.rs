@@ -109,18 +109,6 @@ fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// An error and its causes, as one line (a TLS failure's reason is in a source).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// The reply text (and token count) in an answer of `dialect`.
 pub fn parse_answer(dialect: Dialect, body: &Json) -> anyhow::Result<(String, Option<u32>)> {
     let (text, tokens) = match dialect {
@@ -184,7 +172,7 @@ impl Backend for Remote {
                         // Without the URL (it may carry credentials): the cause only.
                         anyhow!(
                             "cannot reach the model server: {}",
-                            error_chain(&e.without_url())
+                            crate::error::chain(&e.without_url())
                         )
                     }
                 })?;
@@ -195,7 +183,7 @@ impl Backend for Remote {
                 while let Some(chunk) = resp.chunk().await.map_err(|e| {
                     anyhow!(
                         "reading the model server's answer: {}",
-                        error_chain(&e.without_url())
+                        crate::error::chain(&e.without_url())
                     )
                 })? {
                     if bytes.len() + chunk.len() > MAX_ANSWER {
