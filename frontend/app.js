@@ -286,9 +286,12 @@ listeners.add((f) => {
     $("#jobs").append(row);
   }
   const pct = f.total > 0 ? Math.round(100 * f.done / f.total) : 0;
-  const bar = el("progress", { max: String(Math.max(f.total, 1)), value: String(f.done), "aria-label": f.kind + " progress" });
+  // 0 of 0: no measure yet, an indeterminate bar.
+  const bar = f.total === 0 && f.state === "running"
+    ? el("progress", { "aria-label": f.kind + " progress" })
+    : el("progress", { max: String(Math.max(f.total, 1)), value: String(f.done), "aria-label": f.kind + " progress" });
   row.replaceChildren(el("span", { class: "mono" }, f.kind), " ", el("span", { class: "muted" }, f.phase), " ", bar, " ",
-    el("span", { class: "pct" }, f.state === "running" ? f.done + "/" + f.total + " (" + pct + "%)" : f.state));
+    el("span", { class: "pct" }, f.state !== "running" ? f.state : f.total > 0 ? f.done + "/" + f.total + " (" + pct + "%)" : "…"));
   row.className = "job " + f.state;
   if (f.state !== "running") setTimeout(() => { row.remove(); jobBars.delete(f.job); }, 4000);
 });

@@ -179,9 +179,9 @@ async fn write_backup(
         Kind::Full => 0,
         Kind::Incremental => previous.as_ref().map(|p| p.seq_to).unwrap_or(0),
     };
-    crate::progress::report("read", 0, 1);
+    // A full read reports its pages; an incremental's is short and shows as "read".
+    crate::progress::report("read", 0, 0);
     let changes = store.changes_since(after).await?;
-    crate::progress::report("read", 1, 1);
     let mut id = format!(
         "{}-{}",
         now.format("%Y%m%dT%H%M%S%3fZ"),

@@ -34,6 +34,25 @@ routes! {
 ))]
 pub struct Doc;
 
+/// A row of `GET /api/backups`: a backup or verification running now, or a backup on disk.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum Row {
+    Running(Running),
+    Listed(Listed),
+}
+
+/// A backup or verification running now: listed first, until its job ends.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Running {
+    /// The job's id (as in `GET /api/jobs`).
+    id: String,
+    /// Always `running` (a backup on disk has no `state`).
+    state: &'static str,
+    /// The job: `kind` (`backup` or `verify`), `phase`, `done` of `total`.
+    job: crate::progress::JobEvent,
+}
+
 /// A backup as listed: its manifest, size on disk and last verification.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct Listed {
@@ -45,8 +64,20 @@ struct Listed {
     verification: Option<backup::Verification>,
 }
 
-#[utoipa::path(get, path = "/api/backups", tag = "backups", responses((status = 200, description = "Backups on disk, newest first", body = Vec<Listed>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/api/backups", tag = "backups", responses((status = 200, description = "Backups and verifications running now (`state: running`, with their job's progress), then the backups on disk, newest first", body = Vec<Row>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn list(telos: web::Data<Telos>) -> ApiResult {
+    let running = telos
+        .jobs
+        .list()
+        .into_iter()
+        .filter(|job| job.kind == "backup" || job.kind == "verify")
+        .map(|job| {
+            Row::Running(Running {
+                id: job.id.clone(),
+                state: "running",
+                job,
+            })
+        });
     let dir = telos.settings.backup_dir.clone();
     // Manifests and verifications are files: read on a blocking worker.
     let rows = web::block(move || {
@@ -54,10 +85,12 @@ async fn list(telos: web::Data<Telos>) -> ApiResult {
         Ok::<_, anyhow::Error>(
             all.iter()
                 .rev()
-                .map(|m| Listed {
-                    size: backup::size_of(m),
-                    verification: backup::last_verification(&dir, &m.id),
-                    manifest: m.clone(),
+                .map(|m| {
+                    Row::Listed(Listed {
+                        size: backup::size_of(m),
+                        verification: backup::last_verification(&dir, &m.id),
+                        manifest: m.clone(),
+                    })
                 })
                 .collect::<Vec<_>>(),
         )
@@ -65,7 +98,7 @@ async fn list(telos: web::Data<Telos>) -> ApiResult {
     .await
     .map_err(TelosError::internal)?
     .map_err(TelosError::from)?;
-    Ok(HttpResponse::Ok().json(rows))
+    Ok(HttpResponse::Ok().json(running.chain(rows).collect::<Vec<_>>()))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -1,8 +1,14 @@
 //! The change feed: a consistent read of what changed after a sequence number (what backups
 //! carry) and its application to an empty store (what restores do).
 
+use std::ops::Bound;
+
 use futures_util::StreamExt as _;
 use serde_json::Value as Json;
+use surrealdb::Surreal;
+use surrealdb::engine::any::Any;
+use surrealdb::method::Transaction;
+use surrealdb::types::{RecordId, RecordIdKey, RecordIdKeyRange};
 
 use super::{Result, Store, db_err};
 
@@ -30,40 +36,21 @@ pub struct Changes {
 
 impl Store {
     /// Every object written and every object deleted after `after` (0: everything), read in
-    /// one transaction so the result is consistent.
+    /// one transaction so the result is consistent. A full read (`after == 0`) goes page by
+    /// page through the tables in key order and reports each page to the job it runs in
+    /// (`read objects`, `read memories`), so a backup of a large world shows it moving.
     pub async fn changes_since(&self, after: u64) -> Result<Changes> {
-        self.run(move |db| async move {
-            let sql = format!(
-                "BEGIN TRANSACTION;
-                 SELECT {ROW_FIELDS} FROM object WHERE seq > $after ORDER BY oid;
-                 SELECT oid, seq FROM tombstone WHERE seq > $after ORDER BY oid;
-                 SELECT VALUE value FROM ONLY meta:seq;
-                 SELECT count() AS n FROM object GROUP ALL;
-                 SELECT * OMIT id FROM memory WHERE seq > $after ORDER BY key;
-                 SELECT key, seq FROM memory_tombstone WHERE seq > $after ORDER BY key;
-                 SELECT count() AS n FROM memory GROUP ALL;
-                 COMMIT TRANSACTION;"
-            );
-            let mut res = db.query(sql).bind(("after", after as i64)).await?;
-            let objects: Vec<Json> = res.take(1)?;
-            let tombstones: Vec<Json> = res.take(2)?;
-            let seq: Option<i64> = res.take(3)?;
-            let counts: Vec<Json> = res.take(4)?;
-            let memories: Vec<Json> = res.take(5)?;
-            let memory_tombstones: Vec<Json> = res.take(6)?;
-            let memory_counts: Vec<Json> = res.take(7)?;
-            let n = |rows: &[Json]| rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
-            Ok(Changes {
-                objects,
-                tombstones,
-                memories,
-                memory_tombstones,
-                seq: seq.unwrap_or(0).max(0) as u64,
-                total_objects: n(&counts),
-                total_memories: n(&memory_counts),
-            })
-        })
-        .await?
+        let (sender, mut pages) = tokio::sync::mpsc::unbounded_channel();
+        // The read runs on the store's runtime, where this task's job is not in scope: its
+        // progress comes back over a channel and is reported from here.
+        let read = self.run(move |db| read_snapshot(db, after, sender));
+        tokio::pin!(read);
+        loop {
+            tokio::select! {
+                Some((phase, done, total)) = pages.recv() => crate::progress::report(phase, done, total),
+                changes = &mut read => return changes?,
+            }
+        }
     }
 
     /// Applies backed-up changes: upserts the rows, deletes tombstoned objects, records the
@@ -184,6 +171,120 @@ impl Store {
     }
 }
 
+/// Rows per page of a full read: large enough that a page costs far more than its query,
+/// small enough that progress moves every few hundred milliseconds.
+const READ_PAGE: i64 = 2000;
+
+type PageSender = tokio::sync::mpsc::UnboundedSender<(&'static str, u64, u64)>;
+
+/// [`Store::changes_since`] on the store's runtime: every statement runs in one client-side
+/// transaction (a snapshot: commits made meanwhile are not seen), cancelled at the end since
+/// it writes nothing.
+async fn read_snapshot(db: Surreal<Any>, after: u64, pages: PageSender) -> Result<Changes> {
+    let tx = db.begin().await.map_err(db_err)?;
+    let read = read_in(&tx, after, &pages).await;
+    // Read-only: nothing to commit. A failed cancel leaves nothing behind that matters.
+    let _ = tx.cancel().await;
+    read
+}
+
+async fn read_in(tx: &Transaction<Any>, after: u64, pages: &PageSender) -> Result<Changes> {
+    let mut res = tx
+        .query(
+            "SELECT VALUE value FROM ONLY meta:seq;
+             SELECT count() AS n FROM object GROUP ALL;
+             SELECT count() AS n FROM memory GROUP ALL;
+             SELECT oid, seq FROM tombstone WHERE seq > $after ORDER BY oid;
+             SELECT key, seq FROM memory_tombstone WHERE seq > $after ORDER BY key;",
+        )
+        .bind(("after", after as i64))
+        .await
+        .map_err(db_err)?;
+    let seq: Option<i64> = res.take(0).map_err(db_err)?;
+    let counts: Vec<Json> = res.take(1).map_err(db_err)?;
+    let memory_counts: Vec<Json> = res.take(2).map_err(db_err)?;
+    let tombstones: Vec<Json> = res.take(3).map_err(db_err)?;
+    let memory_tombstones: Vec<Json> = res.take(4).map_err(db_err)?;
+    let n = |rows: &[Json]| rows.first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
+    let (total_objects, total_memories) = (n(&counts), n(&memory_counts));
+    let (objects, memories) = if after == 0 {
+        (
+            read_pages(tx, "object", ROW_FIELDS, "oid", total_objects, pages).await?,
+            read_pages(tx, "memory", "* OMIT id", "key", total_memories, pages).await?,
+        )
+    } else {
+        // An incremental reads through the `seq` indexes: usually a small part of the world.
+        let mut res = tx
+            .query(format!(
+                "SELECT {ROW_FIELDS} FROM object WHERE seq > $after ORDER BY oid;
+                 SELECT * OMIT id FROM memory WHERE seq > $after ORDER BY key;"
+            ))
+            .bind(("after", after as i64))
+            .await
+            .map_err(db_err)?;
+        (res.take(0).map_err(db_err)?, res.take(1).map_err(db_err)?)
+    };
+    Ok(Changes {
+        objects,
+        tombstones,
+        memories,
+        memory_tombstones,
+        seq: seq.unwrap_or(0).max(0) as u64,
+        total_objects,
+        total_memories,
+    })
+}
+
+/// Every row of `table` (`fields` of each) in record-key order, [`READ_PAGE`] at a time: each
+/// page starts after the last key of the one before, a range scan rather than an offset.
+async fn read_pages(
+    tx: &Transaction<Any>,
+    table: &'static str,
+    fields: &str,
+    key_field: &str,
+    total: u64,
+    pages: &PageSender,
+) -> Result<Vec<Json>> {
+    let phase = if table == "object" {
+        "read objects"
+    } else {
+        "read memories"
+    };
+    let sql = format!("SELECT {fields} FROM $from LIMIT {READ_PAGE}");
+    let mut rows: Vec<Json> = Vec::with_capacity(total as usize);
+    let _ = pages.send((phase, 0, total));
+    let mut start = Bound::Unbounded;
+    loop {
+        let from = RecordId::new(
+            table,
+            RecordIdKey::Range(Box::new(RecordIdKeyRange {
+                start,
+                end: Bound::Unbounded,
+            })),
+        );
+        let page: Vec<Json> = tx
+            .query(sql.as_str())
+            .bind(("from", from))
+            .await
+            .and_then(|mut r| r.take(0))
+            .map_err(db_err)?;
+        let full = page.len() as i64 == READ_PAGE;
+        let last = page.last().map(|row| row[key_field].clone());
+        rows.extend(page);
+        let _ = pages.send((phase, rows.len() as u64, total.max(rows.len() as u64)));
+        let key = match last {
+            Some(Json::String(s)) => RecordIdKey::String(s),
+            Some(Json::Number(n)) if n.is_i64() => RecordIdKey::Number(n.as_i64().unwrap_or(0)),
+            _ => break,
+        };
+        if !full {
+            break;
+        }
+        start = Bound::Excluded(key);
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -241,5 +342,75 @@ mod tests {
         );
         assert_eq!(copy.current_seq_blocking().unwrap(), all.seq);
         assert!(copy.load_blocking("oa").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_full_read_pages_through_every_object_once_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, "data");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let base = store.current_seq_blocking().unwrap();
+        // More than two pages, the last one partial.
+        let many: Vec<ObjectState> = (0..2 * READ_PAGE + 7)
+            .map(|i| ObjectState::new(format!("o{i:05}"), &["genesis_obj"], BTreeMap::new()))
+            .collect();
+        store.commit_blocking(&many, &[], base + 1).unwrap();
+
+        let all = rt.block_on(store.changes_since(0)).unwrap();
+        let oids: Vec<String> = all
+            .objects
+            .iter()
+            .map(|o| o["oid"].as_str().unwrap().to_string())
+            .collect();
+        let mut expected = rt.block_on(store.all_oids()).unwrap();
+        expected.sort();
+        assert_eq!(oids, expected, "each object once, in key order");
+        assert_eq!(all.total_objects, oids.len() as u64);
+        assert!(all.objects.iter().all(|o| o["doc"].is_string()));
+    }
+
+    #[test]
+    fn a_read_transaction_does_not_see_commits_made_after_it_began() {
+        // What paging relies on: the pages of one read all come from one snapshot.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, "data");
+        let base = store.current_seq_blocking().unwrap();
+        let (began, go) = std::sync::mpsc::channel();
+        let (committed, wait) = std::sync::mpsc::channel::<()>();
+        let reader = store.clone();
+        let seen = std::thread::spawn(move || {
+            reader
+                .block(move |db| async move {
+                    let tx = db.begin().await.unwrap();
+                    let before: Vec<Json> = tx
+                        .query("SELECT VALUE oid FROM object")
+                        .await
+                        .unwrap()
+                        .take(0)
+                        .unwrap();
+                    began.send(()).unwrap();
+                    // The store runtime's other worker commits meanwhile.
+                    tokio::task::spawn_blocking(move || wait.recv().unwrap())
+                        .await
+                        .unwrap();
+                    let after: Vec<Json> = tx
+                        .query("SELECT VALUE oid FROM object")
+                        .await
+                        .unwrap()
+                        .take(0)
+                        .unwrap();
+                    let _ = tx.cancel().await;
+                    (before, after)
+                })
+                .unwrap()
+        });
+        go.recv().unwrap();
+        let late = ObjectState::new("late", &["genesis_obj"], BTreeMap::new());
+        store.commit_blocking(&[late], &[], base + 1).unwrap();
+        committed.send(()).unwrap();
+        let (before, after) = seen.join().unwrap();
+        assert_eq!(before, after, "the snapshot did not change");
+        assert!(!after.contains(&Json::from("late")));
+        assert!(store.load_blocking("late").unwrap().is_some());
     }
 }

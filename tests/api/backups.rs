@@ -806,10 +806,14 @@ async fn a_backup_and_a_verification_stream_their_progress_to_watchers_of_backup
     assert!(objects.windows(2).all(|w| w[0].0 <= w[1].0), "{objects:?}");
     let (done, total) = *objects.last().unwrap();
     assert!(done == total && total >= 2501, "{objects:?}");
-    assert!(
-        progress.iter().any(|f| f["phase"] == "read"),
-        "{progress:?}"
-    );
+    // The read before them goes page by page through one snapshot, and says so.
+    let read: Vec<(u64, u64)> = progress
+        .iter()
+        .filter(|f| f["phase"] == "read objects")
+        .map(|f| (f["done"].as_u64().unwrap(), f["total"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(read.first(), Some(&(0, total)), "{progress:?}");
+    assert_eq!(read.last(), Some(&(total, total)), "{progress:?}");
     let (_, jobs) = app.get("/api/jobs").await;
     assert_eq!(jobs, json!([]));
 
@@ -834,4 +838,31 @@ async fn a_backup_and_a_verification_stream_their_progress_to_watchers_of_backup
         restored.last().unwrap()["done"],
         restored.last().unwrap()["total"]
     );
+
+    // While a backup job runs, `GET /api/backups` lists it first; when it ends, no more.
+    let running = app.telos.jobs.begin("backup", "backup_manager");
+    running.update("read objects", 10, 20);
+    let (s, list) = app.get("/api/backups").await;
+    assert_eq!(s, 200);
+    assert_eq!(list[0]["state"], "running", "{list}");
+    assert_eq!(list[0]["job"]["kind"], "backup");
+    assert_eq!(list[0]["job"]["phase"], "read objects");
+    assert_eq!(
+        (&list[0]["job"]["done"], &list[0]["job"]["total"]),
+        (&json!(10), &json!(20))
+    );
+    assert_eq!(
+        list[1]["id"], m["id"],
+        "the backup on disk comes after: {list}"
+    );
+    running.finish(true);
+    let (_, list) = app.get("/api/backups").await;
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row["state"].is_null()),
+        "{list}"
+    );
+    assert_eq!(list[0]["id"], m["id"]);
 }
