@@ -520,7 +520,10 @@ async function loadAdmin() {
   } catch (e) { $("#personas tbody").replaceChildren(el("tr", {}, el("td", { class: "answer err" }, e.message))); }
   try {
     const bs = await api("GET", "/backups");
-    $("#backups tbody").replaceChildren(...bs.map((b) => el("tr", {}, el("td", { class: "mono" }, b.id), el("td", {}, b.kind), el("td", {}, fmtBytes(b.size || 0)),
+    // A backup or verification running now is listed first with its job; its bar is above.
+    const running = (b) => el("tr", { class: "running" }, el("td", { class: "mono" }, b.id), el("td", {}, b.job.kind),
+      el("td", { colspan: "4", class: "muted" }, "running: " + b.job.phase + (b.job.total > 0 ? " " + b.job.done + "/" + b.job.total : "")));
+    $("#backups tbody").replaceChildren(...bs.map((b) => b.state === "running" ? running(b) : el("tr", {}, el("td", { class: "mono" }, b.id), el("td", {}, b.kind), el("td", {}, fmtBytes(b.size || 0)),
       el("td", {}, b.total_objects ?? ""), el("td", {}, b.verification ? (b.verification.ok ? "ok" : "FAILED") + " · " + new Date(b.verification.at).toLocaleString() : "never"),
       el("td", {}, el("button", { onclick: async (e) => { e.target.disabled = true; try { await api("POST", "/backups/" + encodeURIComponent(b.id) + "/verify", {}); } finally { loadAdmin(); } } }, "Verify")))));
   } catch (e) { $("#backups tbody").replaceChildren(el("tr", {}, el("td", { class: "answer err" }, e.message))); }

@@ -295,53 +295,159 @@ pub async fn cli_send(server: &str, text: &str, settings: &Settings) -> anyhow::
     Ok(())
 }
 
-/// A progress bar on stderr (drawn only on a terminal) for a job.
-fn job_bar(kind: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{kind} {{msg:>18}} [{{bar:32}}] {{pos}}/{{len}} ({{elapsed}})"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar
+/// A job's progress on stderr: a bar on a terminal; elsewhere (a log, a pipe, CI) one line
+/// when a phase starts and one when it completes.
+struct JobView {
+    bar: indicatif::ProgressBar,
+    kind: String,
+    plain: bool,
+    /// The phase last printed (plain output), and whether its completion was.
+    printed: std::sync::Mutex<(String, bool)>,
 }
 
-fn show_job(bar: &indicatif::ProgressBar, job: &crate::progress::JobEvent) {
-    bar.set_message(job.phase.clone());
-    bar.set_length(job.total);
-    bar.set_position(job.done);
+impl JobView {
+    fn new(kind: &str) -> JobView {
+        use std::io::IsTerminal as _;
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{kind} {{msg:>18}} [{{bar:32}}] {{pos}}/{{len}} ({{elapsed}})"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        JobView {
+            bar,
+            kind: kind.to_string(),
+            plain: !std::io::stderr().is_terminal(),
+            printed: std::sync::Mutex::default(),
+        }
+    }
+
+    fn show(&self, job: &crate::progress::JobEvent) {
+        if !self.plain {
+            self.bar.set_message(job.phase.clone());
+            self.bar.set_length(job.total);
+            self.bar.set_position(job.done);
+            return;
+        }
+        let mut printed = self.printed.lock().unwrap_or_else(|p| p.into_inner());
+        let complete = job.total > 0 && job.done >= job.total;
+        if printed.0 != job.phase || (complete && !printed.1) {
+            eprintln!("{}: {} {}/{}", self.kind, job.phase, job.done, job.total);
+            *printed = (job.phase.clone(), complete);
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
-/// Runs `work` (a request to `server` that starts a job of `kind`) with a progress bar fed by
-/// polling `GET /api/jobs` until `work` ends.
+/// Runs `work` (a request to `server` that starts a job of `kind` on `target`) with its
+/// progress shown as it happens: the WebSocket's `progress` frames to `target`'s watchers
+/// carry every phase change and the end. Without a WebSocket, `work` runs without progress.
 async fn with_server_bar<T>(
     server: &str,
     kind: &str,
+    target: &str,
     settings: &Settings,
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let bar = job_bar(kind);
-    let watch = async {
-        loop {
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-            let Ok(jobs) = get_json(server, "/api/jobs", &[], settings).await else {
-                continue;
-            };
-            let jobs: Vec<crate::progress::JobEvent> =
-                serde_json::from_value(jobs).unwrap_or_default();
-            if let Some(job) = jobs.iter().find(|j| j.kind == kind) {
-                show_job(&bar, job);
+    let Some(mut feed) = progress_feed(server, target, settings).await else {
+        return work.await;
+    };
+    let view = JobView::new(kind);
+    let mut job: Option<String> = None;
+    let mut ended = false;
+    // Answers whether `frame` ended this kind's job.
+    let mut show = |frame: &Json| -> bool {
+        if frame["type"] != "progress" || frame["kind"] != kind {
+            return false;
+        }
+        let id = frame["job"].as_str().unwrap_or_default();
+        if job.get_or_insert_with(|| id.to_string()) != id {
+            return false;
+        }
+        let event = crate::progress::JobEvent {
+            id: id.to_string(),
+            kind: kind.to_string(),
+            target: target.to_string(),
+            phase: frame["phase"].as_str().unwrap_or_default().to_string(),
+            done: frame["done"].as_u64().unwrap_or(0),
+            total: frame["total"].as_u64().unwrap_or(0),
+            state: frame["state"].as_str().unwrap_or_default().to_string(),
+            started_at: String::new(),
+        };
+        view.show(&event);
+        event.state != "running"
+    };
+    tokio::pin!(work);
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            frame = next_json(&mut feed) => match frame {
+                Some(frame) => ended |= show(&frame),
+                None => break work.await,
+            },
+        }
+    };
+    // The job's last frames can arrive just after the answer: show them (briefly).
+    let drain = async {
+        while !ended {
+            match next_json(&mut feed).await {
+                Some(frame) => ended |= show(&frame),
+                None => break,
             }
         }
     };
-    let out = tokio::select! {
-        out = work => out,
-        () = watch => unreachable!("the watch never ends"),
-    };
-    bar.finish_and_clear();
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    view.finish();
+    let _ = feed.close().await;
     out
+}
+
+type Feed = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+/// A WebSocket to `server` subscribed to `target` (None if it cannot be had).
+async fn progress_feed(server: &str, target: &str, settings: &Settings) -> Option<Feed> {
+    let url = format!("{}/ws", server.replacen("http", "ws", 1));
+    let mut ws = awc::Client::new().ws(&url);
+    if !settings.admin_token.is_empty() {
+        ws = ws.bearer_auth(&settings.admin_token);
+    }
+    let subscribe = async {
+        let (_, mut feed) = ws.connect().await.ok()?;
+        let frame = json!({"type": "subscribe", "target": target});
+        feed.send(awc::ws::Message::Text(frame.to_string().into()))
+            .await
+            .ok()?;
+        loop {
+            let frame = next_json(&mut feed).await?;
+            if frame["type"] == "subscribed" {
+                return Some(feed);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), subscribe)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The next JSON text frame (None when the socket ends or fails).
+async fn next_json(feed: &mut Feed) -> Option<Json> {
+    loop {
+        match feed.next().await? {
+            Ok(awc::ws::Frame::Text(text)) => {
+                if let Ok(frame) = serde_json::from_slice(&text) {
+                    return Some(frame);
+                }
+            }
+            Ok(awc::ws::Frame::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Runs `work` here as a job of `kind`, with a progress bar (`telos verify`, `telos restore`).
@@ -351,18 +457,17 @@ pub async fn with_local_bar<T>(
 ) -> anyhow::Result<T> {
     let jobs = crate::progress::Jobs::default();
     let mut feed = jobs.subscribe();
-    let bar = job_bar(kind);
-    let shown = bar.clone();
-    let draw = async move {
+    let view = JobView::new(kind);
+    let draw = async {
         while let Ok(job) = feed.recv().await {
-            show_job(&shown, &job);
+            view.show(&job);
         }
     };
     let out = tokio::select! {
         out = jobs.run(kind, "", work) => out,
         () = draw => unreachable!("the feed lives as long as the jobs"),
     };
-    bar.finish_and_clear();
+    view.finish();
     out
 }
 
@@ -370,7 +475,7 @@ pub async fn with_local_bar<T>(
 pub async fn cli_backup(server: &str, full: bool, settings: &Settings) -> anyhow::Result<()> {
     let kind = if full { "full" } else { "incremental" };
     let post = post_json(server, "/api/backups", json!({ "kind": kind }), settings);
-    let m = with_server_bar(server, "backup", settings, post).await?;
+    let m = with_server_bar(server, "backup", "backup_manager", settings, post).await?;
     println!(
         "backup {} ({}): {} objects in the world, {} rows written",
         m["id"].as_str().unwrap_or_default(),
@@ -389,7 +494,7 @@ pub async fn cli_reindex(server: &str, objects: bool, settings: &Settings) -> an
         json!({ "objects": objects }),
         settings,
     );
-    let r = with_server_bar(server, "reindex", settings, post).await?;
+    let r = with_server_bar(server, "reindex", "memory_manager", settings, post).await?;
     println!(
         "memory index rebuilt: {} records ({} Retrievable objects re-chunked) in {} ms",
         r["records"], r["retrievable_objects"], r["ms"]

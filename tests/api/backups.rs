@@ -10,7 +10,7 @@ use serde_json::{Value as Json, json};
 use telos::backup::{self, Kind, Retention};
 use telos::sandbox::Op;
 
-use crate::common::{ServerProcess, client, request, spawn_app};
+use crate::common::{ServerProcess, client, request, sample, spawn_app};
 
 /// Every object's REST view except `backup_manager` (which records each backup's result just
 /// after the backup is taken), keyed by oid.
@@ -865,4 +865,73 @@ async fn a_backup_and_a_verification_stream_their_progress_to_watchers_of_backup
         "{list}"
     );
     assert_eq!(list[0]["id"], m["id"]);
+}
+
+#[actix_web::test]
+async fn the_cli_backs_up_a_running_server_and_prints_each_phase_off_a_terminal() {
+    let app = spawn_app().await;
+    let maker = app.clone_obj("genesis_obj", json!({"name": "maker"})).await;
+    app.set_method(
+        &maker,
+        "make",
+        "function make(self, n) { for (let i = 0; i < n; i++) clone(self, { i: i }); return n; }",
+    )
+    .await;
+    for _ in 0..3 {
+        let (s, body) = app.send(&maker, "make", json!([1000])).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_telos"))
+        .args(["backup", "--full", "--server", &app.base])
+        .env("TELOS_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("(full)"), "{stdout}");
+    let (_, list) = app.get("/api/backups").await;
+    assert!(
+        stdout.contains(list[0]["id"].as_str().unwrap()),
+        "{stdout} {list}"
+    );
+    // Stderr is not a terminal here: the progress (from the WebSocket's `progress` frames,
+    // which carry every phase change and the end) comes as a line as each phase starts and
+    // one as it completes.
+    let objects = list[0]["total_objects"].as_u64().unwrap();
+    assert!(objects > 3000, "{list}");
+    for line in [
+        format!("backup: read objects 0/{objects}"),
+        format!("backup: read objects {objects}/{objects}"),
+        format!("backup: objects 0/{objects}"),
+        format!("backup: objects {objects}/{objects}"),
+    ] {
+        assert!(stderr.lines().any(|l| l == line), "{line:?} in {stderr}");
+    }
+    let phases: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("backup: "))
+        .collect();
+    let at = |line: &str| phases.iter().position(|l| l.starts_with(line)).unwrap();
+    assert!(
+        at("backup: read objects") < at("backup: objects"),
+        "{stderr}"
+    );
+
+    let text = app.metrics().await;
+    for series in [
+        "telos_backups_total{kind=\"full\",outcome=\"ok\"}",
+        "telos_backup_duration_seconds_count{kind=\"full\"}",
+        // The CLI's subscription.
+        "telos_ws_frames_total{direction=\"in\"}",
+        "telos_ws_frames_total{direction=\"out\"}",
+    ] {
+        assert!(
+            sample(&text, series).unwrap_or(0.0) >= 1.0,
+            "{series} in {text}"
+        );
+    }
 }

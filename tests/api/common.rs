@@ -358,3 +358,20 @@ impl Drop for ServerProcess {
         self.kill9();
     }
 }
+
+/// The value of the first sample line of `/metrics` that starts with `series`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+impl TestApp {
+    /// `/metrics` as Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let (s, body) = self.get("/metrics").await;
+        assert_eq!(s, 200);
+        body["raw"].as_str().expect("Prometheus text").to_string()
+    }
+}

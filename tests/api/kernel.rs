@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
 
-use crate::common::{ServerProcess, TestApp, client, request, spawn_app_with};
+use crate::common::{ServerProcess, TestApp, client, request, sample, spawn_app_with};
 
 const GOOD_AREA: &str =
     "Here you go:\n```javascript\nfunction area(self, w, h) {\n  return w * h;\n}\n```";
@@ -717,6 +717,21 @@ async fn the_cli_lists_shows_searches_runs_and_approves() {
     let found: Json = serde_json::from_str(&out).unwrap();
     assert_eq!(found[0]["owner"], rect.as_str(), "{found}");
 
+    // What the run did is in /metrics (counters are process-wide: at least this run's).
+    let text = app.metrics().await;
+    for series in [
+        "telos_kernel_runs_total{outcome=\"learned\"}",
+        "telos_kernel_stage_duration_seconds_count{stage=\"write\"}",
+        "telos_kernel_stage_duration_seconds_count{stage=\"approve\"}",
+        "telos_embedding_duration_seconds_count",
+        "telos_memory_search_duration_seconds_count",
+    ] {
+        assert!(
+            sample(&text, series).unwrap_or(0.0) >= 1.0,
+            "{series} in {text}"
+        );
+    }
+
     let completions = tokio::process::Command::new(env!("CARGO_BIN_EXE_telos"))
         .args(["completions", "bash"])
         .output()
@@ -758,6 +773,9 @@ async fn an_unanswered_approval_times_out_to_a_rejection() {
     );
     let (_, pending) = app.get("/api/approvals").await;
     assert_eq!(pending, json!([]));
+    // Nothing was installed.
+    let (status, _) = app.get(&format!("/api/objects/{rect}/methods/area")).await;
+    assert_eq!(status, 404);
 }
 
 #[actix_web::test]

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    ServerProcess, Ws, client, object_with_method, request, spawn_app, spawn_app_with,
+    ServerProcess, Ws, client, object_with_method, request, sample, spawn_app, spawn_app_with,
 };
 use serde_json::{Value as Json, json};
 
@@ -1051,14 +1051,6 @@ fn kill_9_during_concurrent_method_writes_loses_no_acknowledged_one_and_halves_n
             );
         }
     });
-}
-
-/// The value of the first sample line of `/metrics` that starts with `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[actix_web::test]
