@@ -176,6 +176,13 @@ test("the page: clone, slots, chat, errors, kernel stages, inspector, restart", 
     const point = page.locator(`#mem-map circle.pt[data-owner="${oid}"]`).first();
     await point.waitFor();
     assert.equal(await page.locator("#mem-map circle.pt").count(), notes.length + 1);
+    // Coloured by kind (the legend's swatches), outlined by owner, the text on hover.
+    assert.equal(await point.getAttribute("fill"), "#8cc8ff");
+    assert.match(await point.getAttribute("stroke"), /^hsl\(/);
+    assert.match(await point.locator("title").textContent(), new RegExp(`method · ${oid}\\.area: `));
+    const note = page.locator("#mem-map circle.pt[data-owner=\"\"]", { has: page.locator("title", { hasText: "Grace Hopper" }) });
+    assert.equal(await note.getAttribute("fill"), "#f5c26b");
+    assert.equal(await note.getAttribute("stroke"), "none");
     await accessible(page, "memory");
     await page.screenshot({ path: join(shots, "memory-map.png"), fullPage: true });
     await point.click();
