@@ -18,6 +18,8 @@ const SCRIPT_THREAD_STACK: usize = 64 << 20;
 
 struct Job {
     target: String,
+    /// When it was queued (`telos_script_wait_seconds`).
+    at: std::time::Instant,
     op: Op,
     reply: oneshot::Sender<Ran>,
     /// Counts the job in `telos_script_queue_depth` until a script thread takes it.
@@ -68,11 +70,25 @@ impl Executor {
                         };
                         let Ok(job) = job else { break };
                         drop(job.queued);
+                        let metrics = crate::metrics::metrics();
+                        metrics.observe(
+                            "telos_script_wait_seconds",
+                            "Time a top-level operation waited for a script thread.",
+                            &[],
+                            job.at.elapsed(),
+                        );
+                        let running = std::time::Instant::now();
                         let span = tracing::debug_span!("operation", target = %job.target);
                         let _enter = span.enter();
                         // Writes are queued for the committer; the caller waits for them to be
                         // durable while this thread goes on with the next operation.
                         let outcome = engine.start(&job.target, &job.op);
+                        metrics.observe(
+                            "telos_script_run_seconds",
+                            "Time a top-level operation ran on its script thread (its writes queued, not yet durable).",
+                            &[],
+                            running.elapsed(),
+                        );
                         // The caller may have gone away (client disconnected): nothing to do.
                         let _ = job.reply.send(outcome);
                         if engine.spoiled() {
@@ -111,6 +127,7 @@ impl Executor {
         let (reply, outcome) = oneshot::channel();
         self.submit(Job {
             target: target.to_string(),
+            at: std::time::Instant::now(),
             op,
             reply,
             queued: crate::metrics::Held::new(&crate::metrics::metrics().script_queue),
@@ -126,6 +143,7 @@ impl Executor {
         let (reply, outcome) = oneshot::channel();
         self.submit(Job {
             target: target.to_string(),
+            at: std::time::Instant::now(),
             op,
             reply,
             queued: crate::metrics::Held::new(&crate::metrics::metrics().script_queue),

@@ -40,28 +40,39 @@ use crate::store::Store;
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Log records waiting that wake the checkpointer before its time.
 const CHECKPOINT_RECORDS: usize = 512;
+/// Records a log segment takes before a checkpoint moves appends on to a new one. Segments
+/// outlive many checkpoints (replay skips what a checkpoint applied): creating, syncing the
+/// directory for and removing a segment file at every checkpoint put file-system metadata
+/// writes in the append path, and on this machine's disk they sometimes wait 100-400 ms.
+const SEGMENT_RECORDS: usize = 16_384;
 
 /// What the commit log holds that the object table does not have yet.
 #[derive(Default)]
 struct Unflushed {
     /// The newest logged state of each such object (`None`: deleted) and its sequence number.
     objects: HashMap<String, (u64, Option<Arc<ObjectState>>)>,
-    /// The log segments holding records not yet checkpointed, and how many each holds.
+    /// The log segments whose files exist, and how many records each took (the one appended
+    /// to holds checkpointed records too; the others are removed by the next checkpoint).
     segments: BTreeMap<u64, usize>,
+    /// Records appended and not yet checkpointed.
+    waiting: usize,
     /// The newest record's sequence number.
     newest: u64,
 }
 
 impl Unflushed {
     fn records(&self) -> usize {
-        self.segments.values().sum()
+        self.waiting
     }
 }
 
-/// What a checkpoint writes, taken when its segments were sealed.
+/// What a checkpoint writes, taken when it was sealed.
 struct Sealed {
     objects: Vec<(String, u64, Option<Arc<ObjectState>>)>,
+    /// Segments no longer appended to: removed once the checkpoint has committed.
     segments: Vec<u64>,
+    /// Records it applies (of [`Unflushed::waiting`]).
+    records: usize,
     newest: u64,
 }
 
@@ -147,7 +158,8 @@ struct Group {
     /// Batches written and transactions in them, for `/metrics`.
     batches: u64,
     grouped: u64,
-    /// The commit-log segment batches are appended to (a checkpoint seals it and moves on).
+    /// The commit-log segment batches are appended to (a checkpoint moves on from it when it
+    /// is full).
     segment: u64,
 }
 
@@ -188,6 +200,8 @@ pub struct World {
     checkpoints: Checkpoints,
     /// How often the checkpointer runs ([`CHECKPOINT_EVERY`]).
     checkpoint_every: Duration,
+    /// Records a segment takes before appends move on ([`SEGMENT_RECORDS`]).
+    segment_records: usize,
 }
 
 impl World {
@@ -199,6 +213,11 @@ impl World {
     /// [`World::new`] with the checkpointer running every `every` (tests use long ones to see
     /// the log's own paths).
     pub fn with_checkpoints(store: Store, every: Duration) -> Result<Arc<World>> {
+        World::with_log(store, every, SEGMENT_RECORDS)
+    }
+
+    /// [`World::with_checkpoints`] with log segments of `segment_records` records.
+    fn with_log(store: Store, every: Duration, segment_records: usize) -> Result<Arc<World>> {
         let (changes, _) = broadcast::channel(4096);
         let seq = store.current_seq_blocking()?;
         let world = Arc::new(World {
@@ -217,6 +236,7 @@ impl World {
             checkpointing: Mutex::new(()),
             checkpoints: Checkpoints::default(),
             checkpoint_every: every,
+            segment_records,
         });
         let weak = Arc::downgrade(&world);
         std::thread::Builder::new()
@@ -298,23 +318,33 @@ impl World {
         self.write_sealed(sealed, one)
     }
 
-    /// Seals the current log segment (the commit lock held, no batch in flight): the next
-    /// batches go to a new one. Answers the newest logged state of every object (shared, not
-    /// copied: rows are made after the locks are let go) and every segment not yet applied (a
-    /// failed checkpoint's too).
+    /// Seals what the log holds (the commit lock held, no batch in flight): answers the newest
+    /// logged state of every object (shared, not copied: rows are made after the locks are
+    /// let go) and the segments to remove once it is applied: every one but the segment
+    /// appended to, which moves on to a new one only when it is full ([`SEGMENT_RECORDS`]).
     fn seal(&self, g: &mut MutexGuard<'_, Group>) -> Option<Sealed> {
         let u = self.unflushed();
-        if u.segments.is_empty() {
+        if u.segments.get(&g.segment).copied().unwrap_or(0) >= self.segment_records {
+            g.segment += 1;
+        }
+        let current = g.segment;
+        let done: Vec<u64> = u
+            .segments
+            .keys()
+            .copied()
+            .filter(|n| *n != current)
+            .collect();
+        if u.waiting == 0 && done.is_empty() {
             return None;
         }
-        g.segment += 1;
         Some(Sealed {
             objects: u
                 .objects
                 .iter()
                 .map(|(oid, (seq, obj))| (oid.clone(), *seq, obj.clone()))
                 .collect(),
-            segments: u.segments.keys().copied().collect(),
+            segments: done,
+            records: u.waiting,
             // The world's sequence number, not the newest appended record's: after a failed
             // append (or none since the start) that would be older than meta:seq, which must
             // never move backwards (incremental backups and replay read it). No batch is in
@@ -328,6 +358,7 @@ impl World {
         let Sealed {
             objects,
             segments,
+            records,
             newest,
         } = sealed;
         let mut cp = crate::store::Checkpoint::default();
@@ -345,6 +376,7 @@ impl World {
         // Whatever was logged after the seal stays for the next checkpoint.
         let mut u = self.unflushed();
         u.objects.retain(|_, (s, _)| *s > newest);
+        u.waiting = u.waiting.saturating_sub(records);
         for n in &segments {
             u.segments.remove(n);
         }
@@ -624,6 +656,7 @@ impl World {
             .flat_map(|s| s.deleted.iter().cloned())
             .collect();
         // A panic in the write fails this batch; the committer carries on with the next.
+        let appending = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.store
                 .append_log_blocking(segment, &objects, &deleted, seq)
@@ -634,6 +667,12 @@ impl World {
                 "writing a commit batch panicked (see the server log)".into(),
             ))
         });
+        crate::metrics::metrics().observe(
+            "telos_commit_append_seconds",
+            "Writing one group commit's record to the commit log, durably (fdatasync included).",
+            &[],
+            appending.elapsed(),
+        );
         let mut g = self.group();
         g.flushing = false;
         g.in_flight = Arc::default();
@@ -677,6 +716,7 @@ impl World {
                         u.objects.insert(oid.clone(), (seq, None));
                     }
                     *u.segments.entry(segment).or_default() += 1;
+                    u.waiting += 1;
                     u.newest = seq;
                     u.records()
                 };
@@ -1161,6 +1201,78 @@ mod tests {
         }
     }
 
+    /// The store of a world just dropped, opened again once the world's threads let go of it
+    /// (within a period; waits for that, not for a time).
+    fn reopen(cfg: &StoreConfig) -> Store {
+        let mut waited = 0;
+        loop {
+            match Store::open(cfg) {
+                Ok(store) => return store,
+                Err(e) if format!("{e:#}").contains("in use") && waited < 200 => {
+                    waited += 1;
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("{e:#}"),
+            }
+        }
+    }
+
+    /// Appends go on into one segment across checkpoints until it is full; a segment no
+    /// longer appended to goes with the next checkpoint; replay skips what was applied.
+    #[test]
+    fn a_segment_outlives_checkpoints_until_full_and_replay_skips_what_they_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::embedded(dir.path().join("data"));
+        let log = dir.path().join("data/commit-log");
+        let files = || {
+            let mut names: Vec<String> = std::fs::read_dir(&log)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let oid = {
+            let w =
+                World::with_log(Store::open(&cfg).unwrap(), Duration::from_secs(3600), 3).unwrap();
+            let mut t = Txn::new(w.clone());
+            let oid = t.clone_object("genesis_obj", Default::default()).unwrap();
+            t.commit().unwrap().wait_blocking().unwrap();
+            // Checkpointed, and appended to again: the same file.
+            w.checkpoint().unwrap();
+            let mut t = Txn::new(w.clone());
+            bump(&mut t, &oid);
+            t.commit().unwrap().wait_blocking().unwrap();
+            assert_eq!(files(), ["1.log"]);
+            // Full at three records: the next checkpoint moves appends on and, having applied
+            // every record of the full one, removes it.
+            let mut t = Txn::new(w.clone());
+            bump(&mut t, &oid);
+            t.commit().unwrap().wait_blocking().unwrap();
+            assert_eq!(files(), ["1.log"]);
+            w.checkpoint().unwrap();
+            assert!(files().is_empty(), "{:?}", files());
+            let mut t = Txn::new(w.clone());
+            bump(&mut t, &oid);
+            t.commit().unwrap().wait_blocking().unwrap();
+            assert_eq!(files(), ["2.log"]);
+            w.checkpoint().unwrap();
+            assert_eq!(files(), ["2.log"]);
+            // One more only the log holds.
+            let mut t = Txn::new(w.clone());
+            bump(&mut t, &oid);
+            t.commit().unwrap().wait_blocking().unwrap();
+            assert_eq!(w.commit_stats().log_pending, 1);
+            oid
+        };
+        // Reopened: 2.log holds a record the last checkpoint applied (skipped) and one it did
+        // not (replayed).
+        let w = World::new(reopen(&cfg)).unwrap();
+        let obj = w.get(&oid).unwrap().unwrap();
+        assert_eq!(obj.slots.get("n"), Some(&Slot::Value(json!(4))));
+        assert_eq!(obj.version, 5);
+    }
+
     #[test]
     fn what_only_the_log_holds_is_loaded_guards_deletes_and_is_replayed_on_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -1203,18 +1315,7 @@ mod tests {
         };
         drop(w);
         // Reopened without a checkpoint: the store replays the log.
-        let mut waited = 0;
-        let store = loop {
-            match Store::open(&cfg) {
-                Ok(store) => break store,
-                // The dropped world's threads let go of the store within a period.
-                Err(e) if format!("{e:#}").contains("in use") && waited < 200 => {
-                    waited += 1;
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => panic!("{e:#}"),
-            }
-        };
+        let store = reopen(&cfg);
         assert_eq!(store.current_seq_blocking().unwrap(), seq);
         assert!(store.load_blocking(&parent).unwrap().is_none());
         let child = store.load_blocking(&child).unwrap().unwrap();

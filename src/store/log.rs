@@ -12,18 +12,23 @@
 //! - **A SurrealDB server**: segment tables `commit_log_N` in the database, so the log is where
 //!   the data is.
 //!
-//! A checkpoint seals the current segment (appends go on in the next), then writes the newest
-//! state of every object the sealed segments hold (each row stamped with the sequence number of
-//! its newest write; an object written many times is written once) and their tombstones and
-//! advances `meta:seq`, in one transaction; segment tables are removed in that transaction
-//! (`REMOVE TABLE` costs a few µs per record where deleting records one by one costs 75–150 µs
-//! each), segment files once it has committed. Opening the store replays whatever segments are
-//! left, so a change acknowledged from the log survives a crash.
+//! A checkpoint writes the newest state of every object logged since the last one (each row
+//! stamped with the sequence number of its newest write; an object written many times is
+//! written once) and their tombstones and advances `meta:seq`, in one transaction. Appends go
+//! on meanwhile, into the same segment until it is full (`world::SEGMENT_RECORDS` records;
+//! then a checkpoint moves them on to a new one): a new file, its directory sync and the old
+//! file's removal at every checkpoint were file-system metadata writes beside the appends'
+//! `fdatasync`, and under load they sometimes waited 100–400 ms on this machine's disk.
+//! Segments no longer appended to are removed by the next checkpoint: segment tables in its
+//! transaction (`REMOVE TABLE` costs a few µs per record where deleting records one by one
+//! costs 75–150 µs each), segment files once it has committed, outside the log's lock. Opening
+//! the store replays whatever segments are left (skipping records at or below `meta:seq`), so
+//! a change acknowledged from the log survives a crash.
 //!
 //! The invariant readers rely on: every change numbered up to `meta:seq` is in the tables, every
-//! log record not yet applied is numbered above it (a segment file left by a crash between a
-//! checkpoint's commit and the file's removal holds only records at or below it, which replay
-//! skips). The world keeps what the log holds in memory until it is checkpointed (see
+//! log record not yet applied is numbered above it (records at or below it, in the segment
+//! appended to or in a file left by a crash between a checkpoint's commit and the file's
+//! removal, are skipped by replay). The world keeps what the log holds in memory until it is checkpointed (see
 //! [`crate::world`]); backups and listings read the tables after a checkpoint. Segments are not
 //! written to backups.
 
@@ -111,8 +116,9 @@ impl Checkpoint {
         &self.segments
     }
 
+    /// Nothing to write and no segment to remove.
     pub fn is_empty(&self) -> bool {
-        self.segments.is_empty()
+        self.rows.is_empty() && self.gone.is_empty() && self.segments.is_empty()
     }
 
     /// Rows written (objects and tombstones).
@@ -187,7 +193,8 @@ impl Store {
             Sink::Files(files) => {
                 let remove = drop_tables(tables);
                 self.block(move |db| apply(db, rows, Json::Array(gone), remove, seq))??;
-                lock(files).remove(&segments);
+                let applied = lock(files).forget(&segments);
+                remove_segment_files(&applied);
                 Ok(())
             }
             Sink::Tables => {
@@ -404,6 +411,20 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Removes applied segment files. A file that stays is harmless: its records are at or
+/// below meta:seq, and replay skips them.
+fn remove_segment_files(paths: &[PathBuf]) {
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "could not remove an applied commit-log segment")
+            }
+        }
+    }
+}
+
 impl Files {
     fn path(&self, segment: u64) -> PathBuf {
         self.dir.join(format!("{segment}.log"))
@@ -448,22 +469,20 @@ impl Files {
         written
     }
 
-    /// Removes the files of `segments` (applied by a checkpoint that has committed). A file
-    /// that stays is harmless: its records are at or below meta:seq, and replay skips them.
-    fn remove(&mut self, segments: &[u64]) {
-        for n in segments {
-            if self.open.as_ref().is_some_and(|(open, ..)| open == n) {
-                self.open = None;
-            }
-            self.broken.remove(n);
-            match std::fs::remove_file(self.path(*n)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, segment = n, "could not remove an applied commit-log segment")
+    /// Forgets `segments` (applied by a checkpoint that has committed) and answers their
+    /// files, for the caller to remove without holding the log: an unlink can wait on the
+    /// disk for a long time (hundreds of ms were seen under load), and appends must not.
+    fn forget(&mut self, segments: &[u64]) -> Vec<PathBuf> {
+        segments
+            .iter()
+            .map(|n| {
+                if self.open.as_ref().is_some_and(|(open, ..)| open == n) {
+                    self.open = None;
                 }
-            }
-        }
+                self.broken.remove(n);
+                self.path(*n)
+            })
+            .collect()
     }
 
     /// Every segment file left and its whole records (sequence number, text).
