@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -497,20 +498,84 @@ pub fn chain(dir: &Path, id: Option<&str>) -> anyhow::Result<Vec<Manifest>> {
     Ok(out)
 }
 
+/// Rows per insert when restoring into an empty store.
+const RESTORE_CHUNK: usize = 500;
+
+/// Inserts the rows of the JSON-lines file `path` into the empty `table`, parsing on a
+/// blocking thread while earlier chunks are inserted (two at a time: they touch disjoint
+/// keys); reports `restore {table}` progress against `total` (the manifest's count).
+async fn insert_streamed(
+    store: &Store,
+    table: &'static str,
+    id_field: &'static str,
+    path: &Path,
+    total: Option<u64>,
+) -> anyhow::Result<()> {
+    let (chunks, mut parsed) = tokio::sync::mpsc::channel::<anyhow::Result<Vec<Json>>>(4);
+    let file = path.to_path_buf();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
+        let read = for_each_jsonl(&file, |row| {
+            chunk.push(row);
+            if chunk.len() == RESTORE_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK));
+                // The inserter gone (it failed): stop reading.
+                return chunks.blocking_send(Ok(full)).is_ok();
+            }
+            true
+        });
+        let last = match read {
+            Ok(()) if chunk.is_empty() => return,
+            Ok(()) => Ok(chunk),
+            Err(e) => Err(e),
+        };
+        let _ = chunks.blocking_send(last);
+    });
+    let phase = format!("restore {table}");
+    let total = total.unwrap_or(0);
+    crate::progress::report(&phase, 0, total);
+    let incoming = futures_util::stream::poll_fn(move |cx| parsed.poll_recv(cx));
+    let mut inserts = incoming
+        .map(|chunk| async move {
+            let chunk = chunk?;
+            let n = chunk.len() as u64;
+            store.insert_fresh(table, id_field, chunk).await?;
+            anyhow::Ok(n)
+        })
+        .buffer_unordered(2);
+    let mut done = 0;
+    while let Some(inserted) = inserts.next().await {
+        done += inserted?;
+        crate::progress::report(&phase, done, total.max(done));
+    }
+    reader.await?;
+    Ok(())
+}
+
 fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Json>> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut rows = Vec::new();
+    for_each_jsonl(path, |row| {
+        rows.push(row);
+        true
+    })?;
+    Ok(rows)
+}
+
+/// Calls `each` with every row of the JSON-lines file `path` until it answers false.
+fn for_each_jsonl(path: &Path, mut each: impl FnMut(Json) -> bool) -> anyhow::Result<()> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     for (i, line) in BufReader::new(f).lines().enumerate() {
         let line = line?;
         if line.is_empty() {
             continue;
         }
-        rows.push(
-            serde_json::from_str(&line)
-                .with_context(|| format!("{} line {}", path.display(), i + 1))?,
-        );
+        let row = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        if !each(row) {
+            break;
+        }
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// Rebuilds a database in `to` (which must not exist or be empty) from the chain ending at
@@ -541,10 +606,40 @@ pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<
                 Ok(Vec::new())
             }
         };
+        if i == 0 {
+            // Into an empty store, the two large files are read while they are inserted:
+            // parsing and inserting overlap.
+            if m.files.contains_key(MEMORIES) {
+                insert_streamed(
+                    &store,
+                    "memory",
+                    "key",
+                    &base.join(MEMORIES),
+                    m.counts.get("memory").copied(),
+                )
+                .await?;
+            }
+            insert_streamed(
+                &store,
+                "object",
+                "oid",
+                &base.join(OBJECTS),
+                m.counts.get("object").copied(),
+            )
+            .await?;
+        }
         let changes = Changes {
-            objects: read_jsonl(&base.join(OBJECTS))?,
+            objects: if i == 0 {
+                Vec::new()
+            } else {
+                read_jsonl(&base.join(OBJECTS))?
+            },
             tombstones: read_jsonl(&base.join(TOMBSTONES))?,
-            memories: optional(MEMORIES)?,
+            memories: if i == 0 {
+                Vec::new()
+            } else {
+                optional(MEMORIES)?
+            },
             memory_tombstones: optional(MEMORY_TOMBSTONES)?,
             seq: m.seq_to,
             total_objects: m.total_objects,

@@ -120,6 +120,9 @@ impl Store {
         batch: usize,
         fresh: bool,
     ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let sql = if fresh {
             for row in &mut rows {
                 if let Some(r) = row.as_object_mut() {
@@ -154,6 +157,27 @@ impl Store {
             crate::progress::report(&phase, done, total);
         }
         Ok(())
+    }
+
+    /// Inserts `rows` into `table`, known to be empty of them (a restore's first backup):
+    /// each row's record id is its `id_field`.
+    pub async fn insert_fresh(
+        &self,
+        table: &'static str,
+        id_field: &'static str,
+        mut rows: Vec<Json>,
+    ) -> Result<()> {
+        for row in &mut rows {
+            if let Some(r) = row.as_object_mut() {
+                let id = r.get(id_field).cloned().unwrap_or(Json::Null);
+                r.insert("id".into(), id);
+            }
+        }
+        self.run_statement(
+            &format!("INSERT INTO {table} $rows RETURN NONE;"),
+            Json::Array(rows),
+        )
+        .await
     }
 
     /// Runs one statement with `$rows` bound.
