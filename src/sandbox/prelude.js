@@ -78,13 +78,14 @@
     let p = proxies.get(oid);
     if (p !== undefined) return p;
     if (proxies.size >= 1024) proxies.clear();
-    const found = new Map();
+    // Keyed by the property's atom (a null-prototype object), not hashed as a Map's key.
+    let found = Object.create(null);
     let at = -1;
     p = new Proxy(Object.create(null), harden({
       get(t, k) {
         if (typeof k !== "string") return undefined;
-        if (at !== gen) { found.clear(); at = gen; }
-        let r = found.get(k);
+        if (at !== gen) { found = Object.create(null); at = gen; }
+        let r = found[k];
         if (r !== undefined) return r === MISSING ? undefined : r;
         r = host.get(oid, k);
         if (typeof r === "function") {
@@ -92,7 +93,7 @@
         } else if (r !== null && typeof r === "object") {
           return r; // a fresh copy at every read: the caller may change it
         }
-        found.set(k, r === undefined ? MISSING : r);
+        found[k] = r === undefined ? MISSING : r;
         return r;
       },
       set(t, k, v) {
