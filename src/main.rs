@@ -210,6 +210,14 @@ enum Command {
         /// Instead: measure backup, restore and incremental on a world of this many objects.
         #[arg(long)]
         backup_objects: Option<usize>,
+        /// Instead: awakening, listing, cold activation, RSS and sweep over a world of this
+        /// many stored objects (10,000 of them activated).
+        #[arg(long)]
+        objects: Option<usize>,
+        /// With --objects: only fill TELOS_DATA_DIR with them (the bench runs this in a child
+        /// process so the server's memory is measured alone).
+        #[arg(long, hide = true)]
+        fill_only: bool,
         /// Instead: measure embeddings, search and cold start with this many memory records.
         #[arg(long)]
         memory: Option<usize>,
@@ -436,6 +444,11 @@ fn main() -> ExitCode {
             backup_objects: Some(n),
             ..
         } => telos::bench::run_backup(settings, n),
+        Command::Bench {
+            objects: Some(n),
+            fill_only,
+            ..
+        } => telos::bench::scale::run(settings, n, fill_only),
         Command::Bench {
             sends, round_trips, ..
         } => telos::bench::run(settings, sends, round_trips),

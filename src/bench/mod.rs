@@ -561,6 +561,7 @@ pub mod learning;
 pub mod load;
 pub mod memory;
 pub mod soak;
+pub mod scale;
 pub mod store;
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -29,7 +29,7 @@ struct Counters {
     dropped: AtomicU64,
 }
 
-fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+pub(super) fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -39,6 +39,16 @@ impl Store {
         self.block(move |db| commit(db, rows, gone, seq))?
     }
 
+    /// Inserts `objects` (none of them stored yet) in one statement, each row stamped with
+    /// `seq`, without the commit protocol: for filling a benchmark's world quickly.
+    pub async fn insert_objects_fresh(&self, objects: &[ObjectState], seq: u64) -> Result<()> {
+        let rows = objects
+            .iter()
+            .map(|o| super::log::object_row(o, seq))
+            .collect();
+        self.insert_fresh("object", "oid", rows).await
+    }
+
     /// [`Store::commit_blocking`] for async callers.
     pub async fn commit_async(&self, objects: Vec<ObjectState>, seq: u64) -> Result<()> {
         let (rows, gone) = commit_rows(&objects, &[], seq);
