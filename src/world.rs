@@ -406,6 +406,16 @@ impl World {
         Ok(self.store.list(offset, limit).await?)
     }
 
+    /// Up to `limit` objects after the oid `after` ("": from the start), in oid order.
+    pub async fn list_after(
+        self: &Arc<Self>,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<crate::store::ObjectSummary>> {
+        self.settled().await?;
+        Ok(self.store.list_after(after, limit).await?)
+    }
+
     /// How many objects the world holds (a checkpoint first: sealing is brief and the write
     /// runs beside new commits).
     pub async fn count(self: &Arc<Self>) -> Result<u64> {

@@ -560,8 +560,8 @@ pub mod kernel;
 pub mod learning;
 pub mod load;
 pub mod memory;
-pub mod soak;
 pub mod scale;
+pub mod soak;
 pub mod store;
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -181,14 +181,27 @@ async fn health(telos: web::Data<Telos>) -> ApiResult {
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct Page {
+    /// Skip this many (slow deep into a large world: use `after`).
     offset: Option<u64>,
+    /// The objects after this oid (the last oid of the page before): a cursor that stays fast
+    /// at any depth. Not with `offset`.
+    after: Option<String>,
+    /// At most this many (default 100, at most 1000).
     limit: Option<u64>,
 }
 
 #[utoipa::path(get, path = "/api/objects", tag = "objects", params(Page), responses((status = 200, description = "One page of objects, ordered by oid", body = Vec<crate::store::ObjectSummary>), (status = "default", description = "An error", body = super::error::ErrorBody)))]
 async fn list_objects(telos: web::Data<Telos>, page: web::Query<Page>) -> ApiResult {
     let limit = page.limit.unwrap_or(100).min(1000);
-    let objects = telos.world.list(page.offset.unwrap_or(0), limit).await?;
+    let objects = match (&page.after, page.offset) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "use either offset or after, not both",
+            ));
+        }
+        (Some(after), None) => telos.world.list_after(after, limit).await?,
+        (None, offset) => telos.world.list(offset.unwrap_or(0), limit).await?,
+    };
     Ok(HttpResponse::Ok().json(objects))
 }
 

@@ -1101,3 +1101,36 @@ async fn metrics_count_messages_by_outcome_and_time_them_in_a_histogram() {
     let after = sample(body["raw"].as_str().unwrap(), done).unwrap();
     assert!(after > before, "{before} then {after}");
 }
+
+#[actix_web::test]
+async fn the_object_list_pages_by_an_oid_cursor_in_the_same_order_as_by_offset() {
+    let app = spawn_app().await;
+    for i in 0..25 {
+        app.clone_obj("genesis_obj", json!({ "i": i })).await;
+    }
+    let (s, all) = app.get("/api/objects?limit=1000").await;
+    assert_eq!(s, 200);
+    let all: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["oid"].as_str().unwrap().to_string())
+        .collect();
+    assert!(all.len() >= 30, "{all:?}");
+    let mut walked = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (s, page) = app
+            .get(&format!("/api/objects?limit=7&after={after}"))
+            .await;
+        assert_eq!(s, 200, "{page}");
+        let page = page.as_array().unwrap().clone();
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after = last["oid"].as_str().unwrap().to_string();
+        walked.extend(page.iter().map(|o| o["oid"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(walked, all);
+    let (s, body) = app.get("/api/objects?after=genesis_obj&offset=3").await;
+    assert_eq!(s, 400, "{body}");
+}
