@@ -609,24 +609,12 @@ pub async fn restore(dir: &Path, id: Option<&str>, to: &Path) -> anyhow::Result<
         if i == 0 {
             // Into an empty store, the two large files are read while they are inserted:
             // parsing and inserting overlap.
-            if m.files.contains_key(MEMORIES) {
-                insert_streamed(
-                    &store,
-                    "memory",
-                    "key",
-                    &base.join(MEMORIES),
-                    m.counts.get("memory").copied(),
-                )
-                .await?;
+            for (file, table, key) in [(MEMORIES, "memory", "key"), (OBJECTS, "object", "oid")] {
+                if m.files.contains_key(file) {
+                    let total = m.counts.get(table).copied();
+                    insert_streamed(&store, table, key, &base.join(file), total).await?;
+                }
             }
-            insert_streamed(
-                &store,
-                "object",
-                "oid",
-                &base.join(OBJECTS),
-                m.counts.get("object").copied(),
-            )
-            .await?;
         }
         let changes = Changes {
             objects: if i == 0 {
