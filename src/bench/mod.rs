@@ -444,6 +444,10 @@ async fn next_json(feed: &mut Feed) -> Option<Json> {
                     return Some(frame);
                 }
             }
+            // The server drops a client it has not heard from for 30 s: answer its pings.
+            Ok(awc::ws::Frame::Ping(ping)) => {
+                feed.send(awc::ws::Message::Pong(ping)).await.ok()?;
+            }
             Ok(awc::ws::Frame::Close(_)) | Err(_) => return None,
             Ok(_) => {}
         }

@@ -41,12 +41,17 @@ impl Store {
         // progress comes back over a channel and is reported from here.
         let read = self.run(move |db| read_snapshot(db, after, sender));
         tokio::pin!(read);
-        loop {
+        let changes = loop {
             tokio::select! {
                 Some((phase, done, total)) = pages.recv() => crate::progress::report(phase, done, total),
-                changes = &mut read => return changes?,
+                changes = &mut read => break changes?,
             }
+        };
+        // What the read sent last may still be queued when it ends.
+        while let Ok((phase, done, total)) = pages.try_recv() {
+            crate::progress::report(phase, done, total);
         }
+        changes
     }
 
     /// Applies backed-up changes: upserts the rows, deletes tombstoned objects, records the

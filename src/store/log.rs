@@ -224,18 +224,20 @@ impl Store {
         if segments.is_empty() && tables.is_empty() {
             return Ok(0);
         }
-        let mut batches = Vec::with_capacity(records.len());
-        for (seq, text) in &records {
+        // A record at or below meta:seq was applied already (the segment appended to holds
+        // checkpointed records, and a crash between a checkpoint's commit and a file's removal
+        // leaves one): writing it again could undo newer rows. Skipped before it is parsed.
+        let mut batches = Vec::new();
+        for (seq, text) in records.iter().filter(|(seq, _)| *seq > applied) {
             let batch: Batch = serde_json::from_str(text)
                 .map_err(StoreError::malformed(format!("log record {seq}")))?;
             batches.push((*seq, batch));
         }
         batches.sort_by_key(|(seq, _)| *seq);
+        let replayed = batches.len();
         let mut cp = Checkpoint::default();
         let mut newest = applied;
-        // A record at or below meta:seq was applied already (left by a crash between a
-        // checkpoint's commit and its file's removal): writing it again could undo newer rows.
-        for (seq, batch) in batches.into_iter().filter(|(seq, _)| *seq > applied) {
+        for (seq, batch) in batches {
             for mut row in batch.objects {
                 let oid = row["oid"].as_str().unwrap_or_default().to_string();
                 row["seq"] = json!(seq);
@@ -249,14 +251,16 @@ impl Store {
         for n in &segments {
             cp.applies(*n);
         }
-        tracing::info!(
-            records = records.len(),
-            segments = segments.len() + tables.len(),
-            rows = cp.len(),
-            "replaying the commit log left by the last run"
-        );
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                segments = segments.len() + tables.len(),
+                rows = cp.len(),
+                "replaying the commit log left by the last run"
+            );
+        }
         self.checkpoint_removing(cp, newest, &tables)?;
-        Ok(records.len())
+        Ok(replayed)
     }
 
     /// The segment tables left in the database and their records (sequence number, text).
