@@ -103,11 +103,9 @@ async fn measure(settings: Settings, n: usize) -> anyhow::Result<()> {
         pages.push(t.elapsed());
         anyhow::ensure!(!page.is_empty(), "an empty page at offset {offset}");
     }
-    pages.sort();
-    println!(
-        "listing, a page of 100 at 20 offsets from 0 to {n} (?offset=): p50 {:.1} ms, max {:.1} ms",
-        ms(percentile(&pages, 0.5)),
-        ms(*pages.last().expect("20 pages"))
+    p50_max(
+        &format!("listing, a page of 100 at 20 offsets from 0 to {n} (?offset=)"),
+        pages,
     );
     let mut cursor = Vec::new();
     for k in 0..20usize {
@@ -121,11 +119,9 @@ async fn measure(settings: Settings, n: usize) -> anyhow::Result<()> {
         cursor.push(t.elapsed());
         anyhow::ensure!(!page.is_empty(), "an empty page after {after:?}");
     }
-    cursor.sort();
-    println!(
-        "listing, a page of 100 after 20 oids across the world (?after=): p50 {:.2} ms, max {:.2} ms",
-        ms(percentile(&cursor, 0.5)),
-        ms(*cursor.last().expect("20 pages"))
+    p50_max(
+        "listing, a page of 100 after 20 oids across the world (?after=)",
+        cursor,
     );
 
     // Cold activation: a message to an object neither live nor cached (read its slot).
@@ -180,6 +176,17 @@ async fn measure(settings: Settings, n: usize) -> anyhow::Result<()> {
     );
     server.abort();
     Ok(())
+}
+
+/// Prints the median and the slowest of `times`.
+fn p50_max(what: &str, mut times: Vec<Duration>) {
+    times.sort();
+    let max = times.last().copied().unwrap_or_default();
+    println!(
+        "{what}: p50 {:.2} ms, max {:.2} ms",
+        ms(percentile(&times, 0.5)),
+        ms(max)
+    );
 }
 
 fn ms(d: Duration) -> f64 {
