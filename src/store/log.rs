@@ -540,6 +540,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Opens the store of one just dropped, once its engine has let go of the files (the
+    /// engine closes on a thread of its own; waits for that, not for a time).
+    fn reopen(cfg: &StoreConfig) -> anyhow::Result<Store> {
+        for _ in 0..200 {
+            match Store::open(cfg) {
+                Err(e) if format!("{e:#}").contains("in use") => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                other => return other,
+            }
+        }
+        Store::open(cfg)
+    }
     use crate::object::Slot;
     use crate::store::StoreConfig;
 
@@ -566,7 +580,7 @@ mod tests {
             assert!(store.load_blocking("a").unwrap().is_none());
             seq
         };
-        let store = Store::open(cfg).unwrap();
+        let store = reopen(cfg).unwrap();
         let a = store.load_blocking("a").unwrap().unwrap();
         assert_eq!(
             (a.version, a.slots["n"].clone()),
@@ -617,7 +631,7 @@ mod tests {
                 .append_log_blocking(3, &[obj("a", 1, 1)], &[], seq + 1)
                 .unwrap();
         }
-        let store = Store::open(&embedded).unwrap();
+        let store = reopen(&embedded).unwrap();
         assert_eq!(store.load_blocking("a").unwrap().unwrap().version, 1);
         assert_eq!(store.read_log_tables().unwrap().0, Vec::<u64>::new());
     }
@@ -640,7 +654,7 @@ mod tests {
         let second = unframe(&bytes).0[0].1.len() + FRAME_HEADER;
         bytes[second + FRAME_HEADER + 3] ^= 0x20;
         std::fs::write(&path, bytes).unwrap();
-        let err = format!("{:#}", Store::open(&cfg).err().unwrap());
+        let err = format!("{:#}", reopen(&cfg).err().unwrap());
         assert!(err.contains("1.log is damaged"), "{err}");
     }
 
@@ -678,7 +692,7 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(&torn[..torn.len() / 2]).unwrap();
         drop(file);
-        let store = Store::open(&cfg).unwrap();
+        let store = reopen(&cfg).unwrap();
         assert_eq!(store.load_blocking("a").unwrap().unwrap().version, 1);
         assert!(!path.exists());
     }
