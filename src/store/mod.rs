@@ -60,6 +60,8 @@ struct Inner {
     location: String,
     /// Where the commit log's records go.
     log: log::Sink,
+    /// The embedded engine's lock file: free again once the engine has closed.
+    engine_lock: Option<std::path::PathBuf>,
 }
 
 impl Drop for Inner {
@@ -70,14 +72,35 @@ impl Drop for Inner {
         let (Some(rt), db) = (self.runtime.take(), self.db.take()) else {
             return;
         };
+        let engine_lock = self.engine_lock.take();
         let closing = std::thread::spawn(move || {
             rt.block_on(async move {
                 drop(db);
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                // SurrealKV closes in a task on this runtime, flushing its memtable (seconds
+                // for a large one), and lets go of its lock file last: the runtime must not
+                // stop before, or the next open replays the whole WAL.
+                if let Some(lock) = engine_lock {
+                    let started = std::time::Instant::now();
+                    while engine_holds(&lock) && started.elapsed() < ENGINE_CLOSE_WAIT {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
             });
             rt.shutdown_timeout(std::time::Duration::from_secs(5));
         });
         let _ = closing.join();
+    }
+}
+
+/// How long a closing store waits for its engine to finish closing.
+const ENGINE_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether the embedded engine still holds its lock file (it is open or closing).
+fn engine_holds(lock: &std::path::Path) -> bool {
+    match File::open(lock) {
+        Ok(file) => matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
     }
 }
 
@@ -101,7 +124,7 @@ impl Store {
             .build()
             .context("starting the store's runtime")?;
 
-        let (endpoint, lock, location, sink) = if cfg.db_url.is_empty() {
+        let (endpoint, lock, location, sink, engine_lock) = if cfg.db_url.is_empty() {
             std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
                 format!("creating the data directory {}", cfg.data_dir.display())
             })?;
@@ -122,6 +145,7 @@ impl Store {
                 } else {
                     log::Sink::files(dir.join("commit-log"))?
                 },
+                Some(db_path.join("LOCK")),
             )
         } else {
             (
@@ -129,6 +153,7 @@ impl Store {
                 None,
                 cfg.db_url.clone(),
                 log::Sink::Tables,
+                None,
             )
         };
 
@@ -188,6 +213,7 @@ impl Store {
                 _lock: lock,
                 location,
                 log: sink,
+                engine_lock,
             }),
         };
         store.block(|db| async move { apply_schema(&db).await })??;
