@@ -10,7 +10,7 @@ use serde_json::{Value as Json, json};
 use telos::backup::{self, Kind, Retention};
 use telos::sandbox::Op;
 
-use crate::common::{ServerProcess, client, request, sample, spawn_app};
+use crate::common::{ServerProcess, client, request, spawn_app};
 
 /// Every object's REST view except `backup_manager` (which records each backup's result just
 /// after the backup is taken), keyed by oid.
@@ -916,17 +916,12 @@ async fn the_cli_backs_up_a_running_server_and_prints_each_phase_off_a_terminal(
         "{stderr}"
     );
 
-    let text = app.metrics().await;
-    for series in [
+    app.assert_counted(&[
         "telos_backups_total{kind=\"full\",outcome=\"ok\"}",
         "telos_backup_duration_seconds_count{kind=\"full\"}",
         // The CLI's subscription.
         "telos_ws_frames_total{direction=\"in\"}",
         "telos_ws_frames_total{direction=\"out\"}",
-    ] {
-        assert!(
-            sample(&text, series).unwrap_or(0.0) >= 1.0,
-            "{series} in {text}"
-        );
-    }
+    ])
+    .await;
 }

@@ -374,4 +374,16 @@ impl TestApp {
         assert_eq!(s, 200);
         body["raw"].as_str().expect("Prometheus text").to_string()
     }
+
+    /// Asserts every one of `series` in `/metrics` has counted at least one event (counters
+    /// are process-wide: other tests may have added to them).
+    pub async fn assert_counted(&self, series: &[&str]) {
+        let text = self.metrics().await;
+        for series in series {
+            assert!(
+                sample(&text, series).unwrap_or(0.0) >= 1.0,
+                "{series} in {text}"
+            );
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
 
-use crate::common::{ServerProcess, TestApp, client, request, sample, spawn_app_with};
+use crate::common::{ServerProcess, TestApp, client, request, spawn_app_with};
 
 const GOOD_AREA: &str =
     "Here you go:\n```javascript\nfunction area(self, w, h) {\n  return w * h;\n}\n```";
@@ -718,19 +718,14 @@ async fn the_cli_lists_shows_searches_runs_and_approves() {
     assert_eq!(found[0]["owner"], rect.as_str(), "{found}");
 
     // What the run did is in /metrics (counters are process-wide: at least this run's).
-    let text = app.metrics().await;
-    for series in [
+    app.assert_counted(&[
         "telos_kernel_runs_total{outcome=\"learned\"}",
         "telos_kernel_stage_duration_seconds_count{stage=\"write\"}",
         "telos_kernel_stage_duration_seconds_count{stage=\"approve\"}",
         "telos_embedding_duration_seconds_count",
         "telos_memory_search_duration_seconds_count",
-    ] {
-        assert!(
-            sample(&text, series).unwrap_or(0.0) >= 1.0,
-            "{series} in {text}"
-        );
-    }
+    ])
+    .await;
 
     let completions = tokio::process::Command::new(env!("CARGO_BIN_EXE_telos"))
         .args(["completions", "bash"])
